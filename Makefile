@@ -1,0 +1,55 @@
+# vkubelet developer entry points. `make test` runs everything (CI runs it through .ci/run).
+#
+#   make test [ARGS=...]   format, lint, control plane, unit and integration tests (scripts/test.sh);
+#                          ARGS go to the integration-test run, e.g. `make test ARGS=harness`
+#   make lint              cargo fmt --check and clippy
+#   make unit              unit tests only (no cluster needed)
+#   make cluster-up        start a dev control plane in .cluster/dev; prints the export line:
+#                          eval "$(make -s cluster-up)"
+#   make integration       integration tests against the dev control plane
+#   make cluster-down      stop it
+#   make build             release build of the vkubelet binary
+#   make run               dev control plane + `vkubelet run` (node vk-local, sim provider) in the
+#                          foreground; Ctrl-C stops vkubelet, `make cluster-down` the control plane
+#   make bench [N=1000]    burst benchmark vs the null kubelet (bench/burst.py); not part of test
+
+SHELL := /bin/bash
+CLUSTER_DIR ?= .cluster/dev
+ARGS ?=
+
+.PHONY: test lint unit integration cluster-up cluster-down build run bench
+NODE ?= vk-local
+PROVIDER ?= sim
+N ?= 1000
+
+test:
+	scripts/test.sh $(if $(strip $(ARGS)),-- $(ARGS))
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	cargo nextest run --workspace --locked --lib --bins --no-tests=warn
+
+integration:
+	VKUBELET_TEST_KUBECONFIG=$(abspath $(CLUSTER_DIR))/admin.kubeconfig VKUBELET_TEST_REQUIRE_CLUSTER=1 \
+	  cargo nextest run --workspace --locked --tests -E 'kind(test)' $(ARGS)
+
+cluster-up:
+	@kubeconfig=$$(scripts/cluster.sh up $(CLUSTER_DIR)) && \
+	  echo "export KUBECONFIG=$$kubeconfig VKUBELET_TEST_KUBECONFIG=$$kubeconfig"
+
+cluster-down:
+	scripts/cluster.sh down $(CLUSTER_DIR)
+
+build:
+	cargo build --release --locked -p vkubelet
+
+run: build
+	@kubeconfig=$$(scripts/cluster.sh up $(CLUSTER_DIR)) && \
+	  echo "control plane up; in another shell: export KUBECONFIG=$$kubeconfig" && \
+	  exec target/release/vkubelet run --kubeconfig "$$kubeconfig" --node-name $(NODE) --provider $(PROVIDER)
+
+bench:
+	python3 bench/burst.py $(foreach n,$(N),--n $(n))

@@ -1,0 +1,341 @@
+//! What the Node object of a virtual node says: labels, taints, addresses, capacity, conditions,
+//! node info. Pure functions, so the rules are testable without an API server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo, Taint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use super::controller::NodeConfig;
+use crate::provider::NodeResources;
+
+pub const PROVIDER_TAINT_KEY: &str = "virtual-kubelet.io/provider";
+/// Added while the backend cannot take pods, so the scheduler stops sending more ("auto-shield").
+pub const SOLD_OUT_TAINT_KEY: &str = "virtual-kubelet.io/sold-out";
+
+pub fn labels(cfg: &NodeConfig) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert("type".into(), "virtual-kubelet".into());
+    l.insert("kubernetes.io/role".into(), "agent".into());
+    l.insert("kubernetes.io/os".into(), "linux".into());
+    l.insert("beta.kubernetes.io/os".into(), "linux".into());
+    l.insert("kubernetes.io/arch".into(), go_arch().into());
+    l.insert("beta.kubernetes.io/arch".into(), go_arch().into());
+    l.insert("kubernetes.io/hostname".into(), cfg.name.clone());
+    l.insert(
+        "node.kubernetes.io/exclude-from-external-load-balancers".into(),
+        "true".into(),
+    );
+    l.extend(cfg.labels.clone());
+    l
+}
+
+pub fn taints(cfg: &NodeConfig, provider_kind: &str, sold_out: bool) -> Vec<Taint> {
+    let mut t = Vec::new();
+    if !cfg.disable_taint {
+        t.push(Taint {
+            key: PROVIDER_TAINT_KEY.into(),
+            value: Some(provider_kind.into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        });
+    }
+    if sold_out {
+        t.push(Taint {
+            key: SOLD_OUT_TAINT_KEY.into(),
+            value: Some("true".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        });
+    }
+    t
+}
+
+/// The node's taints with ours brought up to date and everyone else's kept.
+pub fn merged_taints(existing: &[Taint], ours: &[Taint]) -> Vec<Taint> {
+    let mut out: Vec<Taint> = existing
+        .iter()
+        .filter(|t| t.key != PROVIDER_TAINT_KEY && t.key != SOLD_OUT_TAINT_KEY)
+        .cloned()
+        .collect();
+    out.extend(ours.iter().cloned());
+    out
+}
+
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// The kubelet-owned part of the node status. `previous` supplies transition times for conditions
+/// whose status did not change.
+pub fn status(
+    cfg: &NodeConfig,
+    provider_kind: &str,
+    res: &NodeResources,
+    previous: &[NodeCondition],
+    now: Timestamp,
+) -> NodeStatus {
+    let allocatable = if res.allocatable.is_empty() {
+        res.capacity.clone()
+    } else {
+        res.allocatable.clone()
+    };
+    let mut conditions = vec![
+        if res.accepting_pods {
+            condition("Ready", "True", "KubeletReady", "vkubelet is ready", now)
+        } else {
+            // Still Ready: the pods already running are fine, and a NotReady node would get them
+            // evicted. New pods are kept away by the sold-out taint instead.
+            condition(
+                "Ready",
+                "True",
+                "KubeletReady",
+                res.message
+                    .as_deref()
+                    .unwrap_or("vkubelet is ready; the backend accepts no new pods"),
+                now,
+            )
+        },
+        condition(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "backend has sufficient memory",
+            now,
+        ),
+        condition(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "backend has no disk pressure",
+            now,
+        ),
+        condition(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "backend has sufficient PID available",
+            now,
+        ),
+        condition(
+            "NetworkUnavailable",
+            "False",
+            "RouteCreated",
+            "backend network is available",
+            now,
+        ),
+    ];
+    conditions.extend(res.conditions.iter().cloned().map(|mut c| {
+        c.last_heartbeat_time = Some(Time(now));
+        if c.last_transition_time.is_none() {
+            c.last_transition_time = Some(Time(now));
+        }
+        c
+    }));
+    for c in conditions.iter_mut() {
+        if let Some(prev) = previous.iter().find(|p| p.type_ == c.type_)
+            && prev.status == c.status
+            && prev.last_transition_time.is_some()
+        {
+            c.last_transition_time = prev.last_transition_time.clone();
+        }
+    }
+    NodeStatus {
+        capacity: Some(res.capacity.clone()),
+        allocatable: Some(allocatable),
+        conditions: Some(conditions),
+        addresses: Some(vec![
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: cfg.node_ip.clone(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: cfg.name.clone(),
+            },
+        ]),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(cfg.kubelet_port),
+            }),
+        }),
+        node_info: Some(NodeSystemInfo {
+            architecture: go_arch().into(),
+            operating_system: "linux".into(),
+            kubelet_version: cfg.kubelet_version.clone(),
+            kube_proxy_version: String::new(),
+            container_runtime_version: format!("vkubelet://{provider_kind}"),
+            os_image: format!(
+                "vkubelet {} ({provider_kind} provider)",
+                env!("CARGO_PKG_VERSION")
+            ),
+            kernel_version: String::new(),
+            machine_id: cfg.name.clone(),
+            system_uuid: String::new(),
+            boot_id: String::new(),
+            ..Default::default()
+        }),
+        phase: Some("Running".into()),
+        ..Default::default()
+    }
+}
+
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> NodeCondition {
+    NodeCondition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: Some(Time(now)),
+        last_transition_time: Some(Time(now)),
+    }
+}
+
+/// A fresh Node object for registration.
+pub fn new_node(
+    cfg: &NodeConfig,
+    provider_kind: &str,
+    res: &NodeResources,
+    now: Timestamp,
+) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(cfg.name.clone()),
+            labels: Some(labels(cfg)),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            taints: Some(taints(cfg, provider_kind, !res.accepting_pods)),
+            ..Default::default()
+        }),
+        status: Some(status(cfg, provider_kind, res, &[], now)),
+    }
+}
+
+/// Status equality ignoring heartbeat times (which change on every write by design).
+pub fn same_status(a: &NodeStatus, b: &NodeStatus) -> bool {
+    let strip = |s: &NodeStatus| {
+        let mut s = s.clone();
+        for c in s.conditions.iter_mut().flatten() {
+            c.last_heartbeat_time = None;
+        }
+        s
+    };
+    strip(a) == strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn cfg() -> NodeConfig {
+        let mut c = NodeConfig::new("vk-1");
+        c.labels.insert("team".into(), "a".into());
+        c
+    }
+
+    fn resources(accepting: bool) -> NodeResources {
+        NodeResources {
+            capacity: [
+                ("cpu".to_string(), Quantity("8".into())),
+                ("pods".to_string(), Quantity("100".into())),
+            ]
+            .into(),
+            accepting_pods: accepting,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn labels_and_taint_match_what_users_know() {
+        let l = labels(&cfg());
+        assert_eq!(l["type"], "virtual-kubelet");
+        assert_eq!(l["kubernetes.io/role"], "agent");
+        assert_eq!(l["kubernetes.io/hostname"], "vk-1");
+        assert_eq!(l["team"], "a");
+        let t = taints(&cfg(), "sim", false);
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            (
+                t[0].key.as_str(),
+                t[0].value.as_deref(),
+                t[0].effect.as_str()
+            ),
+            (PROVIDER_TAINT_KEY, Some("sim"), "NoSchedule")
+        );
+        assert_eq!(taints(&cfg(), "sim", true).len(), 2);
+    }
+
+    #[test]
+    fn merged_taints_keep_others_and_replace_ours() {
+        let other = Taint {
+            key: "dedicated".into(),
+            value: Some("x".into()),
+            effect: "NoExecute".into(),
+            time_added: None,
+        };
+        let stale = Taint {
+            key: PROVIDER_TAINT_KEY.into(),
+            value: Some("old".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        };
+        let merged = merged_taints(&[other.clone(), stale], &taints(&cfg(), "sim", false));
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0], other);
+        assert_eq!(merged[1].value.as_deref(), Some("sim"));
+    }
+
+    #[test]
+    fn status_carries_capacity_endpoint_and_keeps_transition_times() {
+        let t0 = Timestamp::from_second(1000).unwrap_or(Timestamp::UNIX_EPOCH);
+        let t1 = Timestamp::from_second(2000).unwrap_or(Timestamp::UNIX_EPOCH);
+        let s0 = status(&cfg(), "sim", &resources(true), &[], t0);
+        assert_eq!(
+            s0.allocatable, s0.capacity,
+            "allocatable defaults to capacity"
+        );
+        assert_eq!(
+            s0.daemon_endpoints
+                .and_then(|d| d.kubelet_endpoint)
+                .map(|e| e.port),
+            Some(10250)
+        );
+        let prev = s0.conditions.clone().unwrap_or_default();
+        let s1 = status(&cfg(), "sim", &resources(true), &prev, t1);
+        let ready = s1
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(ready.last_transition_time, Some(Time(t0)));
+        assert_eq!(ready.last_heartbeat_time, Some(Time(t1)));
+        assert!(same_status(
+            &status(&cfg(), "sim", &resources(true), &prev, t0),
+            &s1
+        ));
+        assert!(!same_status(
+            &status(&cfg(), "sim", &resources(false), &prev, t1),
+            &s1
+        ));
+    }
+}

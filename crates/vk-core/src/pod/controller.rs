@@ -1,0 +1,985 @@
+//! The pod controller of one virtual node.
+//!
+//! One watch (`spec.nodeName=<node>`) feeds a per-UID state table; provider pushes land in the same
+//! table. Every change enqueues the pod's UID into a [`WorkQueue`]; a bounded set of workers runs
+//! [`PodController::reconcile`], which is level-triggered: it looks at the API object and the
+//! backend's latest word and does whatever brings them together (create, update, delete on the
+//! backend; patch `pods/status`; delete the API object once the backend has let go).
+//!
+//! Invariants:
+//! - nothing is created on the backend before the first full list of API pods *and* of backend
+//!   pods is known, so a restart adopts what runs instead of duplicating it;
+//! - a backend pod without an API pod is deleted only after that first list (and on every periodic
+//!   reconciliation after it);
+//! - a pod whose backend instance vanished follows its restartPolicy, with an event.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::admission::{UNSUPPORTED_REASON, unsupported_features};
+use super::status::{
+    Verdict, all_containers_terminated, desired_status, is_terminal_phase, status_patch,
+};
+use crate::error::{Error, ProviderError, api_status_code};
+use crate::events::EventRecorder;
+use crate::metrics::{Metrics, NodeLabels, PhaseLabels, ProviderCallLabels};
+use crate::provider::{DynProvider, PodKey, PodUpdate, ResolvedPod};
+use crate::queue::{Backoff, WorkQueue};
+
+/// Reason for a pod whose backend instance disappeared without being asked to.
+pub const LOST_REASON: &str = "ProviderPodLost";
+
+#[derive(Debug, Clone)]
+pub struct PodControllerConfig {
+    pub node_name: String,
+    /// Pods reconciled at once (bounds concurrent provider calls).
+    pub workers: usize,
+    /// How often API and backend are compared in full.
+    pub resync_interval: Duration,
+    /// Mark a pod Failed at the first provider failure instead of retrying while it exists.
+    pub fail_fast: bool,
+    pub backoff: Backoff,
+}
+
+impl PodControllerConfig {
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            workers: 64,
+            resync_interval: Duration::from_secs(60),
+            fail_fast: false,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// Not known yet (before the first backend list).
+    Unknown,
+    /// The backend does not have this pod.
+    Absent,
+    Present,
+    /// The backend reported the pod gone.
+    Gone,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    key: PodKey,
+    api: Option<Arc<Pod>>,
+    backend: Backend,
+    backend_status: Option<PodStatus>,
+    /// Hash of the spec the backend last accepted.
+    applied_spec: Option<u64>,
+    verdict: Option<Verdict>,
+    /// The verdict is final (rejected pod); never retried.
+    permanent: bool,
+    /// When the backend was asked to stop the pod for an API deletion.
+    stop_requested: Option<Instant>,
+    restart_base: i32,
+    /// A lost instance was accounted for; the next create is a restart, not a duplicate.
+    restart_pending: bool,
+    created_at: Option<Instant>,
+    status_writes: u32,
+}
+
+impl Entry {
+    fn new(key: PodKey) -> Self {
+        Self {
+            key,
+            api: None,
+            backend: Backend::Unknown,
+            backend_status: None,
+            applied_spec: None,
+            verdict: None,
+            permanent: false,
+            stop_requested: None,
+            restart_base: 0,
+            restart_pending: false,
+            created_at: None,
+            status_writes: 0,
+        }
+    }
+}
+
+/// What the worker does with a key after a reconcile.
+#[derive(Debug, PartialEq)]
+enum Next {
+    Done,
+    After(Duration),
+    Retry(Duration),
+}
+
+/// A read-only view of one pod, for the kubelet API and tests.
+#[derive(Debug, Clone)]
+pub struct PodSummary {
+    pub key: PodKey,
+    pub pod: Option<Arc<Pod>>,
+    pub on_backend: bool,
+}
+
+pub struct PodController {
+    cfg: PodControllerConfig,
+    client: kube::Client,
+    provider: DynProvider,
+    events: EventRecorder,
+    metrics: Arc<Metrics>,
+    pods: Mutex<HashMap<String, Entry>>,
+    queue: WorkQueue<String>,
+    synced: AtomicBool,
+    api_listed: tokio::sync::Notify,
+    node_label: NodeLabels,
+}
+
+impl PodController {
+    pub fn new(
+        cfg: PodControllerConfig,
+        client: kube::Client,
+        provider: DynProvider,
+        events: EventRecorder,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let node_label = NodeLabels {
+            node: cfg.node_name.clone(),
+        };
+        Arc::new(Self {
+            queue: WorkQueue::new(cfg.backoff),
+            cfg,
+            client,
+            provider,
+            events,
+            metrics,
+            pods: Mutex::new(HashMap::new()),
+            synced: AtomicBool::new(false),
+            api_listed: tokio::sync::Notify::new(),
+            node_label,
+        })
+    }
+
+    /// The sink the provider pushes pod updates into.
+    pub fn pod_sink(self: &Arc<Self>) -> impl Fn(&str, PodUpdate) + Send + Sync + 'static {
+        let weak = Arc::downgrade(self);
+        move |uid: &str, update: PodUpdate| {
+            if let Some(this) = weak.upgrade() {
+                this.on_provider_update(uid, update);
+            }
+        }
+    }
+
+    /// Run until `cancel` fires. The provider must already be started with [`Self::pod_sink`].
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        self.register_metrics();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(self.clone().watch_pods(cancel.clone()));
+        tasks.spawn(self.clone().initial_sync_then_resync(cancel.clone()));
+        for _ in 0..self.cfg.workers.max(1) {
+            tasks.spawn(self.clone().worker());
+        }
+        cancel.cancelled().await;
+        self.queue.shutdown();
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Pods this node knows, for `/pods`-style listings.
+    pub fn snapshot(&self) -> Vec<PodSummary> {
+        self.pods
+            .lock()
+            .values()
+            .map(|e| PodSummary {
+                key: e.key.clone(),
+                pod: e.api.clone(),
+                on_backend: e.backend == Backend::Present,
+            })
+            .collect()
+    }
+
+    /// Whether the first API and backend lists are done.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    fn register_metrics(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let metrics = self.metrics.clone();
+        self.metrics.on_scrape(move || {
+            let Some(this) = weak.upgrade() else { return };
+            let mut counts: BTreeMap<String, i64> =
+                ["Pending", "Running", "Succeeded", "Failed", "Unknown"]
+                    .iter()
+                    .map(|p| (p.to_string(), 0))
+                    .collect();
+            for e in this.pods.lock().values() {
+                if let Some(pod) = &e.api {
+                    let phase = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase.clone())
+                        .unwrap_or_else(|| "Pending".into());
+                    *counts.entry(phase).or_default() += 1;
+                }
+            }
+            for (phase, n) in counts {
+                metrics
+                    .pods
+                    .get_or_create(&PhaseLabels {
+                        node: this.cfg.node_name.clone(),
+                        phase,
+                    })
+                    .set(n);
+            }
+            metrics
+                .queue_depth
+                .get_or_create(&this.node_label)
+                .set(this.queue.len() as i64);
+        });
+    }
+
+    // ---- inputs -------------------------------------------------------------------------------
+
+    fn on_provider_update(&self, uid: &str, update: PodUpdate) {
+        let mut pods = self.pods.lock();
+        match update {
+            PodUpdate::Status(status) => {
+                let e = pods
+                    .entry(uid.to_string())
+                    .or_insert_with(|| Entry::new(unknown_key(uid)));
+                if e.backend != Backend::Gone {
+                    e.backend = Backend::Present;
+                }
+                e.backend_status = Some(status);
+            }
+            PodUpdate::Gone => {
+                let Some(e) = pods.get_mut(uid) else { return };
+                e.backend = Backend::Gone;
+            }
+            PodUpdate::Event {
+                warning,
+                reason,
+                message,
+            } => {
+                if let Some(e) = pods.get(uid) {
+                    self.events.pod(&e.key, warning, &reason, message);
+                }
+                return;
+            }
+        }
+        drop(pods);
+        self.queue.add(uid.to_string());
+    }
+
+    fn upsert_api_pod(&self, mut pod: Pod) -> Option<String> {
+        let key = PodKey::of(&pod)?;
+        pod.metadata.managed_fields = None;
+        let uid = key.uid.clone();
+        let mut pods = self.pods.lock();
+        let e = pods
+            .entry(uid.clone())
+            .or_insert_with(|| Entry::new(key.clone()));
+        e.key = key;
+        let newer = match &e.api {
+            Some(old) => resource_version(old) <= resource_version(&pod),
+            None => true,
+        };
+        if newer {
+            e.api = Some(Arc::new(pod));
+        }
+        Some(uid)
+    }
+
+    fn api_pod_deleted(&self, uid: &str) {
+        if let Some(e) = self.pods.lock().get_mut(uid) {
+            e.api = None;
+        }
+        self.queue.add(uid.to_string());
+    }
+
+    async fn watch_pods(self: Arc<Self>, cancel: CancellationToken) {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let cfg =
+            watcher::Config::default().fields(&format!("spec.nodeName={}", self.cfg.node_name));
+        let stream = watcher::watcher(api, cfg).default_backoff();
+        futures::pin_mut!(stream);
+        let mut relist: Option<HashSet<String>> = None;
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = stream.next() => ev,
+            };
+            let Some(ev) = ev else { return };
+            match ev {
+                Ok(Event::Init) => relist = Some(HashSet::new()),
+                Ok(Event::InitApply(pod)) => {
+                    if let (Some(uid), Some(seen)) = (self.upsert_api_pod(pod), relist.as_mut()) {
+                        seen.insert(uid);
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    let seen = relist.take().unwrap_or_default();
+                    // Pods deleted while the watch was down never produce a Delete event.
+                    let vanished: Vec<String> = self
+                        .pods
+                        .lock()
+                        .iter()
+                        .filter(|(uid, e)| e.api.is_some() && !seen.contains(*uid))
+                        .map(|(uid, _)| uid.clone())
+                        .collect();
+                    for uid in vanished {
+                        self.api_pod_deleted(&uid);
+                    }
+                    for uid in seen {
+                        self.queue.add(uid);
+                    }
+                    self.api_listed.notify_one();
+                }
+                Ok(Event::Apply(pod)) => {
+                    if let Some(uid) = self.upsert_api_pod(pod) {
+                        self.queue.add(uid);
+                    }
+                }
+                Ok(Event::Delete(pod)) => {
+                    if let Some(uid) = pod.metadata.uid.as_deref() {
+                        self.api_pod_deleted(uid);
+                    }
+                }
+                Err(e) => {
+                    warn!(node = %self.cfg.node_name, error = %e, "pod watch failed; retrying");
+                    self.metrics
+                        .error(&self.cfg.node_name, "watch_pods", "watch");
+                }
+            }
+        }
+    }
+
+    async fn initial_sync_then_resync(self: Arc<Self>, cancel: CancellationToken) {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = self.api_listed.notified() => {}
+        }
+        let mut failures = 0u32;
+        loop {
+            match self.sync_with_backend().await {
+                Ok(()) => break,
+                Err(e) => {
+                    failures += 1;
+                    let delay = self.cfg.backoff.delay(failures);
+                    warn!(node = %self.cfg.node_name, error = %e, ?delay, "listing backend pods failed; pods wait until it succeeds");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.synced.store(true, Ordering::Release);
+        let all: Vec<String> = self.pods.lock().keys().cloned().collect();
+        info!(node = %self.cfg.node_name, pods = all.len(), "pod controller synced with API and backend");
+        for uid in all {
+            self.queue.add(uid);
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.cfg.resync_interval) => {}
+            }
+            if let Err(e) = self.sync_with_backend().await {
+                warn!(node = %self.cfg.node_name, error = %e, "periodic reconciliation failed");
+                continue;
+            }
+            let all: Vec<String> = self.pods.lock().keys().cloned().collect();
+            for uid in all {
+                self.queue.add(uid);
+            }
+        }
+    }
+
+    /// Compare the backend's pod list with what we know: adopt what runs, spot orphans (handled
+    /// by reconcile as API-less pods) and pods the backend lost.
+    async fn sync_with_backend(&self) -> Result<(), ProviderError> {
+        let started = Instant::now();
+        let listed = self.call("list", self.provider.list_pods()).await?;
+        let mut pods = self.pods.lock();
+        let mut on_backend = HashSet::with_capacity(listed.len());
+        for bp in listed {
+            on_backend.insert(bp.key.uid.clone());
+            let e = pods
+                .entry(bp.key.uid.clone())
+                .or_insert_with(|| Entry::new(bp.key.clone()));
+            if matches!(e.backend, Backend::Unknown | Backend::Absent) {
+                e.backend = Backend::Present;
+            }
+            if e.backend_status.is_none() {
+                e.backend_status = bp.status;
+            }
+            if e.api.is_none() {
+                e.key = bp.key;
+            }
+        }
+        for (uid, e) in pods.iter_mut() {
+            if on_backend.contains(uid) {
+                continue;
+            }
+            match e.backend {
+                Backend::Unknown => e.backend = Backend::Absent,
+                // Created after the list started: the list may simply predate it.
+                Backend::Present if e.created_at.is_some_and(|t| t >= started) => {}
+                Backend::Present => e.backend = Backend::Gone,
+                Backend::Absent | Backend::Gone => {}
+            }
+        }
+        Ok(())
+    }
+
+    // ---- the work loop ------------------------------------------------------------------------
+
+    async fn worker(self: Arc<Self>) {
+        while let Some(uid) = self.queue.next().await {
+            let span = info_span!("reconcile_pod", node = %self.cfg.node_name, uid = %uid);
+            let result = self.reconcile(&uid).instrument(span).await;
+            match result {
+                Ok(Next::Done) => self.queue.forget(&uid),
+                Ok(Next::After(d)) => {
+                    self.queue.forget(&uid);
+                    self.queue.add_after(uid.clone(), d);
+                }
+                Ok(Next::Retry(min)) => {
+                    self.queue.retry_at_least(uid.clone(), min);
+                }
+                Err(e) => {
+                    self.metrics
+                        .error(&self.cfg.node_name, "reconcile", e.metric_label());
+                    let delay = self.queue.retry(uid.clone());
+                    debug!(uid = %uid, error = %e, ?delay, "reconcile failed; will retry");
+                }
+            }
+            self.queue.done(&uid);
+        }
+    }
+
+    fn entry(&self, uid: &str) -> Option<Entry> {
+        self.pods.lock().get(uid).cloned()
+    }
+
+    fn update_entry(&self, uid: &str, f: impl FnOnce(&mut Entry)) {
+        if let Some(e) = self.pods.lock().get_mut(uid) {
+            f(e);
+        }
+    }
+
+    /// Bring one pod's API object and backend instance into agreement.
+    async fn reconcile(&self, uid: &str) -> Result<Next, Error> {
+        if !self.is_synced() {
+            return Ok(Next::Done); // everything is enqueued once the first lists are in
+        }
+        let Some(entry) = self.entry(uid) else {
+            return Ok(Next::Done);
+        };
+        let Some(pod) = entry.api.clone() else {
+            return self.reconcile_without_api_pod(entry).await;
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            return self.reconcile_deletion(&entry, &pod).await;
+        }
+        if is_terminal_phase(pod.status.as_ref()) {
+            return Ok(Next::Done);
+        }
+        if !entry.permanent {
+            let problems = unsupported_features(&pod);
+            if !problems.is_empty() {
+                let message = format!(
+                    "Pod cannot run on virtual node {} (provider {}): {}",
+                    self.cfg.node_name,
+                    self.provider.kind(),
+                    problems.join("; ")
+                );
+                return self.reject(&entry, &pod, UNSUPPORTED_REASON, message).await;
+            }
+        }
+        if entry.permanent {
+            return self.sync_status(&entry, &pod).await;
+        }
+        match entry.backend {
+            Backend::Unknown => Ok(Next::Done),
+            Backend::Gone if is_terminal_phase(entry.backend_status.as_ref()) => {
+                self.sync_status(&entry, &pod).await
+            }
+            Backend::Gone => self.instance_lost(&entry, &pod).await,
+            Backend::Absent if !entry.restart_pending && was_started(&pod) => {
+                self.instance_lost(&entry, &pod).await
+            }
+            Backend::Absent => self.create(&entry, &pod).await,
+            Backend::Present => {
+                if entry.applied_spec.is_some_and(|h| h != spec_hash(&pod))
+                    && let Some(next) = self.update(&entry, &pod).await?
+                {
+                    return Ok(next);
+                }
+                self.sync_status(&entry, &pod).await
+            }
+        }
+    }
+
+    async fn reconcile_without_api_pod(&self, entry: Entry) -> Result<Next, Error> {
+        let uid = entry.key.uid.clone();
+        if matches!(entry.backend, Backend::Present | Backend::Unknown) {
+            // An orphan, or a pod deleted from the API (force delete, or our own final delete).
+            match self
+                .call(
+                    "delete",
+                    self.provider.delete_pod(&entry.key, Duration::ZERO),
+                )
+                .await
+            {
+                Ok(()) | Err(ProviderError::NotFound(_)) => {}
+                Err(e) => {
+                    self.events
+                        .pod(&entry.key, true, "ProviderDeleteFailed", e.to_string());
+                    return Ok(Next::Retry(e.retry_after().unwrap_or_default()));
+                }
+            }
+            if entry.created_at.is_none() && entry.status_writes == 0 {
+                info!(pod = %entry.key, "deleted backend pod that has no API pod");
+            }
+        }
+        let removed = {
+            let mut pods = self.pods.lock();
+            // Something may have arrived meanwhile (a re-listed API pod); only drop a still-orphaned entry.
+            match pods.get(&uid) {
+                Some(e) if e.api.is_none() => pods.remove(&uid),
+                _ => None,
+            }
+        };
+        if let Some(e) = removed {
+            if e.created_at.is_some() {
+                self.metrics
+                    .status_writes_per_pod
+                    .get_or_create(&self.node_label)
+                    .observe(f64::from(e.status_writes));
+            }
+            self.queue.remove(&uid);
+        }
+        Ok(Next::Done)
+    }
+
+    async fn reconcile_deletion(&self, entry: &Entry, pod: &Pod) -> Result<Next, Error> {
+        let grace = Duration::from_secs(
+            pod.metadata
+                .deletion_grace_period_seconds
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
+        match entry.backend {
+            Backend::Unknown => return Ok(Next::Done),
+            Backend::Absent | Backend::Gone => return self.delete_api_pod(entry).await,
+            Backend::Present => {}
+        }
+        let stopped = is_terminal_phase(pod.status.as_ref())
+            || entry
+                .backend_status
+                .as_ref()
+                .is_some_and(all_containers_terminated);
+        let deadline_passed = entry.stop_requested.is_some_and(|t| t.elapsed() >= grace);
+        if stopped || deadline_passed || entry.stop_requested.is_none() {
+            // First ask: stop within the grace period. Later asks: the containers have stopped (or
+            // the deadline passed), so release the backend pod right away.
+            let first = entry.stop_requested.is_none() && !stopped;
+            let g = if first { grace } else { Duration::ZERO };
+            match self
+                .call("delete", self.provider.delete_pod(&entry.key, g))
+                .await
+            {
+                Ok(()) => {}
+                Err(ProviderError::NotFound(_)) => return self.delete_api_pod(entry).await,
+                Err(e) => {
+                    self.events
+                        .pod(&entry.key, true, "ProviderDeleteFailed", e.to_string());
+                    return Ok(Next::Retry(e.retry_after().unwrap_or_default()));
+                }
+            }
+            if first {
+                self.update_entry(&entry.key.uid, |e| e.stop_requested = Some(Instant::now()));
+                // The backend reports Gone (or terminated containers) before the deadline; this
+                // wake-up only enforces it.
+                return Ok(Next::After(grace + Duration::from_millis(100)));
+            }
+            return self.delete_api_pod(entry).await;
+        }
+        let waited = entry
+            .stop_requested
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        Ok(Next::After(
+            grace.saturating_sub(waited) + Duration::from_millis(100),
+        ))
+    }
+
+    /// Remove the API object for good: grace 0, guarded by UID so a re-created pod of the same
+    /// name is never hit.
+    async fn delete_api_pod(&self, entry: &Entry) -> Result<Next, Error> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &entry.key.namespace);
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(entry.key.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&entry.key.name, &dp).await {
+            Ok(_) => Ok(Next::Done),
+            Err(e) if matches!(api_status_code(&e), Some(404 | 409)) => Ok(Next::Done),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn create(&self, entry: &Entry, pod: &Arc<Pod>) -> Result<Next, Error> {
+        let resolved = ResolvedPod::new(entry.key.clone(), pod.clone())
+            .with_restart_count_base(entry.restart_base);
+        match self
+            .call("create", self.provider.create_pod(&resolved))
+            .await
+        {
+            Ok(()) => {
+                let hash = spec_hash(pod);
+                self.update_entry(&entry.key.uid, |e| {
+                    if e.backend != Backend::Gone {
+                        e.backend = Backend::Present;
+                    }
+                    e.applied_spec = Some(hash);
+                    e.verdict = None;
+                    e.restart_pending = false;
+                    e.created_at = Some(Instant::now());
+                });
+                self.metrics
+                    .pods_created
+                    .get_or_create(&self.node_label)
+                    .inc();
+                self.events.pod(
+                    &entry.key,
+                    false,
+                    "ProviderCreateSuccess",
+                    "Create pod in provider successfully",
+                );
+                // The backend may have reported already; clear any failure verdict on the API object.
+                let Some(fresh) = self.entry(&entry.key.uid) else {
+                    return Ok(Next::Done);
+                };
+                self.sync_status(&fresh, pod).await
+            }
+            Err(e) if e.is_permanent() => {
+                self.events
+                    .pod(&entry.key, true, "ProviderCreateFailed", e.to_string());
+                self.reject(entry, pod, e.pod_reason(), e.to_string()).await
+            }
+            Err(e) => {
+                self.events
+                    .pod(&entry.key, true, "ProviderCreateFailed", e.to_string());
+                let verdict = if self.cfg.fail_fast {
+                    Verdict::failed(e.pod_reason(), e.to_string())
+                } else {
+                    Verdict::pending(e.pod_reason(), e.to_string())
+                };
+                let permanent = self.cfg.fail_fast;
+                self.update_entry(&entry.key.uid, |en| {
+                    en.verdict = Some(verdict);
+                    en.permanent = permanent;
+                });
+                if let Some(fresh) = self.entry(&entry.key.uid) {
+                    self.sync_status(&fresh, pod).await?;
+                }
+                Ok(if permanent {
+                    Next::Done
+                } else {
+                    Next::Retry(e.retry_after().unwrap_or_default())
+                })
+            }
+        }
+    }
+
+    async fn update(&self, entry: &Entry, pod: &Arc<Pod>) -> Result<Option<Next>, Error> {
+        let resolved = ResolvedPod::new(entry.key.clone(), pod.clone())
+            .with_restart_count_base(entry.restart_base);
+        match self
+            .call("update", self.provider.update_pod(&resolved))
+            .await
+        {
+            Ok(()) => {
+                let hash = spec_hash(pod);
+                self.update_entry(&entry.key.uid, |e| e.applied_spec = Some(hash));
+                self.events.pod(
+                    &entry.key,
+                    false,
+                    "ProviderUpdateSuccess",
+                    "Update pod in provider successfully",
+                );
+                Ok(None)
+            }
+            Err(ProviderError::NotFound(_)) => {
+                self.update_entry(&entry.key.uid, |e| e.backend = Backend::Gone);
+                Ok(Some(Next::After(Duration::ZERO)))
+            }
+            Err(e) => {
+                self.events
+                    .pod(&entry.key, true, "ProviderUpdateFailed", e.to_string());
+                if e.is_permanent() {
+                    // The running pod stays as it is; retrying cannot help.
+                    let hash = spec_hash(pod);
+                    self.update_entry(&entry.key.uid, |en| en.applied_spec = Some(hash));
+                    return Ok(None);
+                }
+                Ok(Some(Next::Retry(e.retry_after().unwrap_or_default())))
+            }
+        }
+    }
+
+    /// Fail the pod for good with `reason`.
+    async fn reject(
+        &self,
+        entry: &Entry,
+        pod: &Pod,
+        reason: &str,
+        message: String,
+    ) -> Result<Next, Error> {
+        warn!(pod = %entry.key, reason, %message, "rejecting pod");
+        self.events.pod(&entry.key, true, reason, message.clone());
+        let verdict = Verdict::failed(reason, message);
+        self.update_entry(&entry.key.uid, |e| {
+            e.verdict = Some(verdict);
+            e.permanent = true;
+        });
+        let Some(fresh) = self.entry(&entry.key.uid) else {
+            return Ok(Next::Done);
+        };
+        self.sync_status(&fresh, pod).await
+    }
+
+    /// The backend lost a pod it ran: like a container exit, the restartPolicy decides.
+    async fn instance_lost(&self, entry: &Entry, pod: &Arc<Pod>) -> Result<Next, Error> {
+        let policy = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            .unwrap_or("Always");
+        if policy == "Never" {
+            let message = format!(
+                "the pod's instance vanished from the {} backend; restartPolicy is Never",
+                self.provider.kind()
+            );
+            return self.reject(entry, pod, LOST_REASON, message).await;
+        }
+        let restarts = max_restart_count(pod.status.as_ref());
+        self.events.pod(
+            &entry.key,
+            true,
+            LOST_REASON,
+            format!(
+                "the pod's instance vanished from the {} backend; re-creating it (restartPolicy {policy})",
+                self.provider.kind()
+            ),
+        );
+        self.update_entry(&entry.key.uid, |e| {
+            e.backend = Backend::Absent;
+            e.backend_status = None;
+            e.restart_base = restarts + 1;
+            e.restart_pending = true;
+        });
+        Ok(Next::After(Duration::ZERO))
+    }
+
+    /// Patch `pods/status` with whatever differs from what we want it to say.
+    async fn sync_status(&self, entry: &Entry, pod: &Pod) -> Result<Next, Error> {
+        let current = pod.status.clone().unwrap_or_default();
+        if is_terminal_phase(Some(&current)) {
+            return Ok(Next::Done); // a kubelet never moves a pod out of a terminal phase
+        }
+        let desired = desired_status(
+            &current,
+            entry.backend_status.as_ref(),
+            entry.verdict.as_ref(),
+        );
+        let Some(patch) = status_patch(&current, &desired, &entry.key.uid) else {
+            return Ok(Next::Done);
+        };
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &entry.key.namespace);
+        match api
+            .patch_status(
+                &entry.key.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(updated) => {
+                self.metrics
+                    .status_patches
+                    .get_or_create(&self.node_label)
+                    .inc();
+                self.update_entry(&entry.key.uid, |e| e.status_writes += 1);
+                self.upsert_api_pod(updated);
+                Ok(Next::Done)
+            }
+            // Gone, or a different pod now has this name: nothing of ours to patch.
+            Err(e) if matches!(api_status_code(&e), Some(404 | 409)) => Ok(Next::Done),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Call the provider, timing it for the latency histogram.
+    async fn call<T>(
+        &self,
+        operation: &'static str,
+        fut: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        let start = Instant::now();
+        let res = fut.await;
+        let result = match &res {
+            Ok(_) => "ok",
+            Err(e) => {
+                self.metrics
+                    .error(&self.cfg.node_name, operation, e.metric_label());
+                e.metric_label()
+            }
+        };
+        self.metrics
+            .provider_call_seconds
+            .get_or_create(&ProviderCallLabels {
+                node: self.cfg.node_name.clone(),
+                operation,
+                result,
+            })
+            .observe(start.elapsed().as_secs_f64());
+        res
+    }
+}
+
+fn unknown_key(uid: &str) -> PodKey {
+    PodKey::new(uid, "", "")
+}
+
+fn resource_version(pod: &Pod) -> u64 {
+    pod.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether a kubelet (us, before a restart) already reported this pod as started.
+fn was_started(pod: &Pod) -> bool {
+    pod.status.as_ref().is_some_and(|s| {
+        s.start_time.is_some() || s.container_statuses.as_ref().is_some_and(|c| !c.is_empty())
+    })
+}
+
+fn max_restart_count(status: Option<&PodStatus>) -> i32 {
+    status
+        .into_iter()
+        .flat_map(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.init_container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Hash of what a running pod's backend instance must follow: the mutable parts of the spec and
+/// the metadata a backend may surface.
+fn spec_hash(pod: &Pod) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Some(spec) = &pod.spec {
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            c.name.hash(&mut h);
+            c.image.hash(&mut h);
+        }
+        spec.active_deadline_seconds.hash(&mut h);
+    }
+    pod.metadata.labels.hash(&mut h);
+    pod.metadata.annotations.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodSpec};
+
+    fn pod_with_image(image: &str) -> Pod {
+        Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "c".into(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn spec_hash_follows_images_not_status() {
+        let a = pod_with_image("nginx:1");
+        let mut b = a.clone();
+        b.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        });
+        assert_eq!(spec_hash(&a), spec_hash(&b));
+        assert_ne!(spec_hash(&a), spec_hash(&pod_with_image("nginx:2")));
+    }
+
+    #[test]
+    fn restart_count_is_the_max_over_containers() {
+        let s = PodStatus {
+            container_statuses: Some(vec![
+                ContainerStatus {
+                    name: "a".into(),
+                    restart_count: 2,
+                    ..Default::default()
+                },
+                ContainerStatus {
+                    name: "b".into(),
+                    restart_count: 5,
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(max_restart_count(Some(&s)), 5);
+        assert_eq!(max_restart_count(None), 0);
+    }
+
+    #[test]
+    fn started_means_reported_by_a_kubelet() {
+        let mut p = pod_with_image("x");
+        assert!(!was_started(&p));
+        p.status = Some(PodStatus {
+            start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            )),
+            ..Default::default()
+        });
+        assert!(was_started(&p));
+    }
+}

@@ -1,0 +1,8 @@
+//! The pod side of a virtual node: watch the pods bound to the node, run them on the provider,
+//! report their status back, delete them when asked, and keep API and backend in agreement.
+
+pub mod admission;
+mod controller;
+pub mod status;
+
+pub use controller::{PodController, PodControllerConfig, PodSummary};

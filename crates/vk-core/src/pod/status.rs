@@ -1,0 +1,375 @@
+//! Pod status as vkubelet reports it: what the backend says, overlaid with the core's own verdicts
+//! (provider failures, rejections), merged with what others own on the API object, and turned into a
+//! JSON merge patch for `pods/status` that carries only the fields that changed.
+
+use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+use serde_json::{Map, Value};
+
+/// Pod condition types the kubelet owns; every other condition on the API object (PodScheduled,
+/// readiness gates, DisruptionTarget, ...) belongs to someone else and is kept as it is.
+pub const KUBELET_CONDITIONS: &[&str] = &[
+    "Initialized",
+    "Ready",
+    "ContainersReady",
+    "PodReadyToStartContainers",
+];
+
+/// Status fields the kubelet writes. Anything else in `status` (nominatedNodeName, qosClass,
+/// resize, ...) is never touched.
+const OWNED_FIELDS: &[&str] = &[
+    "phase",
+    "reason",
+    "message",
+    "hostIP",
+    "hostIPs",
+    "podIP",
+    "podIPs",
+    "startTime",
+    "conditions",
+    "containerStatuses",
+    "initContainerStatuses",
+    "ephemeralContainerStatuses",
+];
+
+/// The core's own word on a pod, which wins over the backend's status.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verdict {
+    pub phase: Option<String>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
+impl Verdict {
+    pub fn pending(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            phase: Some("Pending".into()),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+        }
+    }
+
+    pub fn failed(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            phase: Some("Failed".into()),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+        }
+    }
+}
+
+/// The status vkubelet wants the API object to have.
+///
+/// `current` is the API object's status, `backend` the provider's latest report (if any).
+pub fn desired_status(
+    current: &PodStatus,
+    backend: Option<&PodStatus>,
+    verdict: Option<&Verdict>,
+) -> PodStatus {
+    let mut desired = match backend {
+        Some(b) => b.clone(),
+        None => PodStatus {
+            phase: current.phase.clone(),
+            ..Default::default()
+        },
+    };
+    if backend.is_none() {
+        // Without a report from the backend only the verdict speaks; keep what is there.
+        desired.host_ip = current.host_ip.clone();
+        desired.host_ips = current.host_ips.clone();
+        desired.pod_ip = current.pod_ip.clone();
+        desired.pod_ips = current.pod_ips.clone();
+        desired.start_time = current.start_time.clone();
+        desired.container_statuses = current.container_statuses.clone();
+        desired.init_container_statuses = current.init_container_statuses.clone();
+        desired.ephemeral_container_statuses = current.ephemeral_container_statuses.clone();
+        desired.conditions = current.conditions.as_ref().map(|cs| {
+            cs.iter()
+                .filter(|c| KUBELET_CONDITIONS.contains(&c.type_.as_str()))
+                .cloned()
+                .collect()
+        });
+    }
+    if let Some(v) = verdict {
+        if v.phase.is_some() {
+            desired.phase = v.phase.clone();
+        }
+        desired.reason = v.reason.clone();
+        desired.message = v.message.clone();
+    }
+    desired.conditions =
+        merge_conditions(current.conditions.as_deref(), desired.conditions.as_deref());
+    desired
+}
+
+/// Kubelet-owned conditions from `ours`, everything else from `theirs`; transition times are kept
+/// when a condition's status did not change, so unchanged conditions compare equal.
+fn merge_conditions(
+    theirs: Option<&[PodCondition]>,
+    ours: Option<&[PodCondition]>,
+) -> Option<Vec<PodCondition>> {
+    let theirs = theirs.unwrap_or_default();
+    let mut out: Vec<PodCondition> = theirs
+        .iter()
+        .filter(|c| !KUBELET_CONDITIONS.contains(&c.type_.as_str()))
+        .cloned()
+        .collect();
+    for c in ours.unwrap_or_default() {
+        if !KUBELET_CONDITIONS.contains(&c.type_.as_str()) {
+            continue;
+        }
+        let mut c = c.clone();
+        if let Some(prev) = theirs.iter().find(|p| p.type_ == c.type_)
+            && prev.status == c.status
+        {
+            c.last_transition_time = prev.last_transition_time.clone();
+            c.last_probe_time = prev.last_probe_time.clone();
+        }
+        out.push(c);
+    }
+    // A stable order keeps equal sets equal.
+    out.sort_by(|a, b| {
+        condition_rank(&a.type_)
+            .cmp(&condition_rank(&b.type_))
+            .then_with(|| a.type_.cmp(&b.type_))
+    });
+    if out.is_empty() { None } else { Some(out) }
+}
+
+fn condition_rank(t: &str) -> usize {
+    match t {
+        "PodReadyToStartContainers" => 0,
+        "Initialized" => 1,
+        "Ready" => 2,
+        "ContainersReady" => 3,
+        "PodScheduled" => 4,
+        _ => 5,
+    }
+}
+
+/// A JSON merge patch for `pods/status` with just the owned fields that differ, or `None` when the
+/// API object already says what we want. `uid` makes the patch fail on a re-created pod with the
+/// same name instead of overwriting it.
+pub fn status_patch(current: &PodStatus, desired: &PodStatus, uid: &str) -> Option<Value> {
+    let cur = serde_json::to_value(current).ok()?;
+    let want = serde_json::to_value(desired).ok()?;
+    let mut changed = Map::new();
+    for field in OWNED_FIELDS {
+        let a = normalized(cur.get(*field));
+        let b = normalized(want.get(*field));
+        if a != b {
+            changed.insert((*field).to_string(), b.cloned().unwrap_or(Value::Null));
+        }
+    }
+    if changed.is_empty() {
+        return None;
+    }
+    Some(serde_json::json!({ "metadata": { "uid": uid }, "status": Value::Object(changed) }))
+}
+
+/// Treat absent, null and empty list as the same value.
+fn normalized(v: Option<&Value>) -> Option<&Value> {
+    match v {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) if a.is_empty() => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        other => other,
+    }
+}
+
+/// Whether every container in the status has stopped (or none was ever reported as running).
+pub fn all_containers_terminated(status: &PodStatus) -> bool {
+    let running = |cs: &Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>| {
+        cs.iter()
+            .flatten()
+            .any(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_none()))
+    };
+    matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+        || (!running(&status.container_statuses) && !running(&status.init_container_statuses))
+}
+
+pub fn is_terminal_phase(status: Option<&PodStatus>) -> bool {
+    matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn cond(t: &str, s: &str, at: i64) -> PodCondition {
+        PodCondition {
+            type_: t.into(),
+            status: s.into(),
+            last_transition_time: Some(Time(
+                Timestamp::from_second(at).unwrap_or(Timestamp::UNIX_EPOCH),
+            )),
+            ..Default::default()
+        }
+    }
+
+    fn running(name: &str) -> ContainerStatus {
+        ContainerStatus {
+            name: name.into(),
+            ready: true,
+            state: Some(ContainerState {
+                running: Some(ContainerStateRunning::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn backend_running() -> PodStatus {
+        PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some("127.0.0.1".into()),
+            conditions: Some(vec![
+                cond("Ready", "True", 100),
+                cond("Initialized", "True", 100),
+            ]),
+            container_statuses: Some(vec![running("c")]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn keeps_conditions_owned_by_others() {
+        let current = PodStatus {
+            phase: Some("Pending".into()),
+            conditions: Some(vec![
+                cond("PodScheduled", "True", 1),
+                cond("example.com/gate", "False", 2),
+            ]),
+            ..Default::default()
+        };
+        let d = desired_status(&current, Some(&backend_running()), None);
+        let types: Vec<_> = d
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(
+            types,
+            vec!["Initialized", "Ready", "PodScheduled", "example.com/gate"]
+        );
+    }
+
+    #[test]
+    fn unchanged_condition_keeps_its_transition_time_and_needs_no_patch() {
+        let backend = backend_running();
+        let mut current = desired_status(&PodStatus::default(), Some(&backend), None);
+        // The backend reports the same Ready=True again with a fresh timestamp.
+        let mut again = backend.clone();
+        again.conditions = Some(vec![
+            cond("Ready", "True", 999),
+            cond("Initialized", "True", 999),
+        ]);
+        let d = desired_status(&current, Some(&again), None);
+        assert_eq!(status_patch(&current, &d, "u"), None);
+        // A flip of Ready is a change, with the new transition time.
+        let mut flipped = again.clone();
+        flipped.conditions = Some(vec![
+            cond("Ready", "False", 1000),
+            cond("Initialized", "True", 999),
+        ]);
+        let d = desired_status(&current, Some(&flipped), None);
+        let p = status_patch(&current, &d, "u").unwrap_or_default();
+        assert!(
+            p["status"]["conditions"]
+                .to_string()
+                .contains("1970-01-01T00:16:40Z"),
+            "{p}"
+        );
+        assert!(
+            p["status"].get("phase").is_none(),
+            "only changed fields: {p}"
+        );
+        current.phase = Some("Running".into());
+    }
+
+    #[test]
+    fn patch_carries_only_changed_fields_and_uid() {
+        let current = PodStatus {
+            phase: Some("Pending".into()),
+            qos_class: Some("Burstable".into()),
+            ..Default::default()
+        };
+        let d = desired_status(&current, Some(&backend_running()), None);
+        let p = status_patch(&current, &d, "uid-1").unwrap_or_default();
+        assert_eq!(p["metadata"]["uid"], "uid-1");
+        let status = p["status"].as_object().cloned().unwrap_or_default();
+        let mut keys: Vec<_> = status.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec!["conditions", "containerStatuses", "phase", "podIP"]
+        );
+        assert!(status.get("qosClass").is_none());
+    }
+
+    #[test]
+    fn verdict_overrides_phase_and_sets_reason_then_clears_it() {
+        let current = PodStatus {
+            phase: Some("Pending".into()),
+            ..Default::default()
+        };
+        let v = Verdict::pending("ProviderFailed", "boom");
+        let d = desired_status(&current, None, Some(&v));
+        let p = status_patch(&current, &d, "u").unwrap_or_default();
+        assert_eq!(p["status"]["reason"], "ProviderFailed");
+        assert_eq!(p["status"]["message"], "boom");
+        // Recovery: the backend now runs it and there is no verdict; reason and message are removed.
+        let after_failure = d;
+        let d = desired_status(&after_failure, Some(&backend_running()), None);
+        let p = status_patch(&after_failure, &d, "u").unwrap_or_default();
+        assert_eq!(p["status"]["reason"], Value::Null);
+        assert_eq!(p["status"]["message"], Value::Null);
+        assert_eq!(p["status"]["phase"], "Running");
+    }
+
+    #[test]
+    fn failed_verdict_wins_over_backend_phase() {
+        let v = Verdict::failed("UnsupportedPodSpec", "hostNetwork is not supported");
+        let d = desired_status(&PodStatus::default(), Some(&backend_running()), Some(&v));
+        assert_eq!(d.phase.as_deref(), Some("Failed"));
+    }
+
+    #[test]
+    fn no_backend_status_keeps_existing_fields() {
+        let current = desired_status(&PodStatus::default(), Some(&backend_running()), None);
+        let d = desired_status(&current, None, None);
+        assert_eq!(status_patch(&current, &d, "u"), None);
+    }
+
+    #[test]
+    fn termination_detection() {
+        let mut s = backend_running();
+        assert!(!all_containers_terminated(&s));
+        s.container_statuses = Some(vec![ContainerStatus {
+            name: "c".into(),
+            state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+        assert!(all_containers_terminated(&s));
+        assert!(all_containers_terminated(&PodStatus {
+            phase: Some("Succeeded".into()),
+            ..Default::default()
+        }));
+        assert!(is_terminal_phase(Some(&PodStatus {
+            phase: Some("Failed".into()),
+            ..Default::default()
+        })));
+        assert!(!is_terminal_phase(None));
+    }
+}
