@@ -1,0 +1,286 @@
+//! Drives a real `vkubelet` process against the test cluster: start it with a sim backend whose
+//! state lives in a per-test directory, kill -9 / SIGTERM / restart it, flip backend failures, and
+//! read what the backend holds.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use vk_core::Provider;
+use vk_testkit::{PodBuilder, TestEnv, wait_for};
+
+pub const WAIT: Duration = Duration::from_secs(90);
+pub const POLL: Duration = Duration::from_millis(250);
+
+pub struct Vk {
+    child: Option<Child>,
+    pub node: String,
+    pub dir: PathBuf,
+    kubeconfig: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl Vk {
+    /// Start vkubelet for a node named after the test namespace, with `sim` settings merged over a
+    /// persistent state dir and a control file.
+    pub fn start(env: &TestEnv, sim: serde_json::Value) -> Self {
+        Self::start_with_args(env, sim, &[])
+    }
+
+    pub fn start_with_args(env: &TestEnv, mut sim: serde_json::Value, extra_args: &[&str]) -> Self {
+        let node = format!("vk-{}", env.namespace());
+        let dir = std::env::temp_dir().join(format!("vkubelet-e2e-{}", env.namespace()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        if sim.get("stateDir").is_none() {
+            sim["stateDir"] = dir.join("state").to_string_lossy().into();
+        }
+        sim["controlFile"] = dir.join("control.json").to_string_lossy().into();
+        std::fs::write(
+            dir.join("sim.json"),
+            serde_json::to_vec_pretty(&sim).expect("json"),
+        )
+        .expect("write sim config");
+        let mut vk = Self {
+            child: None,
+            node,
+            dir,
+            kubeconfig: env.kubeconfig_path().to_path_buf(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        vk.spawn();
+        vk
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("vkubelet.log"))
+            .expect("open log");
+        let child = Command::new(env!("CARGO_BIN_EXE_vkubelet"))
+            .arg("run")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "--node-name",
+                &self.node,
+                "--provider",
+                "sim",
+                "--metrics-addr",
+                "",
+            ])
+            .arg("--provider-config")
+            .arg(self.dir.join("sim.json"))
+            .args(["--resync-interval", "5"])
+            .args(&self.extra_args)
+            .env("VKUBELET_LOG", "info,vk_core=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn vkubelet");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        for _ in 0..200 {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Start again after a stop.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "vkubelet is still running");
+        self.spawn();
+    }
+
+    /// Override the sim backend's behaviour at runtime (see vk-provider-sim's controlFile).
+    pub fn control(&self, json: serde_json::Value) {
+        let tmp = self.dir.join("control.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&json).expect("json")).expect("write control");
+        std::fs::rename(&tmp, self.dir.join("control.json")).expect("rename control");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vkubelet.log")).unwrap_or_default()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// UIDs the backend ever created, one entry per real create (from the sim's creates.log).
+    pub fn backend_creates(&self) -> Vec<String> {
+        std::fs::read_to_string(self.state_dir().join("creates.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_string())
+            .collect()
+    }
+
+    /// Pods the backend holds, read from its persisted state (only while vkubelet is stopped).
+    pub async fn backend_pods(&self) -> Vec<String> {
+        assert!(
+            self.child.is_none(),
+            "read backend state only while vkubelet is stopped"
+        );
+        let cfg = vk_provider_sim::SimConfig::from_json_str(
+            &serde_json::json!({ "stateDir": self.state_dir() }).to_string(),
+        )
+        .expect("sim config");
+        let sim = vk_provider_sim::SimProvider::new(cfg, "127.0.0.1".into()).expect("sim");
+        sim.start(vk_core::ProviderSinks::discard())
+            .await
+            .expect("start sim");
+        let mut uids: Vec<String> = sim
+            .list_pods()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|p| p.key.uid)
+            .collect();
+        uids.sort();
+        uids
+    }
+
+    /// Pod builder that lands on this node only.
+    pub fn pod(&self, name: &str) -> PodBuilder {
+        PodBuilder::new(name)
+            .image("busybox")
+            .command(["sleep", "3600"])
+            .node_selector("kubernetes.io/hostname", self.node.clone())
+            .node_selector("type", "virtual-kubelet")
+            .toleration_all()
+    }
+
+    pub async fn wait_ready(&self, env: &TestEnv) -> Node {
+        let nodes: Api<Node> = Api::all(env.client());
+        let node = self.node.clone();
+        wait_for(WAIT, POLL, async || {
+            let n = nodes
+                .get_opt(&node)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "no node yet".to_string())?;
+            let ready = n
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+                .map(|c| c.status.clone());
+            if ready.as_deref() == Some("True") {
+                Ok(n)
+            } else {
+                Err(format!("Ready={ready:?}"))
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Vk {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- vkubelet log tail ({}) ----", self.dir.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        let _ = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "delete",
+                "node",
+                &self.node,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn phase(p: &Pod) -> Option<String> {
+    p.status.as_ref().and_then(|s| s.phase.clone())
+}
+
+/// Wait until every pod matching `selector` in the namespace is Running, and there are `n`.
+pub async fn wait_running(env: &TestEnv, selector: &str, n: usize) -> Vec<Pod> {
+    let pods: Api<Pod> = env.api();
+    let lp = kube::api::ListParams::default().labels(selector);
+    wait_for(WAIT, POLL, async || {
+        let list = pods.list(&lp).await.map_err(|e| e.to_string())?;
+        let running = list
+            .items
+            .iter()
+            .filter(|p| phase(p).as_deref() == Some("Running"))
+            .count();
+        if running == n && list.items.len() == n {
+            Ok(list.items)
+        } else {
+            Err(format!("{running}/{} running, want {n}", list.items.len()))
+        }
+    })
+    .await
+}
+
+pub async fn wait_pod_phase(env: &TestEnv, name: &str, want: &str) -> Pod {
+    let pods: Api<Pod> = env.api();
+    wait_for(WAIT, POLL, async || {
+        let p = pods.get(name).await.map_err(|e| e.to_string())?;
+        if phase(&p).as_deref() == Some(want) {
+            Ok(p)
+        } else {
+            Err(format!("{:?}", p.status))
+        }
+    })
+    .await
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
