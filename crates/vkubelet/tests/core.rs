@@ -747,3 +747,87 @@ async fn one_process_runs_several_virtual_nodes_from_a_config_file() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn sold_out_backend_taints_the_node_and_pods_wait_with_a_reason() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let vk = Vk::start(&env, json!({}));
+    vk.wait_ready(&env).await;
+    vk.control(json!({ "soldOut": true }));
+    let nodes: Api<Node> = Api::all(env.client());
+    let has_taint = async |want: bool| {
+        wait_for(WAIT, POLL, async || {
+            let n = nodes.get(&vk.node).await.map_err(|e| e.to_string())?;
+            let tainted = n
+                .spec
+                .iter()
+                .flat_map(|s| s.taints.iter().flatten())
+                .any(|t| t.key == "virtual-kubelet.io/sold-out" && t.effect == "NoSchedule");
+            if tainted == want {
+                Ok(())
+            } else {
+                Err(format!("sold-out taint present: {tainted}"))
+            }
+        })
+        .await
+    };
+    has_taint(true).await;
+    // A pod bound anyway (it tolerates everything) waits with the sold-out reason.
+    env.create(&vk.pod("waits").build()).await;
+    let pods: Api<Pod> = env.api();
+    wait_for(WAIT, POLL, async || {
+        let p = pods.get("waits").await.map_err(|e| e.to_string())?;
+        let s = p.status.unwrap_or_default();
+        if s.reason.as_deref() == Some("ProviderSoldOut") {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    vk.control(json!({}));
+    has_taint(false).await;
+    wait_pod_phase(&env, "waits", "Running").await;
+}
+
+#[tokio::test]
+async fn metrics_report_pods_by_phase_provider_latency_and_api_requests() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let vk = Vk::start_with_args(&env, json!({}), &["--metrics-addr", &addr]);
+    vk.wait_ready(&env).await;
+    env.create(&vk.pod("measured").build()).await;
+    wait_pod_phase(&env, "measured", "Running").await;
+    let url = format!("http://{addr}/metrics");
+    let node = vk.node.clone();
+    let text = wait_for(WAIT, POLL, async || {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &url])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains(&format!(
+            "vkubelet_pods{{node=\"{node}\",phase=\"Running\"}} 1"
+        )) {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    for needle in [
+        "vkubelet_provider_call_duration_seconds_bucket{node=",
+        "operation=\"create\",result=\"ok\"",
+        "vkubelet_api_requests_total{verb=\"PATCH\",code=\"200\"}",
+        "vkubelet_pod_status_patches_total{",
+        "vkubelet_workqueue_depth{",
+        "vkubelet_node_lease_renewals_total{",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+}

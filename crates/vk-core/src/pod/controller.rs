@@ -31,7 +31,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::admission::{UNSUPPORTED_REASON, unsupported_features};
 use super::status::{
-    Verdict, all_containers_terminated, desired_status, is_terminal_phase, status_patch,
+    Verdict, all_containers_terminated, desired_status, is_terminal_phase, owned_fields,
+    status_patch,
 };
 use crate::error::{Error, ProviderError, api_status_code};
 use crate::events::EventRecorder;
@@ -95,6 +96,9 @@ struct Entry {
     restart_pending: bool,
     created_at: Option<Instant>,
     status_writes: u32,
+    /// What we last wrote, and the API server's echo of it: while both still hold, there is
+    /// nothing to write even if the server dropped fields it does not know (hostIPs on 1.20).
+    written: Option<Arc<(OwnedFields, OwnedFields)>>,
 }
 
 impl Entry {
@@ -112,9 +116,12 @@ impl Entry {
             restart_pending: false,
             created_at: None,
             status_writes: 0,
+            written: None,
         }
     }
 }
+
+type OwnedFields = serde_json::Map<String, serde_json::Value>;
 
 /// What the worker does with a key after a reconcile.
 #[derive(Debug, PartialEq)]
@@ -285,10 +292,17 @@ impl PodController {
         let key = PodKey::of(&pod)?;
         pod.metadata.managed_fields = None;
         let uid = key.uid.clone();
+        // After the first backend list, a pod we have never seen cannot be on the backend: we
+        // create everything there ourselves.
+        let synced = self.is_synced();
         let mut pods = self.pods.lock();
-        let e = pods
-            .entry(uid.clone())
-            .or_insert_with(|| Entry::new(key.clone()));
+        let e = pods.entry(uid.clone()).or_insert_with(|| {
+            let mut e = Entry::new(key.clone());
+            if synced {
+                e.backend = Backend::Absent;
+            }
+            e
+        });
         e.key = key;
         let newer = match &e.api {
             Some(old) => resource_version(old) <= resource_version(&pod),
@@ -810,9 +824,21 @@ impl PodController {
             entry.backend_status.as_ref(),
             entry.verdict.as_ref(),
         );
+        // Compared as serialized (second-precision timestamps, server defaults dropped).
+        let desired_owned = owned_fields(&desired);
+        let current_owned = owned_fields(&current);
+        if let Some(w) = &entry.written
+            && w.0 == desired_owned
+            && w.1 == current_owned
+        {
+            return Ok(Next::Done);
+        }
         let Some(patch) = status_patch(&current, &desired, &entry.key.uid) else {
+            let written = Arc::new((desired_owned, current_owned));
+            self.update_entry(&entry.key.uid, |e| e.written = Some(written));
             return Ok(Next::Done);
         };
+        debug!(pod = %entry.key, %patch, "patching pod status");
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &entry.key.namespace);
         match api
             .patch_status(
@@ -827,7 +853,12 @@ impl PodController {
                     .status_patches
                     .get_or_create(&self.node_label)
                     .inc();
-                self.update_entry(&entry.key.uid, |e| e.status_writes += 1);
+                let echo = owned_fields(&updated.status.clone().unwrap_or_default());
+                let written = Arc::new((desired_owned, echo));
+                self.update_entry(&entry.key.uid, |e| {
+                    e.status_writes += 1;
+                    e.written = Some(written);
+                });
                 self.upsert_api_pod(updated);
                 Ok(Next::Done)
             }

@@ -146,18 +146,34 @@ fn condition_rank(t: &str) -> usize {
     }
 }
 
+/// The fields vkubelet owns in `status`, normalized (see [`normalize`]) so that two statuses that
+/// mean the same compare equal.
+pub fn owned_fields(status: &PodStatus) -> Map<String, Value> {
+    let Ok(Value::Object(all)) = serde_json::to_value(status) else {
+        return Map::new();
+    };
+    OWNED_FIELDS
+        .iter()
+        .filter_map(|f| {
+            all.get(*f)
+                .cloned()
+                .and_then(normalize)
+                .map(|v| ((*f).to_string(), v))
+        })
+        .collect()
+}
+
 /// A JSON merge patch for `pods/status` with just the owned fields that differ, or `None` when the
 /// API object already says what we want. `uid` makes the patch fail on a re-created pod with the
 /// same name instead of overwriting it.
 pub fn status_patch(current: &PodStatus, desired: &PodStatus, uid: &str) -> Option<Value> {
-    let cur = serde_json::to_value(current).ok()?;
-    let want = serde_json::to_value(desired).ok()?;
+    let cur = owned_fields(current);
+    let mut want = owned_fields(desired);
     let mut changed = Map::new();
     for field in OWNED_FIELDS {
-        let a = normalized(cur.get(*field));
-        let b = normalized(want.get(*field));
-        if a != b {
-            changed.insert((*field).to_string(), b.cloned().unwrap_or(Value::Null));
+        let b = want.remove(*field);
+        if cur.get(*field) != b.as_ref() {
+            changed.insert((*field).to_string(), b.unwrap_or(Value::Null));
         }
     }
     if changed.is_empty() {
@@ -166,13 +182,24 @@ pub fn status_patch(current: &PodStatus, desired: &PodStatus, uid: &str) -> Opti
     Some(serde_json::json!({ "metadata": { "uid": uid }, "status": Value::Object(changed) }))
 }
 
-/// Treat absent, null and empty list as the same value.
-fn normalized(v: Option<&Value>) -> Option<&Value> {
+/// Drop nulls, empty strings, empty lists and empty objects at every depth: the API server
+/// returns `lastState: {}` where we send nothing, and the like.
+pub fn normalize(v: Value) -> Option<Value> {
     match v {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(a)) if a.is_empty() => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        other => other,
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::Array(a) => {
+            let a: Vec<Value> = a.into_iter().filter_map(normalize).collect();
+            (!a.is_empty()).then_some(Value::Array(a))
+        }
+        Value::Object(o) => {
+            let o: Map<String, Value> = o
+                .into_iter()
+                .filter_map(|(k, v)| normalize(v).map(|v| (k, v)))
+                .collect();
+            (!o.is_empty()).then_some(Value::Object(o))
+        }
+        other => Some(other),
     }
 }
 
@@ -347,6 +374,18 @@ mod tests {
         let current = desired_status(&PodStatus::default(), Some(&backend_running()), None);
         let d = desired_status(&current, None, None);
         assert_eq!(status_patch(&current, &d, "u"), None);
+    }
+
+    #[test]
+    fn server_defaults_do_not_count_as_changes() {
+        let desired = desired_status(&PodStatus::default(), Some(&backend_running()), None);
+        // The API server adds `lastState: {}` and an empty message.
+        let mut echoed = serde_json::to_value(&desired).unwrap_or_default();
+        echoed["containerStatuses"][0]["lastState"] = serde_json::json!({});
+        echoed["message"] = serde_json::json!("");
+        let echoed: PodStatus = serde_json::from_value(echoed).unwrap_or_default();
+        assert_eq!(status_patch(&echoed, &desired, "u"), None);
+        assert_eq!(owned_fields(&echoed), owned_fields(&desired));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -76,7 +76,6 @@ impl Vk {
             ])
             .arg("--provider-config")
             .arg(self.dir.join("sim.json"))
-            .args(["--resync-interval", "5"])
             .args(&self.extra_args)
             .env("VKUBELET_LOG", "info,vk_core=debug")
             .stdin(Stdio::null())
@@ -281,6 +280,9 @@ pub async fn wait_pod_phase(env: &TestEnv, name: &str, want: &str) -> Pod {
     .await
 }
 
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
