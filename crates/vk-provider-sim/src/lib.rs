@@ -55,7 +55,7 @@ struct Inner {
     pods: Mutex<HashMap<String, SimPod>>,
     sinks: Mutex<Option<ProviderSinks>>,
     journal: Mutex<Option<Journal>>,
-    control: Mutex<Control>,
+    control: Mutex<(Control, Option<std::time::SystemTime>)>,
     created_total: AtomicU64,
 }
 
@@ -79,7 +79,7 @@ impl SimProvider {
                 pods: Mutex::new(HashMap::new()),
                 sinks: Mutex::new(None),
                 journal: Mutex::new(None),
-                control: Mutex::new(control),
+                control: Mutex::new((control, None)),
                 created_total: AtomicU64::new(0),
             }),
         })
@@ -102,8 +102,22 @@ impl Inner {
         }
     }
 
+    /// The runtime overrides, re-read when the control file changed (one stat per call, so a
+    /// test that flips a switch and then creates a pod sees the switch).
+    fn control(&self) -> Control {
+        let Some(path) = self.cfg.control_file.as_deref() else {
+            return Control::default();
+        };
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let mut c = self.control.lock();
+        if c.1 != mtime {
+            *c = (Control::read(path), mtime);
+        }
+        c.0
+    }
+
     fn sold_out(&self) -> bool {
-        self.cfg.sold_out || self.control.lock().sold_out
+        self.cfg.sold_out || self.control().sold_out
     }
 
     /// Move a pod to `phase`, push its new status and arm the timer for what comes next.
@@ -295,21 +309,20 @@ impl Provider for SimProvider {
         for (uid, created) in uids {
             inner.transition(&uid, Phase::Running { started: created });
         }
-        if let Some(path) = inner.cfg.control_file.clone() {
+        if inner.cfg.control_file.is_some() {
+            // Sold-out flips change the node; nothing else calls node_resources often enough.
             let weak = Arc::downgrade(inner);
+            let mut reported = inner.control().sold_out;
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(CONTROL_POLL).await;
                     let Some(inner) = weak.upgrade() else { return };
-                    let fresh = Control::read(&path);
-                    let changed_sold_out = {
-                        let mut c = inner.control.lock();
-                        let flip = c.sold_out != fresh.sold_out;
-                        *c = fresh;
-                        flip
-                    };
-                    if changed_sold_out && let Some(s) = inner.sinks.lock().as_ref() {
-                        s.node_changed();
+                    let now = inner.control().sold_out;
+                    if now != reported {
+                        reported = now;
+                        if let Some(s) = inner.sinks.lock().as_ref() {
+                            s.node_changed();
+                        }
                     }
                 }
             });
@@ -339,8 +352,7 @@ impl Provider for SimProvider {
         if inner.pods.lock().contains_key(&pod.key.uid) {
             return Ok(());
         }
-        let control = *inner.control.lock();
-        if control.fail_creates {
+        if inner.control().fail_creates {
             return Err(ProviderError::transient("simulated backend failure"));
         }
         if inner.sold_out() {
@@ -445,7 +457,7 @@ impl Provider for SimProvider {
 
     async fn delete_pod(&self, key: &PodKey, grace: Duration) -> Result<(), ProviderError> {
         let inner = &self.inner;
-        if inner.control.lock().fail_deletes {
+        if inner.control().fail_deletes {
             return Err(ProviderError::transient("simulated backend delete failure"));
         }
         let stop = inner.cfg.stop_latency.sample(&mut rand::rng()).min(grace);

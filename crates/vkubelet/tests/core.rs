@@ -821,7 +821,7 @@ async fn metrics_report_pods_by_phase_provider_latency_and_api_requests() {
     })
     .await;
     for needle in [
-        "vkubelet_provider_call_duration_seconds_bucket{node=",
+        "vkubelet_provider_call_duration_seconds_bucket{",
         "operation=\"create\",result=\"ok\"",
         "vkubelet_api_requests_total{verb=\"PATCH\",code=\"200\"}",
         "vkubelet_pod_status_patches_total{",

@@ -66,14 +66,12 @@ impl Vk {
             .arg("run")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
-            .args([
-                "--node-name",
-                &self.node,
-                "--provider",
-                "sim",
-                "--metrics-addr",
-                "",
-            ])
+            .args(["--node-name", &self.node, "--provider", "sim"])
+            .args(if self.extra_args.iter().any(|a| a == "--metrics-addr") {
+                &[][..]
+            } else {
+                &["--metrics-addr", ""][..]
+            })
             .arg("--provider-config")
             .arg(self.dir.join("sim.json"))
             .args(&self.extra_args)
