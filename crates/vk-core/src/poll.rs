@@ -41,7 +41,7 @@ impl<P> Drop for PollingAdapter<P> {
 
 /// One poll: compare the listing with what was last pushed and push the differences.
 fn diff_and_push(
-    last: &mut HashMap<String, Option<PodStatus>>,
+    last: &mut HashMap<String, Option<Arc<PodStatus>>>,
     listed: Vec<BackendPod>,
     sinks: &ProviderSinks,
 ) {
@@ -120,10 +120,10 @@ mod tests {
     fn bp(uid: &str, phase: &str) -> BackendPod {
         BackendPod {
             key: PodKey::new(uid, "ns", uid),
-            status: Some(PodStatus {
+            status: Some(Arc::new(PodStatus {
                 phase: Some(phase.into()),
                 ..Default::default()
-            }),
+            })),
         }
     }
 

@@ -91,17 +91,15 @@ impl ResolvedPod {
 pub struct BackendPod {
     pub key: PodKey,
     /// The latest status; `None` while the backend has not reported any.
-    pub status: Option<PodStatus>,
+    pub status: Option<Arc<PodStatus>>,
 }
 
 /// What a backend pushes about one pod.
-// Updates are handed straight to a callback, never stored in bulk, so the size gap between
-// variants costs nothing worth a box.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum PodUpdate {
-    /// The pod's latest status. Only the newest matters: the core coalesces bursts.
-    Status(PodStatus),
+    /// The pod's latest status. Only the newest matters: the core coalesces bursts. Shared, so
+    /// a backend that keeps the status it reported does not double the memory per pod.
+    Status(Arc<PodStatus>),
     /// The pod no longer exists on the backend (deleted, evicted, lost).
     Gone,
     /// Something a user should see in `kubectl describe pod` (e.g. `Started`, `BackOff`).

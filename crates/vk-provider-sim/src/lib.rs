@@ -46,7 +46,7 @@ struct SimPod {
     terminating: bool,
     /// Bumped on every transition, so a timer set for an older state does nothing.
     generation: u64,
-    status: PodStatus,
+    status: Arc<PodStatus>,
 }
 
 struct Inner {
@@ -127,14 +127,14 @@ impl Inner {
             let Some(p) = pods.get_mut(uid) else { return };
             p.phase = phase;
             p.generation += 1;
-            p.status = status::build(
+            p.status = Arc::new(status::build(
                 &p.rec,
                 &self.node_ip,
                 p.created,
                 &p.phase,
                 p.restarts,
                 p.last.as_ref(),
-            );
+            ));
             let next = match (&p.phase, p.rec.lifetime_ms) {
                 (Phase::Running { .. }, Some(ms)) => {
                     let d = Duration::from_millis(ms);
@@ -294,7 +294,7 @@ impl Provider for SimProvider {
                         last: None,
                         terminating: false,
                         generation: 0,
-                        status: PodStatus::default(),
+                        status: Arc::default(),
                     },
                 );
             }
@@ -390,7 +390,7 @@ impl Provider for SimProvider {
                     last: None,
                     terminating: false,
                     generation: 0,
-                    status: PodStatus::default(),
+                    status: Arc::default(),
                 },
             );
         }

@@ -85,7 +85,7 @@ async fn started(cfg: SimConfig) -> (SimProvider, Seen) {
 
 fn last_status(seen: &Seen, uid: &str) -> Option<PodStatus> {
     seen.lock().iter().rev().find_map(|(u, up)| match up {
-        PodUpdate::Status(s) if u == uid => Some(s.clone()),
+        PodUpdate::Status(s) if u == uid => Some((**s).clone()),
         _ => None,
     })
 }

@@ -83,9 +83,12 @@ struct Entry {
     key: PodKey,
     api: Option<Arc<Pod>>,
     backend: Backend,
-    backend_status: Option<PodStatus>,
+    backend_status: Option<Arc<PodStatus>>,
     /// Hash of the spec the backend last accepted.
     applied_spec: Option<u64>,
+    /// Hash of the API object's spec, taken before the stored copy was slimmed.
+    api_spec: u64,
+    restart_policy: Option<String>,
     verdict: Option<Verdict>,
     /// The verdict is final (rejected pod); never retried.
     permanent: bool,
@@ -98,7 +101,8 @@ struct Entry {
     status_writes: u32,
     /// What we last wrote, and the API server's echo of it: while both still hold, there is
     /// nothing to write even if the server dropped fields it does not know (hostIPs on 1.20).
-    written: Option<Arc<(OwnedFields, OwnedFields)>>,
+    /// Kept as hashes: a parsed JSON tree per pod would cost kilobytes at 10,000 pods.
+    written: Option<(u64, u64)>,
 }
 
 impl Entry {
@@ -109,6 +113,8 @@ impl Entry {
             backend: Backend::Unknown,
             backend_status: None,
             applied_spec: None,
+            api_spec: 0,
+            restart_policy: None,
             verdict: None,
             permanent: false,
             stop_requested: None,
@@ -121,7 +127,14 @@ impl Entry {
     }
 }
 
-type OwnedFields = serde_json::Map<String, serde_json::Value>;
+/// A fingerprint of a status's owned fields, as serialized.
+fn fingerprint(status: &PodStatus) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::Value::Object(owned_fields(status))
+        .to_string()
+        .hash(&mut h);
+    h.finish()
+}
 
 /// What the worker does with a key after a reconcile.
 #[derive(Debug, PartialEq)]
@@ -309,6 +322,16 @@ impl PodController {
             None => true,
         };
         if newer {
+            if pod.spec.is_some() {
+                e.api_spec = spec_hash(&pod);
+                e.restart_policy = pod.spec.as_ref().and_then(|s| s.restart_policy.clone());
+            }
+            // A pod running as specified needs only its metadata and status from here on; the
+            // spec is the bulk of a Pod's memory (10,000 pods, one node). It is fetched again if
+            // the backend ever needs it (a lost instance is re-created).
+            if e.backend == Backend::Present && e.applied_spec == Some(e.api_spec) {
+                pod.spec = None;
+            }
             e.api = Some(Arc::new(pod));
         }
         Some(uid)
@@ -510,33 +533,33 @@ impl PodController {
         if is_terminal_phase(pod.status.as_ref()) {
             return Ok(Next::Done);
         }
-        if !entry.permanent {
-            let problems = unsupported_features(&pod);
-            if !problems.is_empty() {
-                let message = format!(
-                    "Pod cannot run on virtual node {} (provider {}): {}",
-                    self.cfg.node_name,
-                    self.provider.kind(),
-                    problems.join("; ")
-                );
-                return self.reject(&entry, &pod, UNSUPPORTED_REASON, message).await;
-            }
-        }
         if entry.permanent {
             return self.sync_status(&entry, &pod).await;
         }
         match entry.backend {
             Backend::Unknown => Ok(Next::Done),
-            Backend::Gone if is_terminal_phase(entry.backend_status.as_ref()) => {
+            Backend::Gone if is_terminal_phase(entry.backend_status.as_deref()) => {
                 self.sync_status(&entry, &pod).await
             }
             Backend::Gone => self.instance_lost(&entry, &pod).await,
             Backend::Absent if !entry.restart_pending && was_started(&pod) => {
                 self.instance_lost(&entry, &pod).await
             }
-            Backend::Absent => self.create(&entry, &pod).await,
+            Backend::Absent => {
+                let problems = unsupported_features(&pod);
+                if !problems.is_empty() {
+                    let message = format!(
+                        "Pod cannot run on virtual node {} (provider {}): {}",
+                        self.cfg.node_name,
+                        self.provider.kind(),
+                        problems.join("; ")
+                    );
+                    return self.reject(&entry, &pod, UNSUPPORTED_REASON, message).await;
+                }
+                self.create(&entry, &pod).await
+            }
             Backend::Present => {
-                if entry.applied_spec.is_some_and(|h| h != spec_hash(&pod))
+                if entry.applied_spec.is_some_and(|h| h != entry.api_spec)
                     && let Some(next) = self.update(&entry, &pod).await?
                 {
                     return Ok(next);
@@ -603,7 +626,7 @@ impl PodController {
         let stopped = is_terminal_phase(pod.status.as_ref())
             || entry
                 .backend_status
-                .as_ref()
+                .as_deref()
                 .is_some_and(all_containers_terminated);
         let deadline_passed = entry.stop_requested.is_some_and(|t| t.elapsed() >= grace);
         if stopped || deadline_passed || entry.stop_requested.is_none() {
@@ -660,6 +683,21 @@ impl PodController {
     }
 
     async fn create(&self, entry: &Entry, pod: &Arc<Pod>) -> Result<Next, Error> {
+        let fetched;
+        let pod = if pod.spec.is_some() {
+            pod
+        } else {
+            // The stored copy was slimmed while the pod ran; re-creating needs the whole spec.
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &entry.key.namespace);
+            match api.get_opt(&entry.key.name).await? {
+                Some(p) if p.metadata.uid.as_deref() == Some(entry.key.uid.as_str()) => {
+                    self.upsert_api_pod(p.clone());
+                    fetched = Arc::new(p);
+                    &fetched
+                }
+                _ => return Ok(Next::Done), // gone; the watch will say so
+            }
+        };
         let resolved = ResolvedPod::new(entry.key.clone(), pod.clone())
             .with_restart_count_base(entry.restart_base);
         match self
@@ -782,11 +820,7 @@ impl PodController {
 
     /// The backend lost a pod it ran: like a container exit, the restartPolicy decides.
     async fn instance_lost(&self, entry: &Entry, pod: &Arc<Pod>) -> Result<Next, Error> {
-        let policy = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.as_deref())
-            .unwrap_or("Always");
+        let policy = entry.restart_policy.as_deref().unwrap_or("Always");
         if policy == "Never" {
             let message = format!(
                 "the pod's instance vanished from the {} backend; restartPolicy is Never",
@@ -821,21 +855,19 @@ impl PodController {
         }
         let desired = desired_status(
             &current,
-            entry.backend_status.as_ref(),
+            entry.backend_status.as_deref(),
             entry.verdict.as_ref(),
         );
         // Compared as serialized (second-precision timestamps, server defaults dropped).
-        let desired_owned = owned_fields(&desired);
-        let current_owned = owned_fields(&current);
-        if let Some(w) = &entry.written
-            && w.0 == desired_owned
-            && w.1 == current_owned
-        {
+        let desired_print = fingerprint(&desired);
+        let current_print = fingerprint(&current);
+        if entry.written == Some((desired_print, current_print)) {
             return Ok(Next::Done);
         }
         let Some(patch) = status_patch(&current, &desired, &entry.key.uid) else {
-            let written = Arc::new((desired_owned, current_owned));
-            self.update_entry(&entry.key.uid, |e| e.written = Some(written));
+            self.update_entry(&entry.key.uid, |e| {
+                e.written = Some((desired_print, current_print))
+            });
             return Ok(Next::Done);
         };
         debug!(pod = %entry.key, %patch, "patching pod status");
@@ -853,11 +885,10 @@ impl PodController {
                     .status_patches
                     .get_or_create(&self.node_label)
                     .inc();
-                let echo = owned_fields(&updated.status.clone().unwrap_or_default());
-                let written = Arc::new((desired_owned, echo));
+                let echo = updated.status.as_ref().map(fingerprint).unwrap_or_default();
                 self.update_entry(&entry.key.uid, |e| {
                     e.status_writes += 1;
-                    e.written = Some(written);
+                    e.written = Some((desired_print, echo));
                 });
                 self.upsert_api_pod(updated);
                 Ok(Next::Done)
