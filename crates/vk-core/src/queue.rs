@@ -187,11 +187,19 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
         }
     }
 
-    /// Mark `key` finished; if it was added while being processed it is queued again.
+    /// Mark `key` finished; if it was added while being processed it is queued again, right away
+    /// (even if a delayed re-add was also scheduled meanwhile).
     pub fn done(&self, key: &K) {
         let mut s = self.state.lock();
         s.processing.remove(key);
-        if s.dirty.remove(key) && !s.shutdown && s.queued.insert(key.clone()) {
+        if !s.dirty.remove(key) || s.shutdown {
+            return;
+        }
+        if let Some(slot) = s.delayed.remove(key) {
+            Self::unschedule(&mut s, slot);
+            s.queued.remove(key);
+        }
+        if s.queued.insert(key.clone()) {
             s.ready.push_back(key.clone());
             drop(s);
             self.wake.notify_one();
@@ -313,6 +321,22 @@ mod tests {
         assert!(q.is_empty(), "a dirty key is not handed to a second worker");
         q.done(&"a");
         assert_eq!(q.next().await, Some("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dirty_key_runs_now_even_if_a_delayed_retry_was_scheduled_while_processing() {
+        let q = queue();
+        let start = Instant::now();
+        q.add("a");
+        assert_eq!(q.next().await, Some("a"));
+        q.add("a"); // an event arrives while the worker runs
+        q.add_after("a", Duration::from_secs(30)); // the worker plans a late re-check
+        q.done(&"a");
+        assert_eq!(q.next().await, Some("a"));
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the event is not held back by the delay"
+        );
     }
 
     #[tokio::test(start_paused = true)]

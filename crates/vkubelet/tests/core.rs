@@ -831,3 +831,29 @@ async fn metrics_report_pods_by_phase_provider_latency_and_api_requests() {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn kubectl_delete_completes_when_the_backend_stops_at_once() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    // Stop latency 0: the backend reports the pod gone while vkubelet is still handling the delete.
+    let vk = Vk::start(&env, json!({}));
+    vk.wait_ready(&env).await;
+    env.create(
+        &vk.pod("quick-exit")
+            .termination_grace_period_seconds(600)
+            .build(),
+    )
+    .await;
+    wait_pod_phase(&env, "quick-exit", "Running").await;
+    env.kubectl_ns([
+        "delete",
+        "pod",
+        "quick-exit",
+        "--wait=true",
+        "--timeout=120s",
+    ])
+    .await
+    .assert_success();
+}
