@@ -153,7 +153,8 @@ ready() {
 up() {
   build
   mkdir -p "$DIR/logs"; DIR=$(cd "$DIR" && pwd)
-  if ready && alive etcd >/dev/null && alive kube-apiserver >/dev/null; then
+  if ready && alive etcd >/dev/null && alive kube-apiserver >/dev/null \
+     && alive kube-scheduler >/dev/null && alive kube-controller-manager >/dev/null; then
     log "cluster in $DIR is already up"; echo "$DIR/admin.kubeconfig"; return 0
   fi
   down >/dev/null 2>&1 || true

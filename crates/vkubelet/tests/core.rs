@@ -857,3 +857,27 @@ async fn kubectl_delete_completes_when_the_backend_stops_at_once() {
     .await
     .assert_success();
 }
+
+#[tokio::test]
+async fn cleanup_removes_every_backend_pod() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let mut vk = Vk::start(&env, json!({}));
+    vk.wait_ready(&env).await;
+    let dep = DeploymentBuilder::new("leftover")
+        .replicas(3)
+        .selector_label("app", "leftover")
+        .template(vk.pod("leftover"))
+        .build();
+    env.create(&dep).await;
+    wait_running(&env, "app=leftover", 3).await;
+    assert!(vk.terminate());
+    assert_eq!(vk.backend_pods().await.len(), 3);
+    let out = vk.cleanup();
+    assert!(out.contains("removed 3 backend pod(s)"), "{out}");
+    assert!(
+        vk.backend_pods().await.is_empty(),
+        "nothing left running (or billing) on the backend"
+    );
+}

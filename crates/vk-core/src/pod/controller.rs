@@ -94,6 +94,8 @@ struct Entry {
     permanent: bool,
     /// When the backend was asked to stop the pod for an API deletion.
     stop_requested: Option<Instant>,
+    /// The final API delete succeeded; only the watch's Delete event is awaited.
+    api_delete_sent: bool,
     restart_base: i32,
     /// A lost instance was accounted for; the next create is a restart, not a duplicate.
     restart_pending: bool,
@@ -118,6 +120,7 @@ impl Entry {
             verdict: None,
             permanent: false,
             stop_requested: None,
+            api_delete_sent: false,
             restart_base: 0,
             restart_pending: false,
             created_at: None,
@@ -666,6 +669,9 @@ impl PodController {
     /// Remove the API object for good: grace 0, guarded by UID so a re-created pod of the same
     /// name is never hit.
     async fn delete_api_pod(&self, entry: &Entry) -> Result<Next, Error> {
+        if entry.api_delete_sent {
+            return Ok(Next::Done); // the watch's Delete event is on its way
+        }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &entry.key.namespace);
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
@@ -676,7 +682,10 @@ impl PodController {
             ..Default::default()
         };
         match api.delete(&entry.key.name, &dp).await {
-            Ok(_) => Ok(Next::Done),
+            Ok(_) => {
+                self.update_entry(&entry.key.uid, |e| e.api_delete_sent = true);
+                Ok(Next::Done)
+            }
             Err(e) if matches!(api_status_code(&e), Some(404 | 409)) => Ok(Next::Done),
             Err(e) => Err(e.into()),
         }

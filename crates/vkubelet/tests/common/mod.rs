@@ -126,6 +126,23 @@ impl Vk {
         self.spawn();
     }
 
+    /// Run `vkubelet cleanup` for this node's provider config; returns its stdout.
+    pub fn cleanup(&self) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_vkubelet"))
+            .arg("cleanup")
+            .args(["--provider", "sim", "--node-name", &self.node])
+            .arg("--provider-config")
+            .arg(self.dir.join("sim.json"))
+            .output()
+            .expect("run cleanup");
+        assert!(
+            out.status.success(),
+            "cleanup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Override the sim backend's behaviour at runtime (see vk-provider-sim's controlFile).
     pub fn control(&self, json: serde_json::Value) {
         let tmp = self.dir.join("control.json.tmp");
