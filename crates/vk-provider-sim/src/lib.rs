@@ -49,6 +49,21 @@ struct SimPod {
     status: Arc<PodStatus>,
 }
 
+impl SimPod {
+    fn new(rec: PodRecord, created: Timestamp) -> Self {
+        Self {
+            rec,
+            created,
+            phase: Phase::Creating,
+            restarts: 0,
+            last: None,
+            terminating: false,
+            generation: 0,
+            status: Arc::default(),
+        }
+    }
+}
+
 struct Inner {
     cfg: SimConfig,
     node_ip: String,
@@ -284,19 +299,7 @@ impl Provider for SimProvider {
             let mut pods = inner.pods.lock();
             for rec in live {
                 let created = rec.created_at.parse().unwrap_or(now);
-                pods.insert(
-                    rec.uid.clone(),
-                    SimPod {
-                        rec,
-                        created,
-                        phase: Phase::Creating,
-                        restarts: 0,
-                        last: None,
-                        terminating: false,
-                        generation: 0,
-                        status: Arc::default(),
-                    },
-                );
+                pods.insert(rec.uid.clone(), SimPod::new(rec, created));
             }
         }
         // Replayed pods run again (a real backend kept them running while we were away).
@@ -380,19 +383,7 @@ impl Provider for SimProvider {
                 j.created(&rec)
                     .map_err(|e| ProviderError::Other(format!("sim journal: {e}")))?;
             }
-            pods.insert(
-                rec.uid.clone(),
-                SimPod {
-                    rec,
-                    created: Timestamp::now(),
-                    phase: Phase::Creating,
-                    restarts: 0,
-                    last: None,
-                    terminating: false,
-                    generation: 0,
-                    status: Arc::default(),
-                },
-            );
+            pods.insert(rec.uid.clone(), SimPod::new(rec, Timestamp::now()));
         }
         inner.created_total.fetch_add(1, Ordering::Relaxed);
         let uid = pod.key.uid.clone();

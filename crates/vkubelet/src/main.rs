@@ -70,10 +70,9 @@ struct ClusterArgs {
     kube_api_burst: u32,
 }
 
+/// Which virtual node(s), with which provider: one from flags, or several from a file.
 #[derive(Args, Debug)]
-struct RunArgs {
-    #[command(flatten)]
-    cluster: ClusterArgs,
+struct NodeArgs {
     /// Name of the virtual node (ignored with --config).
     #[arg(long, env = "VKUBELET_NODE_NAME", default_value = "vkubelet")]
     node_name: String,
@@ -86,6 +85,34 @@ struct RunArgs {
     /// A file describing several virtual nodes (see docs/configuration.md).
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    /// The nodes to run: from --config, or the single node the flags describe.
+    fn specs(&self) -> anyhow::Result<Vec<NodeSpec>> {
+        if let Some(path) = &self.config {
+            return Ok(NodesFile::load(path)?.nodes);
+        }
+        validate_node_name(&self.node_name)?;
+        Ok(vec![NodeSpec {
+            name: self.node_name.clone(),
+            provider: self.provider.clone(),
+            provider_config: None,
+            provider_config_file: self.provider_config.clone(),
+            labels: Default::default(),
+            node_ip: None,
+            kubelet_port: None,
+            disable_taint: false,
+        }])
+    }
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    nodes: NodeArgs,
     /// Address the API server uses to reach this kubelet (node InternalIP).
     #[arg(long, env = "VKUBELET_NODE_IP", default_value = "127.0.0.1")]
     node_ip: String,
@@ -124,15 +151,8 @@ struct RunArgs {
 struct CleanupArgs {
     #[command(flatten)]
     cluster: ClusterArgs,
-    #[arg(long, env = "VKUBELET_NODE_NAME", default_value = "vkubelet")]
-    node_name: String,
-    #[arg(long, default_value = "sim")]
-    provider: String,
-    #[arg(long)]
-    provider_config: Option<PathBuf>,
-    /// A multi-node file: clean up every node in it.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    nodes: NodeArgs,
     /// Also delete the Node object(s) from the cluster.
     #[arg(long)]
     delete_node: bool,
@@ -190,29 +210,6 @@ async fn kube_config(path: Option<&PathBuf>) -> anyhow::Result<kube::Config> {
     }
 }
 
-/// The nodes to run: from --config, or the single node the flags describe.
-fn node_specs(
-    config: Option<&PathBuf>,
-    name: &str,
-    provider: &str,
-    provider_config: Option<&PathBuf>,
-) -> anyhow::Result<Vec<NodeSpec>> {
-    if let Some(path) = config {
-        return Ok(NodesFile::load(path)?.nodes);
-    }
-    validate_node_name(name)?;
-    Ok(vec![NodeSpec {
-        name: name.to_string(),
-        provider: provider.to_string(),
-        provider_config: None,
-        provider_config_file: provider_config.cloned(),
-        labels: Default::default(),
-        node_ip: None,
-        kubelet_port: None,
-        disable_taint: false,
-    }])
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let config = kube_config(args.cluster.kubeconfig.as_ref()).await?;
@@ -223,12 +220,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let client =
         build_client(config, client_opts, metrics.clone()).context("building the API client")?;
-    let specs = node_specs(
-        args.config.as_ref(),
-        &args.node_name,
-        &args.provider,
-        args.provider_config.as_ref(),
-    )?;
+    let specs = args.nodes.specs()?;
 
     let cancel = CancellationToken::new();
     let mut nodes = Vec::new();
@@ -352,12 +344,7 @@ async fn serve_metrics(
 }
 
 async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
-    let specs = node_specs(
-        args.config.as_ref(),
-        &args.node_name,
-        &args.provider,
-        args.provider_config.as_ref(),
-    )?;
+    let specs = args.nodes.specs()?;
     let mut total = 0;
     for spec in &specs {
         let settings = provider_settings(
