@@ -12,10 +12,12 @@ pub mod pod;
 pub mod poll;
 pub mod provider;
 pub mod queue;
+pub mod resolve;
 pub mod virtual_node;
 
 pub use error::{Error, ProviderError};
 pub use provider::{
-    BackendPod, DynProvider, NodeResources, PodKey, PodUpdate, Provider, ProviderSinks, ResolvedPod,
+    BackendPod, DynProvider, NodeResources, PodKey, PodUpdate, Provider, ProviderLimits,
+    ProviderSinks, ResolvedPod,
 };
 pub use virtual_node::VirtualNode;

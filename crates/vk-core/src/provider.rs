@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{NodeCondition, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::error::ProviderError;
+use crate::resolve::{Resolution, ResolvedVolume};
 
 /// Identity of a pod on a backend.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,8 +59,9 @@ impl fmt::Display for PodKey {
 
 /// Everything a backend needs to run a pod, since it cannot read the user's cluster.
 ///
-/// `pod` is the API object as the core saw it. Later fields carry what the core resolved on the
-/// backend's behalf.
+/// `pod` is the API object as the core saw it; `resolution` is what the core read from the
+/// cluster on the backend's behalf (env, volume contents, registry credentials). Backends use
+/// the resolution, never the raw references in the spec.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ResolvedPod {
@@ -69,6 +71,7 @@ pub struct ResolvedPod {
     /// backend and the pod's restartPolicy brought it back). Backends add it to the restart counts
     /// they report, so `kubectl get pods` keeps counting up.
     pub restart_count_base: i32,
+    pub resolution: Resolution,
 }
 
 impl ResolvedPod {
@@ -77,11 +80,33 @@ impl ResolvedPod {
             key,
             pod,
             restart_count_base: 0,
+            resolution: Resolution::default(),
         }
     }
 
     pub fn with_restart_count_base(mut self, base: i32) -> Self {
         self.restart_count_base = base;
+        self
+    }
+
+    pub fn with_resolution(mut self, resolution: Resolution) -> Self {
+        self.resolution = resolution;
+        self
+    }
+}
+
+/// What a backend accepts, checked by the core before it calls the backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProviderLimits {
+    /// Most bytes of resolved ConfigMap, Secret, downward-API and token files per pod (UCloud
+    /// Cube, for one, accepts 30 MiB). `None`: no limit.
+    pub max_volume_bytes: Option<u64>,
+}
+
+impl ProviderLimits {
+    pub fn with_max_volume_bytes(mut self, max: Option<u64>) -> Self {
+        self.max_volume_bytes = max;
         self
     }
 }
@@ -190,6 +215,25 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Apply a changed spec (images, activeDeadlineSeconds, labels, annotations) to a running pod.
     async fn update_pod(&self, pod: &ResolvedPod) -> Result<(), ProviderError>;
+
+    /// Replace the content of a running pod's file-backed volumes after a referenced ConfigMap or
+    /// Secret changed or a service-account token was refreshed. `volumes` is the pod's full,
+    /// current set. As with a kubelet, volumes mounted with `subPath` keep their old content.
+    async fn update_volumes(
+        &self,
+        key: &PodKey,
+        volumes: &[ResolvedVolume],
+    ) -> Result<(), ProviderError> {
+        let _ = (key, volumes);
+        Err(ProviderError::NotSupported(
+            "updating the volumes of a running pod".into(),
+        ))
+    }
+
+    /// What this backend accepts; see [`ProviderLimits`].
+    fn limits(&self) -> ProviderLimits {
+        ProviderLimits::default()
+    }
 
     async fn delete_pod(&self, key: &PodKey, grace: Duration) -> Result<(), ProviderError>;
 

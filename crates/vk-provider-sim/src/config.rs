@@ -116,6 +116,10 @@ pub struct SimConfig {
     pub sold_out: bool,
     pub control_file: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// Write what the core resolved for each pod to `<stateDir>/received/<uid>.json`.
+    pub record_resolved: bool,
+    /// Most bytes of resolved volume files a pod may carry (a serverless backend's limit).
+    pub max_volume_bytes: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -133,6 +137,8 @@ impl Default for SimConfig {
             sold_out: false,
             control_file: None,
             state_dir: None,
+            record_resolved: false,
+            max_volume_bytes: None,
         }
     }
 }
@@ -169,6 +175,11 @@ impl SimConfig {
                 "failureRate must be within 0..1, got {}",
                 self.failure_rate
             )));
+        }
+        if self.record_resolved && self.state_dir.is_none() {
+            return Err(ConfigError::Invalid(
+                "recordResolved needs a stateDir to write to".into(),
+            ));
         }
         let defaults = SimConfig::default().capacity;
         for (k, v) in defaults {

@@ -6,8 +6,12 @@
 //!
 //! Per-pod overrides: annotations `sim.vkubelet.io/lifetime` (a duration) and
 //! `sim.vkubelet.io/exit-code`.
+//!
+//! With `recordResolved` (and a `stateDir`), everything the core resolved for a pod is written to
+//! `<stateDir>/received/<uid>.json` (see [`received`]).
 
 pub mod config;
+pub mod received;
 pub mod state;
 mod status;
 
@@ -22,9 +26,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
 use parking_lot::Mutex;
 use rand::Rng;
+use vk_core::resolve::{PodAddresses, ResolvedVolume};
 use vk_core::{
-    BackendPod, NodeResources, PodKey, PodUpdate, Provider, ProviderError, ProviderSinks,
-    ResolvedPod,
+    BackendPod, NodeResources, PodKey, PodUpdate, Provider, ProviderError, ProviderLimits,
+    ProviderSinks, ResolvedPod,
 };
 
 pub use config::{ConfigError, Control, Latency, SimConfig, parse_duration};
@@ -72,6 +77,7 @@ struct Inner {
     journal: Mutex<Option<Journal>>,
     control: Mutex<(Control, Option<std::time::SystemTime>)>,
     created_total: AtomicU64,
+    received: Mutex<HashMap<String, received::Received>>,
 }
 
 /// See the crate documentation.
@@ -96,6 +102,7 @@ impl SimProvider {
                 journal: Mutex::new(None),
                 control: Mutex::new((control, None)),
                 created_total: AtomicU64::new(0),
+                received: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -208,8 +215,34 @@ impl Inner {
         self.transition(uid, next);
     }
 
+    fn addresses(&self) -> PodAddresses {
+        PodAddresses {
+            pod_ips: vec![self.node_ip.clone()],
+            host_ips: vec![self.node_ip.clone()],
+        }
+    }
+
+    /// Record (and persist) what the core resolved for a pod, when `recordResolved` is on.
+    fn record_received(&self, uid: &str, update: impl FnOnce(&mut received::Received)) {
+        let Some(dir) = self
+            .cfg
+            .state_dir
+            .as_deref()
+            .filter(|_| self.cfg.record_resolved)
+        else {
+            return;
+        };
+        let mut all = self.received.lock();
+        let Some(rec) = all.get_mut(uid) else { return };
+        update(rec);
+        if let Err(e) = rec.write(dir, uid) {
+            tracing::warn!(error = %e, "writing the sim's received record failed");
+        }
+    }
+
     fn remove(&self, uid: &str) -> bool {
         let removed = self.pods.lock().remove(uid).is_some();
+        self.received.lock().remove(uid);
         if removed {
             if let Some(j) = self.journal.lock().as_mut()
                 && let Err(e) = j.deleted(uid)
@@ -385,6 +418,11 @@ impl Provider for SimProvider {
             }
             pods.insert(rec.uid.clone(), SimPod::new(rec, Timestamp::now()));
         }
+        if inner.cfg.record_resolved {
+            let rec = received::Received::new(&pod.resolution, &inner.addresses());
+            inner.received.lock().insert(pod.key.uid.clone(), rec);
+            inner.record_received(&pod.key.uid, |_| {});
+        }
         inner.created_total.fetch_add(1, Ordering::Relaxed);
         let uid = pod.key.uid.clone();
         if latency.is_zero() {
@@ -444,6 +482,26 @@ impl Provider for SimProvider {
         };
         inner.transition(&pod.key.uid, phase);
         Ok(())
+    }
+
+    async fn update_volumes(
+        &self,
+        key: &PodKey,
+        volumes: &[ResolvedVolume],
+    ) -> Result<(), ProviderError> {
+        let inner = &self.inner;
+        if !inner.pods.lock().contains_key(&key.uid) {
+            return Err(ProviderError::NotFound(key.to_string()));
+        }
+        inner.record_received(&key.uid, |r| {
+            r.volumes = received::volume_records(volumes);
+            r.volume_updates += 1;
+        });
+        Ok(())
+    }
+
+    fn limits(&self) -> ProviderLimits {
+        ProviderLimits::default().with_max_volume_bytes(self.inner.cfg.max_volume_bytes)
     }
 
     async fn delete_pod(&self, key: &PodKey, grace: Duration) -> Result<(), ProviderError> {

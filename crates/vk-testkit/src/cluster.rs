@@ -298,14 +298,26 @@ impl TestEnv {
             + fmt::Debug,
         K::DynamicType: Default,
     {
-        match self.api::<K>().create(&PostParams::default(), obj).await {
-            Ok(created) => created,
-            Err(e) => panic!(
-                "creating {} {:?} in namespace {}: {e}",
-                K::kind(&K::DynamicType::default()),
-                obj.meta().name.as_deref().unwrap_or("<unnamed>"),
-                self.namespace
-            ),
+        let api = self.api::<K>();
+        let deadline = tokio::time::Instant::now() + SERVICE_ACCOUNT_TIMEOUT;
+        loop {
+            match api.create(&PostParams::default(), obj).await {
+                Ok(created) => return created,
+                // The API server asks for a retry while an admission cache catches up (e.g. the
+                // ServiceAccount token informer right after the namespace appeared).
+                Err(kube::Error::Api(status))
+                    if status.reason == "ServerTimeout"
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!(
+                    "creating {} {:?} in namespace {}: {e}",
+                    K::kind(&K::DynamicType::default()),
+                    obj.meta().name.as_deref().unwrap_or("<unnamed>"),
+                    self.namespace
+                ),
+            }
         }
     }
 
@@ -350,8 +362,13 @@ impl TestEnv {
         let deadline = tokio::time::Instant::now() + SERVICE_ACCOUNT_TIMEOUT;
         while tokio::time::Instant::now() < deadline {
             match api.get_opt("default").await {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) => {}
+                // On 1.20 the ServiceAccount admission plugin refuses pods (500, "No API token
+                // found for service account") until the tokens controller has made the
+                // account's token Secret, so the namespace is usable only once it is listed.
+                Ok(Some(sa)) if sa.secrets.as_ref().is_some_and(|s| !s.is_empty()) => {
+                    return Ok(());
+                }
+                Ok(_) => {}
                 Err(e) => last_error = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

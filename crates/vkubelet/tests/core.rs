@@ -9,37 +9,16 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{POLL, Vk, WAIT, phase, wait_pod_phase, wait_running};
+use common::{POLL, Vk, WAIT, phase, wait_event, wait_pod_phase, wait_running};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
-use vk_testkit::{DeploymentBuilder, TestEnv, wait_for};
-
-async fn events_for(env: &TestEnv, pod: &str) -> Vec<Event> {
-    let events: Api<Event> = env.api();
-    let lp = ListParams::default().fields(&format!("involvedObject.name={pod}"));
-    events.list(&lp).await.map(|l| l.items).unwrap_or_default()
-}
-
-async fn wait_event(env: &TestEnv, pod: &str, reason: &str) -> Event {
-    wait_for(WAIT, POLL, async || {
-        let evs = events_for(env, pod).await;
-        evs.iter()
-            .find(|e| e.reason.as_deref() == Some(reason))
-            .cloned()
-            .ok_or_else(|| {
-                evs.iter()
-                    .map(|e| e.reason.clone().unwrap_or_default())
-                    .collect::<Vec<_>>()
-            })
-    })
-    .await
-}
+use vk_testkit::{DeploymentBuilder, wait_for};
 
 #[tokio::test]
 async fn node_registers_ready_with_labels_taint_capacity_and_lease() {

@@ -39,9 +39,14 @@ use crate::events::EventRecorder;
 use crate::metrics::{Metrics, NodeLabels, PhaseLabels, ProviderCallLabels};
 use crate::provider::{DynProvider, PodKey, PodUpdate, ResolvedPod};
 use crate::queue::{Backoff, WorkQueue};
+use crate::resolve::{ResolveError, Resolver, volumes_fingerprint};
 
 /// Reason for a pod whose backend instance disappeared without being asked to.
 pub const LOST_REASON: &str = "ProviderPodLost";
+/// The kubelet's reason for a container whose env or volumes cannot be resolved.
+pub const CONFIG_ERROR_REASON: &str = "CreateContainerConfigError";
+/// Reason for a pod whose resolved volume data exceeds the backend's limit.
+pub const TOO_LARGE_REASON: &str = "VolumeDataTooLarge";
 
 #[derive(Debug, Clone)]
 pub struct PodControllerConfig {
@@ -105,6 +110,12 @@ struct Entry {
     /// nothing to write even if the server dropped fields it does not know (hostIPs on 1.20).
     /// Kept as hashes: a parsed JSON tree per pod would cost kilobytes at 10,000 pods.
     written: Option<(u64, u64)>,
+    /// Fingerprint of the volume contents the backend last received.
+    volumes_applied: Option<u64>,
+    /// A referenced ConfigMap or Secret behind a volume changed since.
+    volumes_stale: bool,
+    /// When a service-account token in the pod's volumes is due for refresh.
+    refresh_at: Option<std::time::SystemTime>,
 }
 
 impl Entry {
@@ -126,6 +137,9 @@ impl Entry {
             created_at: None,
             status_writes: 0,
             written: None,
+            volumes_applied: None,
+            volumes_stale: false,
+            refresh_at: None,
         }
     }
 }
@@ -159,6 +173,7 @@ pub struct PodController {
     cfg: PodControllerConfig,
     client: kube::Client,
     provider: DynProvider,
+    resolver: Resolver,
     events: EventRecorder,
     metrics: Arc<Metrics>,
     pods: Mutex<HashMap<String, Entry>>,
@@ -179,18 +194,41 @@ impl PodController {
         let node_label = NodeLabels {
             node: cfg.node_name.clone(),
         };
-        Arc::new(Self {
-            queue: WorkQueue::new(cfg.backoff),
-            cfg,
-            client,
-            provider,
-            events,
-            metrics,
-            pods: Mutex::new(HashMap::new()),
-            synced: AtomicBool::new(false),
-            api_listed: tokio::sync::Notify::new(),
-            node_label,
+        Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
+            let weak = weak.clone();
+            let wake = Arc::new(move |uid: &str, volume: bool| {
+                if let Some(this) = weak.upgrade() {
+                    this.referenced_object_changed(uid, volume);
+                }
+            });
+            Self {
+                queue: WorkQueue::new(cfg.backoff),
+                resolver: Resolver::new(client.clone(), wake),
+                cfg,
+                client,
+                provider,
+                events,
+                metrics,
+                pods: Mutex::new(HashMap::new()),
+                synced: AtomicBool::new(false),
+                api_listed: tokio::sync::Notify::new(),
+                node_label,
+            }
         })
+    }
+
+    /// What the resolver holds for this node's pods.
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// A ConfigMap or Secret a pod references changed (or appeared): a pod waiting for it is
+    /// retried now; a running pod's volumes are refreshed.
+    fn referenced_object_changed(&self, uid: &str, volume: bool) {
+        if volume {
+            self.update_entry(uid, |e| e.volumes_stale = true);
+        }
+        self.queue.add(uid.to_string());
     }
 
     /// The sink the provider pushes pod updates into.
@@ -534,6 +572,7 @@ impl PodController {
             return self.reconcile_deletion(&entry, &pod).await;
         }
         if is_terminal_phase(pod.status.as_ref()) {
+            self.resolver.forget(uid);
             return Ok(Next::Done);
         }
         if entry.permanent {
@@ -567,7 +606,24 @@ impl PodController {
                 {
                     return Ok(next);
                 }
-                self.sync_status(&entry, &pod).await
+                let token_due = entry
+                    .refresh_at
+                    .is_some_and(|t| std::time::SystemTime::now() >= t);
+                if (entry.volumes_stale || token_due)
+                    && let Some(next) = self.refresh_volumes(&entry, &pod).await?
+                {
+                    return Ok(next);
+                }
+                let next = self.sync_status(&entry, &pod).await?;
+                // Come back when a token is due.
+                let refresh_in = self.entry(uid).and_then(|e| e.refresh_at).map(|t| {
+                    t.duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default()
+                });
+                Ok(match (next, refresh_in) {
+                    (Next::Done, Some(d)) => Next::After(d),
+                    (next, _) => next,
+                })
             }
         }
     }
@@ -603,6 +659,7 @@ impl PodController {
             }
         };
         if let Some(e) = removed {
+            self.resolver.forget(&uid);
             if e.created_at.is_some() {
                 self.metrics
                     .status_writes_per_pod
@@ -707,8 +764,15 @@ impl PodController {
                 _ => return Ok(Next::Done), // gone; the watch will say so
             }
         };
+        let resolved = match self.resolve_for_create(entry, pod).await? {
+            Ok(r) => r,
+            Err(next) => return Ok(next),
+        };
+        let volumes_print = volumes_fingerprint(&resolved.resolution.volumes);
+        let refresh_at = resolved.refresh_at;
         let resolved = ResolvedPod::new(entry.key.clone(), pod.clone())
-            .with_restart_count_base(entry.restart_base);
+            .with_restart_count_base(entry.restart_base)
+            .with_resolution(resolved.resolution);
         match self
             .call("create", self.provider.create_pod(&resolved))
             .await
@@ -723,6 +787,9 @@ impl PodController {
                     e.verdict = None;
                     e.restart_pending = false;
                     e.created_at = Some(Instant::now());
+                    e.volumes_applied = Some(volumes_print);
+                    e.volumes_stale = false;
+                    e.refresh_at = refresh_at;
                 });
                 self.metrics
                     .pods_created
@@ -804,6 +871,142 @@ impl PodController {
                 Ok(Some(Next::Retry(e.retry_after().unwrap_or_default())))
             }
         }
+    }
+
+    /// Resolve what the backend needs to create the pod. `Ok(Err(next))` when the pod cannot be
+    /// created yet (a missing reference: it waits, as a kubelet's pod does) or ever (rejected).
+    async fn resolve_for_create(
+        &self,
+        entry: &Entry,
+        pod: &Arc<Pod>,
+    ) -> Result<Result<crate::resolve::Resolved, Next>, Error> {
+        let provider = self.provider.clone();
+        let result = self
+            .resolver
+            .resolve(
+                pod,
+                || async move { node_allocatable(&provider).await },
+                self.provider.limits().max_volume_bytes,
+            )
+            .await;
+        let error = match result {
+            Ok(r) => {
+                for w in &r.warnings {
+                    self.events
+                        .pod(&entry.key, true, w.reason, w.message.clone());
+                }
+                return Ok(Ok(r));
+            }
+            Err(e) => e,
+        };
+        self.metrics
+            .error(&self.cfg.node_name, "resolve", resolve_error_label(&error));
+        match error {
+            ResolveError::Missing {
+                message, volume, ..
+            } => {
+                debug!(pod = %entry.key, %message, "pod waits for a referenced object");
+                if volume.is_some() {
+                    self.events
+                        .pod(&entry.key, true, "FailedMount", message.clone());
+                } else {
+                    self.events
+                        .pod(&entry.key, true, "Failed", format!("Error: {message}"));
+                }
+                let verdict = Verdict::containers_waiting(pod, CONFIG_ERROR_REASON, message);
+                self.update_entry(&entry.key.uid, |e| e.verdict = Some(verdict));
+                if let Some(fresh) = self.entry(&entry.key.uid) {
+                    self.sync_status(&fresh, pod).await?;
+                }
+                // Backoff bounds the retries; the object's watch wakes the pod the moment the
+                // object appears.
+                Ok(Err(Next::Retry(Duration::ZERO)))
+            }
+            ResolveError::Invalid(message) => {
+                let next = self
+                    .reject(entry, pod, CONFIG_ERROR_REASON, message)
+                    .await?;
+                Ok(Err(next))
+            }
+            e @ ResolveError::TooLarge { .. } => {
+                let next = self
+                    .reject(entry, pod, TOO_LARGE_REASON, e.to_string())
+                    .await?;
+                Ok(Err(next))
+            }
+            ResolveError::Api(e) => Err(e.into()),
+        }
+    }
+
+    /// Re-resolve a running pod's volumes after a referenced object changed or a token came due,
+    /// and hand the backend the new content if it differs.
+    async fn refresh_volumes(&self, entry: &Entry, pod: &Arc<Pod>) -> Result<Option<Next>, Error> {
+        let uid = entry.key.uid.as_str();
+        self.update_entry(uid, |e| e.volumes_stale = false);
+        let fetched;
+        let pod = if pod.spec.is_some() {
+            pod
+        } else {
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &entry.key.namespace);
+            match api.get_opt(&entry.key.name).await? {
+                Some(p) if p.metadata.uid.as_deref() == Some(uid) => {
+                    fetched = Arc::new(p);
+                    &fetched
+                }
+                _ => return Ok(None),
+            }
+        };
+        let provider = self.provider.clone();
+        let result = self
+            .resolver
+            .resolve_volumes(
+                pod,
+                || async move { node_allocatable(&provider).await },
+                self.provider.limits().max_volume_bytes,
+            )
+            .await;
+        let refreshed = match result {
+            Ok(r) => r,
+            Err(ResolveError::Api(e)) => {
+                self.update_entry(uid, |e| e.volumes_stale = true);
+                return Err(e.into());
+            }
+            Err(e) => {
+                // As a kubelet does, the running pod keeps the content it has.
+                self.metrics
+                    .error(&self.cfg.node_name, "resolve", resolve_error_label(&e));
+                self.events
+                    .pod(&entry.key, true, "FailedMount", e.to_string());
+                return Ok(None);
+            }
+        };
+        let print = volumes_fingerprint(&refreshed.volumes);
+        if entry.volumes_applied != Some(print) {
+            match self
+                .call(
+                    "update_volumes",
+                    self.provider.update_volumes(&entry.key, &refreshed.volumes),
+                )
+                .await
+            {
+                Ok(()) => debug!(pod = %entry.key, "refreshed volume contents on the backend"),
+                Err(ProviderError::NotSupported(what)) => {
+                    debug!(pod = %entry.key, %what, "backend cannot refresh volumes of a running pod");
+                }
+                Err(ProviderError::NotFound(_)) => return Ok(None),
+                Err(e) => {
+                    self.events
+                        .pod(&entry.key, true, "FailedVolumeUpdate", e.to_string());
+                    self.update_entry(uid, |e| e.volumes_stale = true);
+                    return Ok(Some(Next::Retry(e.retry_after().unwrap_or_default())));
+                }
+            }
+        }
+        self.update_entry(uid, |e| {
+            e.volumes_applied = Some(print);
+            e.refresh_at = refreshed.refresh_at;
+        });
+        Ok(None)
     }
 
     /// Fail the pod for good with `reason`.
@@ -933,6 +1136,24 @@ impl PodController {
             })
             .observe(start.elapsed().as_secs_f64());
         res
+    }
+}
+
+/// The node's allocatable resources, for `resourceFieldRef` limits a container leaves unset.
+async fn node_allocatable(provider: &DynProvider) -> crate::resolve::fields::NodeAllocatable {
+    match provider.node_resources().await {
+        Ok(r) if r.allocatable.is_empty() => r.capacity,
+        Ok(r) => r.allocatable,
+        Err(_) => Default::default(),
+    }
+}
+
+fn resolve_error_label(e: &ResolveError) -> &'static str {
+    match e {
+        ResolveError::Missing { .. } => "missing_reference",
+        ResolveError::Invalid(_) => "invalid_reference",
+        ResolveError::TooLarge { .. } => "too_large",
+        ResolveError::Api(_) => "api_transport",
     }
 }
 

@@ -2,7 +2,9 @@
 //! (provider failures, rejections), merged with what others own on the API object, and turned into a
 //! JSON merge patch for `pods/status` that carries only the fields that changed.
 
-use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus,
+};
 use serde_json::{Map, Value};
 
 /// Pod condition types the kubelet owns; every other condition on the API object (PodScheduled,
@@ -32,11 +34,14 @@ const OWNED_FIELDS: &[&str] = &[
 ];
 
 /// The core's own word on a pod, which wins over the backend's status.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Verdict {
     pub phase: Option<String>,
     pub reason: Option<String>,
     pub message: Option<String>,
+    /// Container statuses to show while the backend has reported none (containers waiting on
+    /// a configuration error, as a kubelet shows them).
+    pub containers: Option<(Vec<ContainerStatus>, Vec<ContainerStatus>)>,
 }
 
 impl Verdict {
@@ -45,6 +50,7 @@ impl Verdict {
             phase: Some("Pending".into()),
             reason: Some(reason.into()),
             message: Some(message.into()),
+            containers: None,
         }
     }
 
@@ -53,6 +59,45 @@ impl Verdict {
             phase: Some("Failed".into()),
             reason: Some(reason.into()),
             message: Some(message.into()),
+            containers: None,
+        }
+    }
+
+    /// Pending, with every container waiting for `reason` (`CreateContainerConfigError`).
+    pub fn containers_waiting(pod: &Pod, reason: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let waiting = |c: &k8s_openapi::api::core::v1::Container| ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            image_id: String::new(),
+            ready: false,
+            restart_count: 0,
+            started: Some(false),
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.into()),
+                    message: Some(message.clone()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let spec = pod.spec.as_ref();
+        let init = spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .map(waiting)
+            .collect();
+        let main = spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .map(waiting)
+            .collect();
+        Self {
+            phase: Some("Pending".into()),
+            reason: None,
+            message: None,
+            containers: Some((init, main)),
         }
     }
 }
@@ -95,6 +140,12 @@ pub fn desired_status(
         }
         desired.reason = v.reason.clone();
         desired.message = v.message.clone();
+        if backend.is_none()
+            && let Some((init, main)) = &v.containers
+        {
+            desired.init_container_statuses = (!init.is_empty()).then(|| init.clone());
+            desired.container_statuses = Some(main.clone());
+        }
     }
     desired.conditions =
         merge_conditions(current.conditions.as_deref(), desired.conditions.as_deref());

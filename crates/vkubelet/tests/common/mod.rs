@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::Api;
+use kube::api::ListParams;
 use vk_core::Provider;
 use vk_testkit::{PodBuilder, TestEnv, wait_for};
 
@@ -40,6 +41,9 @@ impl Vk {
             sim["stateDir"] = dir.join("state").to_string_lossy().into();
         }
         sim["controlFile"] = dir.join("control.json").to_string_lossy().into();
+        if sim.get("recordResolved").is_none() {
+            sim["recordResolved"] = true.into();
+        }
         std::fs::write(
             dir.join("sim.json"),
             serde_json::to_vec_pretty(&sim).expect("json"),
@@ -156,6 +160,33 @@ impl Vk {
 
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
+    }
+
+    /// What the backend received for a pod (env, volumes, credentials), once it has.
+    pub fn received(&self, uid: &str) -> Option<serde_json::Value> {
+        let path = self
+            .state_dir()
+            .join("received")
+            .join(format!("{uid}.json"));
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Wait until the backend's record for `uid` satisfies `check` (which explains what is
+    /// missing otherwise).
+    pub async fn wait_received(
+        &self,
+        uid: &str,
+        check: impl Fn(&serde_json::Value) -> Result<(), String>,
+    ) -> serde_json::Value {
+        wait_for(WAIT, POLL, async || {
+            let r = self
+                .received(uid)
+                .ok_or_else(|| "nothing received yet".to_string())?;
+            check(&r)?;
+            Ok::<_, String>(r)
+        })
+        .await
     }
 
     /// UIDs the backend ever created, one entry per real create (from the sim's creates.log).
@@ -300,4 +331,45 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+pub async fn events_for(env: &TestEnv, pod: &str) -> Vec<Event> {
+    let events: Api<Event> = env.api();
+    let lp = ListParams::default().fields(&format!("involvedObject.name={pod}"));
+    events.list(&lp).await.map(|l| l.items).unwrap_or_default()
+}
+
+pub async fn wait_event(env: &TestEnv, pod: &str, reason: &str) -> Event {
+    wait_for(WAIT, POLL, async || {
+        let evs = events_for(env, pod).await;
+        evs.iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+            .cloned()
+            .ok_or_else(|| {
+                evs.iter()
+                    .map(|e| e.reason.clone().unwrap_or_default())
+                    .collect::<Vec<_>>()
+            })
+    })
+    .await
+}
+
+/// A pod for this node from `vk.pod(name)`, with `container` merged into its container and
+/// `spec` merged into its spec (JSON merge: objects merge, everything else replaces).
+pub fn pod_with(vk: &Vk, name: &str, container: serde_json::Value, spec: serde_json::Value) -> Pod {
+    let mut v = serde_json::to_value(vk.pod(name).build()).expect("pod json");
+    merge(&mut v["spec"]["containers"][0], container);
+    merge(&mut v["spec"], spec);
+    serde_json::from_value(v).expect("pod from json")
+}
+
+fn merge(base: &mut serde_json::Value, patch: serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, p) => *b = p,
+    }
 }

@@ -1,0 +1,406 @@
+//! Namespace-scoped caches of the objects our pods reference.
+//!
+//! No cluster-wide informers: a namespace is watched only while a pod on this node references
+//! something in it, and of the objects the watch delivers only the referenced ones are kept
+//! (or, for Services, a compact summary of each). Memory follows our pods, not the cluster.
+//!
+//! A lookup that misses (the object was not referenced when the watch last saw it) falls back
+//! to a GET whose answer never overwrites what the watch stored meanwhile: the watch is ordered,
+//! the GET is not.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Resource, ResourceExt};
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// Called with (namespace, name) when a referenced object changed, appeared or disappeared.
+pub(crate) type ChangeHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// Aborts a task when dropped, so a namespace nobody references stops being watched.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Stored<V> {
+    value: Option<V>,
+    resource_version: u64,
+}
+
+struct NamespaceState<V> {
+    refs: HashMap<String, usize>,
+    objects: HashMap<String, Stored<V>>,
+    /// Names seen since the watch (re)started listing; absent ones are gone at `InitDone`.
+    listing: Option<HashSet<String>>,
+    listed: watch::Sender<bool>,
+    _watch: AbortOnDrop,
+}
+
+/// Which objects of a watched namespace are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Only names some pod references (ConfigMaps, Secrets).
+    Referenced,
+    /// Every object, summarized (Services, for service-link variables).
+    All,
+}
+
+struct Shared<K, V> {
+    client: kube::Client,
+    keep: Keep,
+    summarize: fn(&K) -> Option<V>,
+    namespaces: Mutex<HashMap<String, NamespaceState<V>>>,
+    on_change: ChangeHook,
+}
+
+/// See the module documentation. `V` is what is kept of each `K`.
+pub(crate) struct ObjectStore<K, V> {
+    shared: Arc<Shared<K, V>>,
+}
+
+fn resource_version<K: Resource>(obj: &K) -> u64 {
+    obj.meta()
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+impl<K, V> ObjectStore<K, V>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new(
+        client: kube::Client,
+        keep: Keep,
+        summarize: fn(&K) -> Option<V>,
+        on_change: ChangeHook,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                client,
+                keep,
+                summarize,
+                namespaces: Mutex::new(HashMap::new()),
+                on_change,
+            }),
+        }
+    }
+
+    /// Start keeping `name` in `namespace` (watching the namespace if this is its first
+    /// reference). Pair with [`Self::release`].
+    pub(crate) fn add_ref(&self, namespace: &str, name: &str) {
+        let mut namespaces = self.shared.namespaces.lock();
+        let state = namespaces
+            .entry(namespace.to_string())
+            .or_insert_with(|| self.start_watch(namespace));
+        *state.refs.entry(name.to_string()).or_default() += 1;
+    }
+
+    pub(crate) fn release(&self, namespace: &str, name: &str) {
+        let mut namespaces = self.shared.namespaces.lock();
+        let Some(state) = namespaces.get_mut(namespace) else {
+            return;
+        };
+        if let Some(n) = state.refs.get_mut(name) {
+            *n -= 1;
+            if *n == 0 {
+                state.refs.remove(name);
+                if self.shared.keep == Keep::Referenced {
+                    state.objects.remove(name);
+                }
+            }
+        }
+        if state.refs.is_empty() {
+            namespaces.remove(namespace); // stops the watch
+        }
+    }
+
+    /// Namespaces watched right now (for metrics and tests).
+    pub(crate) fn watched_namespaces(&self) -> usize {
+        self.shared.namespaces.lock().len()
+    }
+
+    /// Objects kept right now.
+    pub(crate) fn kept_objects(&self) -> usize {
+        self.shared
+            .namespaces
+            .lock()
+            .values()
+            .map(|s| s.objects.len())
+            .sum()
+    }
+
+    /// The object as last seen; `Ok(None)` when it does not exist. The name must be referenced.
+    pub(crate) async fn get(&self, namespace: &str, name: &str) -> Result<Option<V>, kube::Error> {
+        if let Some(v) = self.cached(namespace, name) {
+            return Ok(v);
+        }
+        let api: Api<K> = Api::namespaced(self.shared.client.clone(), namespace);
+        let fetched = api.get_opt(name).await?;
+        let value = fetched.as_ref().and_then(self.shared.summarize);
+        let rv = fetched.as_ref().map(resource_version).unwrap_or(0);
+        let mut namespaces = self.shared.namespaces.lock();
+        if let Some(state) = namespaces.get_mut(namespace)
+            && state.refs.contains_key(name)
+        {
+            let stored = state.objects.entry(name.to_string()).or_insert(Stored {
+                value,
+                resource_version: rv,
+            });
+            return Ok(stored.value.clone());
+        }
+        Ok(value)
+    }
+
+    fn cached(&self, namespace: &str, name: &str) -> Option<Option<V>> {
+        let namespaces = self.shared.namespaces.lock();
+        let stored = namespaces.get(namespace)?.objects.get(name)?;
+        Some(stored.value.clone())
+    }
+
+    /// Every kept object of a namespace once its first list is complete (for [`Keep::All`]).
+    /// The namespace must be referenced.
+    pub(crate) async fn list(&self, namespace: &str, timeout: Duration) -> Option<Vec<V>> {
+        let mut listed = {
+            let namespaces = self.shared.namespaces.lock();
+            namespaces.get(namespace)?.listed.subscribe()
+        };
+        let ready = tokio::time::timeout(timeout, listed.wait_for(|done| *done)).await;
+        if !matches!(ready, Ok(Ok(_))) {
+            return None;
+        }
+        let namespaces = self.shared.namespaces.lock();
+        let state = namespaces.get(namespace)?;
+        Some(
+            state
+                .objects
+                .values()
+                .filter_map(|s| s.value.clone())
+                .collect(),
+        )
+    }
+
+    fn start_watch(&self, namespace: &str) -> NamespaceState<V> {
+        let (listed, _) = watch::channel(false);
+        let weak = Arc::downgrade(&self.shared);
+        let api: Api<K> = Api::namespaced(self.shared.client.clone(), namespace);
+        let ns = namespace.to_string();
+        let task = tokio::spawn(async move {
+            let mut events = watcher::watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(event) = events.next().await {
+                let Some(shared) = weak.upgrade() else { return };
+                match event {
+                    Ok(event) => shared.apply(&ns, event),
+                    Err(e) => warn!(
+                        namespace = %ns,
+                        kind = %K::kind(&()),
+                        error = %e,
+                        "watch of referenced objects failed; retrying"
+                    ),
+                }
+            }
+        });
+        NamespaceState {
+            refs: HashMap::new(),
+            objects: HashMap::new(),
+            listing: None,
+            listed,
+            _watch: AbortOnDrop(task),
+        }
+    }
+}
+
+impl<K, V> Shared<K, V>
+where
+    K: Resource<DynamicType = ()> + Clone,
+    V: Clone,
+{
+    fn apply(&self, namespace: &str, event: Event<K>) {
+        let mut changed = Vec::new();
+        {
+            let mut namespaces = self.namespaces.lock();
+            let Some(state) = namespaces.get_mut(namespace) else {
+                return;
+            };
+            match event {
+                Event::Init => state.listing = Some(HashSet::new()),
+                Event::InitApply(obj) => {
+                    let name = obj.name_any();
+                    if let Some(seen) = state.listing.as_mut() {
+                        seen.insert(name.clone());
+                    }
+                    self.store(state, name, Some(&obj), &mut changed);
+                }
+                Event::Apply(obj) => self.store(state, obj.name_any(), Some(&obj), &mut changed),
+                Event::Delete(obj) => self.store(state, obj.name_any(), None, &mut changed),
+                Event::InitDone => {
+                    let seen = state.listing.take().unwrap_or_default();
+                    let vanished: Vec<String> = state
+                        .objects
+                        .iter()
+                        .filter(|(name, s)| s.value.is_some() && !seen.contains(*name))
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    for name in vanished {
+                        self.store(state, name, None, &mut changed);
+                    }
+                    state.listed.send_replace(true);
+                }
+            }
+        }
+        for name in changed {
+            debug!(namespace, name = %name, kind = %K::kind(&()), "referenced object changed");
+            (self.on_change)(namespace, &name);
+        }
+    }
+
+    fn store(
+        &self,
+        state: &mut NamespaceState<V>,
+        name: String,
+        obj: Option<&K>,
+        changed: &mut Vec<String>,
+    ) {
+        if self.keep == Keep::Referenced && !state.refs.contains_key(&name) {
+            return;
+        }
+        let rv = obj.map(resource_version).unwrap_or(0);
+        let value = obj.and_then(self.summarize);
+        match state.objects.get_mut(&name) {
+            Some(stored) => {
+                let same = match obj {
+                    Some(_) => stored.value.is_some() && stored.resource_version == rv,
+                    None => stored.value.is_none(),
+                };
+                if obj.is_some() && stored.value.is_some() && rv < stored.resource_version {
+                    return; // an older copy (a relist racing an update)
+                }
+                stored.value = value;
+                stored.resource_version = rv;
+                if !same {
+                    changed.push(name);
+                }
+            }
+            None => {
+                if obj.is_none() && self.keep == Keep::All {
+                    return;
+                }
+                state.objects.insert(
+                    name.clone(),
+                    Stored {
+                        value,
+                        resource_version: rv,
+                    },
+                );
+                changed.push(name);
+            }
+        }
+    }
+}
+
+/// A small time-bounded cache with one fetch in flight per key, for objects read at pod
+/// creation only (ServiceAccounts, the master Service).
+pub(crate) struct TtlCache<Key, V> {
+    ttl: Duration,
+    slots: Mutex<HashMap<Key, Arc<Slot<V>>>>,
+}
+
+struct Slot<V> {
+    created: tokio::time::Instant,
+    cell: tokio::sync::OnceCell<V>,
+}
+
+impl<Key: Eq + Hash + Clone, V: Clone> TtlCache<Key, V> {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) async fn get<E, F, Fut>(&self, key: &Key, fetch: F) -> Result<V, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let slot = {
+            let mut slots = self.slots.lock();
+            let now = tokio::time::Instant::now();
+            slots.retain(|_, s| now.duration_since(s.created) < self.ttl);
+            slots
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    Arc::new(Slot {
+                        created: now,
+                        cell: tokio::sync::OnceCell::new(),
+                    })
+                })
+                .clone()
+        };
+        match slot.cell.get_or_try_init(fetch).await {
+            Ok(v) => Ok(v.clone()),
+            Err(e) => {
+                // Failures are not cached.
+                let mut slots = self.slots.lock();
+                if slots.get(key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                    slots.remove(key);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_cache_fetches_once_per_ttl_and_never_caches_errors() {
+        let cache: TtlCache<&str, u32> = TtlCache::new(Duration::from_secs(30));
+        let calls = AtomicUsize::new(0);
+        let fetch = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<u32, ()>(7)
+        };
+        let (a, b) = tokio::join!(cache.get(&"k", fetch), cache.get(&"k", fetch));
+        assert_eq!((a, b), (Ok(7), Ok(7)));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one fetch in flight per key"
+        );
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(cache.get(&"k", fetch).await, Ok(7));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "refetched after the TTL");
+        let failing = || async { Err::<u32, &str>("boom") };
+        assert_eq!(cache.get(&"e", failing).await, Err("boom"));
+        assert_eq!(cache.get(&"e", fetch).await, Ok(7), "errors are not cached");
+    }
+}
