@@ -60,6 +60,10 @@ pub struct Metrics {
     pub events_sent: Counter,
     pub events_dropped: Counter,
     pub lease_renewals: Family<NodeLabels, Counter>,
+    /// Objects the resolver keeps for this node's pods (ConfigMaps, Secrets, Service summaries).
+    pub resolver_objects: Family<NodeLabels, Gauge>,
+    /// Namespace-scoped watches the resolver runs.
+    pub resolver_watches: Family<NodeLabels, Gauge>,
 }
 
 impl Metrics {
@@ -107,6 +111,18 @@ impl Metrics {
             "Pods created on the backend",
             pods_created.clone(),
         );
+        let resolver_objects = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "resolver_kept_objects",
+            "ConfigMaps, Secrets and Service summaries kept for the node's pods",
+            resolver_objects.clone(),
+        );
+        let resolver_watches = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "resolver_namespace_watches",
+            "Namespace-scoped watches of referenced objects",
+            resolver_watches.clone(),
+        );
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "errors",
@@ -145,6 +161,8 @@ impl Metrics {
             events_sent,
             events_dropped,
             lease_renewals,
+            resolver_objects,
+            resolver_watches,
         })
     }
 

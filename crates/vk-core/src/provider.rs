@@ -218,7 +218,9 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Replace the content of a running pod's file-backed volumes after a referenced ConfigMap or
     /// Secret changed or a service-account token was refreshed. `volumes` is the pod's full,
-    /// current set. As with a kubelet, volumes mounted with `subPath` keep their old content.
+    /// current set; it may equal what the backend has (after a restart the core re-sends the
+    /// volumes of every pod it adopts, as a kubelet re-syncs volumes), so writing only what
+    /// differs is the backend's job. As with a kubelet, `subPath` mounts keep their old content.
     async fn update_volumes(
         &self,
         key: &PodKey,

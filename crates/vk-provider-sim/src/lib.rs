@@ -493,6 +493,17 @@ impl Provider for SimProvider {
         if !inner.pods.lock().contains_key(&key.uid) {
             return Err(ProviderError::NotFound(key.to_string()));
         }
+        if inner.cfg.record_resolved {
+            // A pod adopted after a restart has no record yet: start one from its volumes.
+            let addresses = inner.addresses();
+            inner
+                .received
+                .lock()
+                .entry(key.uid.clone())
+                .or_insert_with(|| {
+                    received::Received::new(&vk_core::resolve::Resolution::default(), &addresses)
+                });
+        }
         inner.record_received(&key.uid, |r| {
             r.volumes = received::volume_records(volumes);
             r.volume_updates += 1;

@@ -535,6 +535,55 @@ async fn config_map_and_secret_updates_reach_running_volumes_but_not_env() {
 }
 
 #[tokio::test]
+async fn after_a_restart_adopted_pods_still_get_volume_updates() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let mut vk = Vk::start(&env, json!({}));
+    vk.wait_ready(&env).await;
+    create_from_json::<ConfigMap>(
+        &env,
+        json!({"metadata": {"name": "cfg"}, "data": {"v": "1"}}),
+    )
+    .await;
+    let pod = pod_with(
+        &vk,
+        "adopted",
+        json!({}),
+        json!({"volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}]}),
+    );
+    let pod = env.create(&pod).await;
+    wait_pod_phase(&env, "adopted", "Running").await;
+    let uid = uid(&pod);
+    vk.wait_received(&uid, |r| {
+        (file_text(r, "cfg", "v") == "1")
+            .then_some(())
+            .ok_or("no content".into())
+    })
+    .await;
+
+    vk.kill9();
+    vk.resume();
+    vk.wait_ready(&env).await;
+    // The restarted process adopts the pod (same backend instance) and watches its ConfigMap.
+    let cms: Api<ConfigMap> = env.api();
+    cms.patch(
+        "cfg",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"v": "2"}})),
+    )
+    .await
+    .expect("patch");
+    vk.wait_received(&uid, |r| {
+        (file_text(r, "cfg", "v") == "2")
+            .then_some(())
+            .ok_or(format!("backend has {}", r["volumes"]["cfg"]))
+    })
+    .await;
+    assert_eq!(vk.backend_creates(), vec![uid], "adopted, not re-created");
+}
+
+#[tokio::test]
 async fn image_pull_secrets_of_pod_and_service_account_become_credentials() {
     let Some(env) = vk_testkit::env().await else {
         return;

@@ -116,6 +116,8 @@ struct Entry {
     volumes_stale: bool,
     /// When a service-account token in the pod's volumes is due for refresh.
     refresh_at: Option<std::time::SystemTime>,
+    /// The resolver knows the pod's references (set at create, or on adoption after a restart).
+    tracked: bool,
 }
 
 impl Entry {
@@ -140,6 +142,7 @@ impl Entry {
             volumes_applied: None,
             volumes_stale: false,
             refresh_at: None,
+            tracked: false,
         }
     }
 }
@@ -306,6 +309,15 @@ impl PodController {
                 .queue_depth
                 .get_or_create(&this.node_label)
                 .set(this.queue.len() as i64);
+            let footprint = this.resolver.footprint();
+            metrics
+                .resolver_objects
+                .get_or_create(&this.node_label)
+                .set(footprint.kept_objects as i64);
+            metrics
+                .resolver_watches
+                .get_or_create(&this.node_label)
+                .set(footprint.watched_namespaces as i64);
         });
     }
 
@@ -606,6 +618,9 @@ impl PodController {
                 {
                     return Ok(next);
                 }
+                if !entry.tracked && pod.spec.is_some() {
+                    self.adopt_references(&entry, &pod);
+                }
                 let token_due = entry
                     .refresh_at
                     .is_some_and(|t| std::time::SystemTime::now() >= t);
@@ -790,6 +805,7 @@ impl PodController {
                     e.volumes_applied = Some(volumes_print);
                     e.volumes_stale = false;
                     e.refresh_at = refresh_at;
+                    e.tracked = true;
                 });
                 self.metrics
                     .pods_created
@@ -936,6 +952,22 @@ impl PodController {
             }
             ResolveError::Api(e) => Err(e.into()),
         }
+    }
+
+    /// A pod found running on the backend at start-up (created before a restart): watch what it
+    /// references from now on, and refresh its service-account tokens soon, since when they were
+    /// minted is unknown. The refresh is spread over a few minutes so a restart with many pods
+    /// does not mint all tokens at once.
+    fn adopt_references(&self, entry: &Entry, pod: &Pod) {
+        self.resolver.track(&entry.key.uid, pod);
+        let has_tokens = !crate::resolve::volumes::token_specs(pod).is_empty();
+        let spread = Duration::from_millis(rand_below(ADOPTED_TOKEN_REFRESH_SPREAD.as_millis()));
+        self.update_entry(&entry.key.uid, |e| {
+            e.tracked = true;
+            if has_tokens && e.refresh_at.is_none() {
+                e.refresh_at = Some(std::time::SystemTime::now() + spread);
+            }
+        });
     }
 
     /// Re-resolve a running pod's volumes after a referenced object changed or a token came due,
@@ -1137,6 +1169,16 @@ impl PodController {
             .observe(start.elapsed().as_secs_f64());
         res
     }
+}
+
+/// Adopted pods' tokens are refreshed within this long after a restart.
+const ADOPTED_TOKEN_REFRESH_SPREAD: Duration = Duration::from_secs(300);
+
+/// A cheap spread for timers; not for anything that needs real randomness.
+fn rand_below(bound: u128) -> u64 {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    u64::try_from(u128::from(seed) % bound.max(1)).unwrap_or(0)
 }
 
 /// The node's allocatable resources, for `resourceFieldRef` limits a container leaves unset.
