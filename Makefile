@@ -9,7 +9,7 @@
 #   make integration       integration tests against the dev control plane
 #   make cluster-down      stop it
 #   make build             release build of the vkubelet binary
-#   make run               dev control plane + `vkubelet run` (node vk-local, sim provider) in the
+#   make run               dev control plane + `vkubelet run` (node vk-local, process provider) in the
 #                          foreground; Ctrl-C stops vkubelet, `make cluster-down` the control plane
 #   make bench [N=1000]    burst benchmark vs the null kubelet (bench/burst.py); not part of test
 
@@ -19,7 +19,7 @@ ARGS ?=
 
 .PHONY: test lint unit integration cluster-up cluster-down build run bench
 NODE ?= vk-local
-PROVIDER ?= sim
+PROVIDER ?= process
 N ?= 1000
 
 test:
@@ -49,7 +49,10 @@ build:
 run: build
 	@kubeconfig=$$(scripts/cluster.sh up $(CLUSTER_DIR)) && \
 	  echo "control plane up; in another shell: export KUBECONFIG=$$kubeconfig" && \
-	  exec target/release/vkubelet run --kubeconfig "$$kubeconfig" --node-name $(NODE) --provider $(PROVIDER)
+	  dir=$(abspath $(CLUSTER_DIR)) && \
+	  printf '{"stateDir": "%s/process", "secretsDir": "%s/process-secrets"}\n' "$$dir" "$$dir" > "$$dir/process.json" && \
+	  exec target/release/vkubelet run --kubeconfig "$$kubeconfig" --node-name $(NODE) --provider $(PROVIDER) \
+	    $(if $(filter process,$(PROVIDER)),--provider-config "$$dir/process.json")
 
 bench:
 	python3 bench/burst.py $(foreach n,$(N),--n $(n))

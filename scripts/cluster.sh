@@ -39,6 +39,8 @@ ensure_runtime_deps() {
   command -v openssl >/dev/null || pkgs+=(openssl)
   command -v curl >/dev/null || pkgs+=(curl)
   command -v kubectl >/dev/null || pkgs+=(kubernetes-client)  # kubectl 1.20, matches the control plane
+  command -v bwrap >/dev/null || pkgs+=(bubblewrap)  # the process provider's sandbox
+  command -v nsenter >/dev/null || pkgs+=(util-linux) # nsenter/setpriv: exec probes, hooks, runAsUser
   [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
 }
 

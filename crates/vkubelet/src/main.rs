@@ -76,8 +76,9 @@ struct NodeArgs {
     /// Name of the virtual node (ignored with --config).
     #[arg(long, env = "VKUBELET_NODE_NAME", default_value = "vkubelet")]
     node_name: String,
-    /// Backend provider (ignored with --config). Available: sim.
-    #[arg(long, default_value = "sim")]
+    /// Backend provider (ignored with --config). Available: process (local sandboxed
+    /// processes), sim (simulated).
+    #[arg(long, default_value = "process")]
     provider: String,
     /// Provider settings file, YAML or JSON (ignored with --config).
     #[arg(long)]
@@ -181,8 +182,27 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// The hidden subcommand the process provider runs its per-container shims with.
+const SHIM_SUBCOMMAND: &str = "process-shim";
+
+fn main() -> anyhow::Result<()> {
+    // A shim is started by vkubelet itself with machine-made arguments; it runs before (and
+    // without) the multi-threaded runtime and the CLI parser.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == SHIM_SUBCOMMAND) {
+        let Some(shim) = vk_provider_process::shim::ShimArgs::parse(&args[2..]) else {
+            bail!("{SHIM_SUBCOMMAND}: invalid arguments");
+        };
+        std::process::exit(vk_provider_process::shim::run(shim));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async_main())
+}
+
+async fn async_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {

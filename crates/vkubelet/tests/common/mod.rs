@@ -1,6 +1,6 @@
-//! Drives a real `vkubelet` process against the test cluster: start it with a sim backend whose
-//! state lives in a per-test directory, kill -9 / SIGTERM / restart it, flip backend failures, and
-//! read what the backend holds.
+//! Drives a real `vkubelet` process against the test cluster: start it with a sim or process
+//! backend whose state lives in a per-test directory, kill -9 / SIGTERM / restart it, flip backend
+//! failures, and read what the backend holds.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -19,6 +19,7 @@ pub const POLL: Duration = Duration::from_millis(250);
 
 pub struct Vk {
     child: Option<Child>,
+    provider: &'static str,
     pub node: String,
     pub dir: PathBuf,
     kubeconfig: PathBuf,
@@ -33,7 +34,6 @@ impl Vk {
     }
 
     pub fn start_with_args(env: &TestEnv, mut sim: serde_json::Value, extra_args: &[&str]) -> Self {
-        let node = format!("vk-{}", env.namespace());
         let dir = std::env::temp_dir().join(format!("vkubelet-e2e-{}", env.namespace()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
@@ -44,13 +44,35 @@ impl Vk {
         if sim.get("recordResolved").is_none() {
             sim["recordResolved"] = true.into();
         }
+        Self::launch(env, "sim", dir, sim, extra_args)
+    }
+
+    /// Start vkubelet with the process provider; its state and secrets live in the test's dir.
+    pub fn start_process(env: &TestEnv, mut cfg: serde_json::Value, extra_args: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("vkubelet-e2e-{}", env.namespace()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        cfg["stateDir"] = dir.join("state").to_string_lossy().into();
+        cfg["secretsDir"] = dir.join("secrets").to_string_lossy().into();
+        Self::launch(env, "process", dir, cfg, extra_args)
+    }
+
+    fn launch(
+        env: &TestEnv,
+        provider: &'static str,
+        dir: PathBuf,
+        cfg: serde_json::Value,
+        extra_args: &[&str],
+    ) -> Self {
+        let node = format!("vk-{}", env.namespace());
         std::fs::write(
-            dir.join("sim.json"),
-            serde_json::to_vec_pretty(&sim).expect("json"),
+            dir.join("provider.json"),
+            serde_json::to_vec_pretty(&cfg).expect("json"),
         )
-        .expect("write sim config");
+        .expect("write provider config");
         let mut vk = Self {
             child: None,
+            provider,
             node,
             dir,
             kubeconfig: env.kubeconfig_path().to_path_buf(),
@@ -70,14 +92,14 @@ impl Vk {
             .arg("run")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
-            .args(["--node-name", &self.node, "--provider", "sim"])
+            .args(["--node-name", &self.node, "--provider", self.provider])
             .args(if self.extra_args.iter().any(|a| a == "--metrics-addr") {
                 &[][..]
             } else {
                 &["--metrics-addr", ""][..]
             })
             .arg("--provider-config")
-            .arg(self.dir.join("sim.json"))
+            .arg(self.dir.join("provider.json"))
             .args(&self.extra_args)
             .env("VKUBELET_LOG", "info,vk_core=debug")
             .stdin(Stdio::null())
@@ -134,9 +156,9 @@ impl Vk {
     pub fn cleanup(&self) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_vkubelet"))
             .arg("cleanup")
-            .args(["--provider", "sim", "--node-name", &self.node])
+            .args(["--provider", self.provider, "--node-name", &self.node])
             .arg("--provider-config")
-            .arg(self.dir.join("sim.json"))
+            .arg(self.dir.join("provider.json"))
             .output()
             .expect("run cleanup");
         assert!(
@@ -262,6 +284,17 @@ impl Vk {
 impl Drop for Vk {
     fn drop(&mut self) {
         self.kill9();
+        if self.provider == "process" {
+            // Pods outlive vkubelet by design; never leave a test's processes behind.
+            let _ = Command::new(env!("CARGO_BIN_EXE_vkubelet"))
+                .arg("cleanup")
+                .args(["--provider", "process", "--node-name", &self.node])
+                .arg("--provider-config")
+                .arg(self.dir.join("provider.json"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();

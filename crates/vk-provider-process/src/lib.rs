@@ -1,0 +1,543 @@
+//! The `process` provider, vkubelet's embedded default backend: every pod runs on this host as
+//! sandboxed processes (bubblewrap: private mount, PID, IPC and UTS namespaces; the host's
+//! network, so the pod IP is the node's address).
+//!
+//! Layout under `stateDir` (it survives vkubelet restarts; pods keep running meanwhile):
+//! `pods/<uid>/pod.json` (the plan, see [`plan`]), `pods/<uid>/volumes/`, `pods/<uid>/etc/`,
+//! and `pods/<uid>/containers/<name>/` with the shim's records, `state.json` and the CRI logs.
+//! Secret volumes live under `secretsDir` instead.
+//!
+//! Each container instance runs under a shim ([`shim`]), a small process that is the
+//! container's parent, so exits are recorded even while vkubelet is down. Each pod is driven by
+//! one task ([`runner`]).
+
+pub mod cgroups;
+pub mod config;
+pub mod exec;
+pub mod logs;
+pub mod plan;
+pub mod probes;
+pub mod procs;
+pub mod runner;
+pub mod sandbox;
+pub mod shim;
+pub mod stats;
+pub mod volumes;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateWaiting, ContainerStatus, NodeCondition, PodCondition, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use nix::sys::signal::Signal;
+use parking_lot::Mutex;
+use tracing::{info, warn};
+use vk_core::resolve::ResolvedVolume;
+use vk_core::{
+    BackendPod, NodeResources, PodKey, PodUpdate, Provider, ProviderError, ProviderSinks,
+    ResolvedPod,
+};
+
+pub use config::{ConfigError, ProcessConfig};
+use runner::{PodHandle, RunnerEnv};
+use shim::{SHIM_FILE, ShimRecord, read_json};
+use volumes::VolumeDirs;
+
+/// The name of the node condition that says whether resource limits are enforced.
+pub const LIMITS_CONDITION: &str = "vkubelet.io/ResourceLimitsEnforced";
+
+enum Entry {
+    Running(PodHandle),
+    /// A pod this host cannot run (no command, unsupported volume, ...): it stays Pending with
+    /// the reason on its containers, as the kubelet leaves a pod whose image cannot be used.
+    Rejected {
+        key: PodKey,
+        status: Arc<PodStatus>,
+    },
+}
+
+impl Entry {
+    fn status(&self) -> Option<Arc<PodStatus>> {
+        match self {
+            Entry::Running(h) => h.status(),
+            Entry::Rejected { status, .. } => Some(status.clone()),
+        }
+    }
+
+    fn key(&self) -> PodKey {
+        match self {
+            Entry::Running(h) => h.plan.key(),
+            Entry::Rejected { key, .. } => key.clone(),
+        }
+    }
+}
+
+type Pods = Mutex<HashMap<String, Entry>>;
+
+pub struct ProcessProvider {
+    cfg: Arc<ProcessConfig>,
+    node_ip: String,
+    pods: Arc<Pods>,
+    env: Mutex<Option<RunnerEnv>>,
+    cgroups: Result<cgroups::Cgroups, String>,
+}
+
+impl ProcessProvider {
+    pub fn new(cfg: ProcessConfig, node_ip: String) -> Self {
+        let cgroups = if cfg.enforce_limits {
+            cgroups::Cgroups::detect("vkubelet").map_err(|e| e.to_string())
+        } else {
+            Err("disabled in the provider config (enforceLimits: false)".into())
+        };
+        if let Err(why) = &cgroups {
+            warn!(reason = %why, "resource limits will not be enforced");
+        }
+        Self {
+            cfg: Arc::new(cfg),
+            node_ip,
+            pods: Arc::new(Mutex::new(HashMap::new())),
+            env: Mutex::new(None),
+            cgroups,
+        }
+    }
+
+    fn pods_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("pods")
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_dir().join(uid)
+    }
+
+    fn volume_dirs(&self, uid: &str) -> VolumeDirs {
+        VolumeDirs {
+            plain: self.pod_dir(uid).join("volumes"),
+            secret: self.cfg.secrets_dir.join(uid),
+        }
+    }
+
+    fn runner_env(&self) -> Result<RunnerEnv, ProviderError> {
+        self.env
+            .lock()
+            .clone()
+            .ok_or_else(|| ProviderError::Other("the provider is not started".into()))
+    }
+
+    /// Live container processes of a pod, by container name (for exec, attach and stats).
+    pub fn processes(
+        &self,
+        uid: &str,
+    ) -> Option<std::collections::BTreeMap<String, procs::ProcessId>> {
+        match self.pods.lock().get(uid)? {
+            Entry::Running(h) => Some(h.processes.lock().clone()),
+            Entry::Rejected { .. } => None,
+        }
+    }
+
+    /// CPU and memory usage of a pod's running containers, by container name: from their
+    /// cgroups when limits are enforced, otherwise from `/proc`.
+    pub fn container_usage(
+        &self,
+        uid: &str,
+    ) -> std::collections::BTreeMap<String, stats::ContainerUsage> {
+        let mut out = std::collections::BTreeMap::new();
+        for (name, pid) in self.processes(uid).unwrap_or_default() {
+            let from_cgroup = self.cgroups.as_ref().ok().and_then(|cg| {
+                let u = cg.container(uid, &name).usage().ok()?;
+                Some(stats::ContainerUsage {
+                    cpu_usage_nanos: u.cpu_usage_nanos,
+                    memory_working_set_bytes: u.memory_working_set_bytes,
+                    memory_rss_bytes: u.memory_usage_bytes,
+                })
+            });
+            if let Some(u) = from_cgroup.or_else(|| stats::from_proc(pid)) {
+                out.insert(name, u);
+            }
+        }
+        out
+    }
+
+    /// A pod's directory and plan (for logs and exec).
+    pub fn pod_plan(&self, uid: &str) -> Option<(PathBuf, Arc<plan::PodPlan>)> {
+        match self.pods.lock().get(uid)? {
+            Entry::Running(h) => Some((h.dir.clone(), h.plan.clone())),
+            Entry::Rejected { .. } => None,
+        }
+    }
+
+    fn reject(&self, pod: &ResolvedPod, reason: &str, message: String, sinks: &ProviderSinks) {
+        let spec = pod.pod.spec.as_ref();
+        let waiting = |name: &str, image: Option<&String>| ContainerStatus {
+            name: name.into(),
+            image: image.cloned().unwrap_or_default(),
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.into()),
+                    message: Some(message.clone()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let now = Time(Timestamp::now());
+        let cond = |t: &str| PodCondition {
+            type_: t.into(),
+            status: "False".into(),
+            reason: Some("ContainersNotReady".into()),
+            message: Some(message.clone()),
+            last_transition_time: Some(now.clone()),
+            ..Default::default()
+        };
+        let status = Arc::new(PodStatus {
+            phase: Some("Pending".into()),
+            host_ip: Some(self.node_ip.clone()),
+            start_time: Some(now.clone()),
+            conditions: Some(vec![cond("Ready"), cond("ContainersReady")]),
+            container_statuses: spec.map(|s| {
+                s.containers
+                    .iter()
+                    .map(|c| waiting(&c.name, c.image.as_ref()))
+                    .collect()
+            }),
+            init_container_statuses: spec.and_then(|s| {
+                s.init_containers.as_ref().map(|l| {
+                    l.iter()
+                        .map(|c| waiting(&c.name, c.image.as_ref()))
+                        .collect()
+                })
+            }),
+            ..Default::default()
+        });
+        warn!(pod = %pod.key, %reason, %message, "pod cannot run on this host");
+        sinks.pod(
+            &pod.key.uid,
+            PodUpdate::Event {
+                warning: true,
+                reason: "Failed".into(),
+                message: format!("Error: {reason}: {message}"),
+            },
+        );
+        sinks.pod(&pod.key.uid, PodUpdate::Status(status.clone()));
+        self.pods.lock().insert(
+            pod.key.uid.clone(),
+            Entry::Rejected {
+                key: pod.key.clone(),
+                status,
+            },
+        );
+    }
+
+    /// Adopt every pod found in the state directory.
+    fn adopt_all(&self, env: &RunnerEnv) -> std::io::Result<usize> {
+        let mut adopted = 0;
+        let Ok(entries) = std::fs::read_dir(self.pods_dir()) else {
+            return Ok(0);
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let uid = entry.file_name().to_string_lossy().into_owned();
+            match plan::load(&dir) {
+                Some(p) if p.uid == uid => {
+                    let handle = runner::spawn(env.clone(), p, dir);
+                    self.pods.lock().insert(uid, Entry::Running(handle));
+                    adopted += 1;
+                }
+                _ => {
+                    // Creation was interrupted before the plan was committed: nothing runs.
+                    warn!(dir = %dir.display(), "removing an incomplete pod directory");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = std::fs::remove_dir_all(self.cfg.secrets_dir.join(&uid));
+                }
+            }
+        }
+        Ok(adopted)
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> ProviderError {
+    ProviderError::Other(format!("{what} {}: {e}", path.display()))
+}
+
+#[async_trait]
+impl Provider for ProcessProvider {
+    fn kind(&self) -> &str {
+        "process"
+    }
+
+    async fn start(&self, sinks: ProviderSinks) -> Result<(), ProviderError> {
+        let check = tokio::process::Command::new(&self.cfg.bwrap)
+            .arg("--version")
+            .output()
+            .await;
+        match check {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                return Err(ProviderError::Other(format!(
+                    "bubblewrap ({}) does not work: {}",
+                    self.cfg.bwrap.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            Err(e) => {
+                return Err(ProviderError::Other(format!(
+                    "bubblewrap ({}) is needed to sandbox pods: {e}; install the bubblewrap package",
+                    self.cfg.bwrap.display()
+                )));
+            }
+        }
+        for dir in [self.pods_dir(), self.cfg.secrets_dir.clone()] {
+            std::fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
+        }
+        let shim_command = if self.cfg.shim_command.is_empty() {
+            let exe = std::env::current_exe()
+                .map_err(|e| ProviderError::Other(format!("finding this executable: {e}")))?;
+            vec![exe.to_string_lossy().into_owned(), "process-shim".into()]
+        } else {
+            self.cfg.shim_command.clone()
+        };
+        // Forget a pod once its task reports it gone.
+        let pods: Weak<Pods> = Arc::downgrade(&self.pods);
+        let inner = sinks.clone();
+        let sinks = ProviderSinks::new(
+            move |uid, update| {
+                if matches!(update, PodUpdate::Gone)
+                    && let Some(pods) = pods.upgrade()
+                {
+                    pods.lock().remove(uid);
+                }
+                inner.pod(uid, update);
+            },
+            {
+                let inner = sinks.clone();
+                move || inner.node_changed()
+            },
+        );
+        let env = RunnerEnv {
+            sinks,
+            shim_command,
+            log: self.cfg.log(),
+            cgroups: self.cgroups.as_ref().ok().cloned(),
+            secrets_dir: self.cfg.secrets_dir.clone(),
+        };
+        *self.env.lock() = Some(env.clone());
+        let adopted = self
+            .adopt_all(&env)
+            .map_err(|e| io_err("reading", &self.pods_dir(), e))?;
+        info!(adopted, state_dir = %self.cfg.state_dir.display(), "process provider started");
+        Ok(())
+    }
+
+    async fn node_resources(&self) -> Result<NodeResources, ProviderError> {
+        let capacity = self
+            .cfg
+            .capacity
+            .iter()
+            .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+            .collect();
+        let (status, reason, message) = match &self.cgroups {
+            Ok(cg) => (
+                "True",
+                "CgroupsAvailable",
+                format!(
+                    "container limits are enforced with cgroup {:?}",
+                    cg.version()
+                ),
+            ),
+            Err(why) => (
+                "False",
+                "CgroupsUnavailable",
+                format!("container CPU and memory limits are NOT enforced: {why}"),
+            ),
+        };
+        Ok(NodeResources {
+            capacity,
+            conditions: vec![NodeCondition {
+                type_: LIMITS_CONDITION.into(),
+                status: status.into(),
+                reason: Some(reason.into()),
+                message: Some(message),
+                ..Default::default()
+            }],
+            accepting_pods: true,
+            ..Default::default()
+        })
+    }
+
+    async fn create_pod(&self, pod: &ResolvedPod) -> Result<(), ProviderError> {
+        if self.pods.lock().contains_key(&pod.key.uid) {
+            return Ok(());
+        }
+        let env = self.runner_env()?;
+        let uid = &pod.key.uid;
+        if uid.is_empty() || uid.contains('/') || uid.starts_with('.') {
+            return Err(ProviderError::InvalidInput(format!(
+                "invalid pod UID {uid:?}"
+            )));
+        }
+        if let Some(spec) = &pod.pod.spec {
+            for c in spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+            {
+                for (what, probe) in [
+                    ("startupProbe", &c.startup_probe),
+                    ("livenessProbe", &c.liveness_probe),
+                    ("readinessProbe", &c.readiness_probe),
+                ] {
+                    if let Some(p) = probe
+                        && let Err(e) = probes::validate(p, c)
+                    {
+                        let msg = format!("container {:?}: {what}: {e}", c.name);
+                        self.reject(pod, "CreateContainerConfigError", msg, &env.sinks);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let dir = self.pod_dir(uid);
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
+        let prepared =
+            match volumes::prepare_pod_volumes(&self.volume_dirs(uid), &pod.resolution.volumes) {
+                Ok(p) => p,
+                Err(e @ volumes::VolumeError::Io { .. }) => {
+                    return Err(ProviderError::Other(e.to_string()));
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = std::fs::remove_dir_all(self.cfg.secrets_dir.join(uid));
+                    self.reject(pod, "CreateContainerConfigError", e.to_string(), &env.sinks);
+                    return Ok(());
+                }
+            };
+        let plan = match plan::plan(&self.cfg, pod, &dir, &prepared, &self.node_ip) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_dir_all(self.cfg.secrets_dir.join(uid));
+                self.reject(pod, e.reason, e.message, &env.sinks);
+                return Ok(());
+            }
+        };
+        // Committing the plan makes the pod adoptable after a restart.
+        shim::write_json(&dir, plan::PLAN_FILE, &plan)
+            .map_err(|e| io_err("writing the plan in", &dir, e))?;
+        let handle = runner::spawn(env, plan, dir);
+        self.pods.lock().insert(uid.clone(), Entry::Running(handle));
+        Ok(())
+    }
+
+    async fn update_pod(&self, _pod: &ResolvedPod) -> Result<(), ProviderError> {
+        // Running containers keep their spec; a changed image takes effect at the next restart
+        // of a re-created pod.
+        Ok(())
+    }
+
+    async fn update_volumes(
+        &self,
+        key: &PodKey,
+        volumes: &[ResolvedVolume],
+    ) -> Result<(), ProviderError> {
+        if !matches!(self.pods.lock().get(&key.uid), Some(Entry::Running(_))) {
+            return Err(ProviderError::NotFound(key.to_string()));
+        }
+        let changed = volumes::update_pod_volumes(&self.volume_dirs(&key.uid), volumes)
+            .map_err(|e| ProviderError::Other(e.to_string()))?;
+        if !changed.is_empty() {
+            info!(pod = %key, volumes = ?changed, "volume content updated");
+        }
+        Ok(())
+    }
+
+    async fn delete_pod(&self, key: &PodKey, grace: Duration) -> Result<(), ProviderError> {
+        let mut pods = self.pods.lock();
+        match pods.get(&key.uid) {
+            Some(Entry::Running(h)) => {
+                h.delete(grace);
+                Ok(())
+            }
+            Some(Entry::Rejected { .. }) => {
+                pods.remove(&key.uid);
+                drop(pods);
+                if let Ok(env) = self.runner_env() {
+                    env.sinks.pod(&key.uid, PodUpdate::Gone);
+                }
+                Ok(())
+            }
+            None => Err(ProviderError::NotFound(key.to_string())),
+        }
+    }
+
+    async fn list_pods(&self) -> Result<Vec<BackendPod>, ProviderError> {
+        Ok(self
+            .pods
+            .lock()
+            .values()
+            .map(|e| BackendPod {
+                key: e.key(),
+                status: e.status(),
+            })
+            .collect())
+    }
+
+    async fn cleanup_all(&self) -> Result<usize, ProviderError> {
+        for entry in self.pods.lock().drain() {
+            if let (_, Entry::Running(h)) = entry {
+                h.detach();
+            }
+        }
+        let mut removed = 0;
+        let Ok(entries) = std::fs::read_dir(self.pods_dir()) else {
+            return Ok(0);
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let uid = entry.file_name().to_string_lossy().into_owned();
+            kill_pod_processes(&dir);
+            if let Ok(cg) = &self.cgroups
+                && let Err(e) = cg.remove_pod(&uid)
+            {
+                warn!(pod = %uid, error = %e, "removing cgroups");
+            }
+            let _ = std::fs::remove_dir_all(self.cfg.secrets_dir.join(&uid));
+            std::fs::remove_dir_all(&dir).map_err(|e| io_err("removing", &dir, e))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+/// SIGKILL every container and shim a pod directory records, and wait (briefly) until they
+/// are gone.
+fn kill_pod_processes(pod_dir: &Path) {
+    let Ok(containers) = std::fs::read_dir(pod_dir.join("containers")) else {
+        return;
+    };
+    let mut victims: Vec<procs::ProcessId> = containers
+        .flatten()
+        .filter_map(|c| read_json::<ShimRecord>(&c.path(), SHIM_FILE))
+        .flat_map(|r| [r.container, r.shim])
+        .collect();
+    // Shims that have not written their record yet are found by the directory in their
+    // arguments; killing a shim kills its container (bubblewrap's --die-with-parent).
+    let mut prefix = b"dir=".to_vec();
+    prefix.extend_from_slice(pod_dir.as_os_str().as_encoded_bytes());
+    prefix.push(b'/');
+    victims.extend(procs::with_arg_prefix(&prefix));
+    for p in &victims {
+        let _ = p.signal(Signal::SIGKILL);
+    }
+    for _ in 0..100 {
+        if victims.iter().all(|p| !p.is_alive()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,1313 @@
+//! One pod's life on this host, as the kubelet lives it: init containers in order, then the
+//! app containers; restarts by `restartPolicy` with crash-loop backoff; probes; lifecycle hooks;
+//! `activeDeadlineSeconds`; graceful termination; the pod status.
+//!
+//! Each pod has one task. It learns about container exits from the files the shims write (the
+//! shims, not vkubelet, are the containers' parents), so a pod adopted after a vkubelet restart
+//! is driven exactly like one it started. Per-container progress that must survive a restart
+//! (instance number, last termination, backoff) is kept in `state.json` next to the shim files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, HostIP, LifecycleHandler, PodCondition, PodIP, PodStatus, Probe,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use nix::sys::signal::Signal;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use vk_core::{PodUpdate, ProviderSinks};
+
+use crate::cgroups::{Cgroups, Limits};
+use crate::exec::ContainerExec;
+use crate::logs::LogConfig;
+use crate::plan::{ContainerPlan, PodPlan, TERMINATION_LOG};
+use crate::probes::{self, ExecRunner, ProbeKind, ProbeOutcome, ProbeResult, ProbeTarget};
+use crate::procs::ProcessId;
+use crate::shim::{EXIT_FILE, ExitRecord, SHIM_FILE, ShimArgs, ShimRecord, read_json, write_json};
+
+const STATE_FILE: &str = "state.json";
+const POD_STATE_FILE: &str = "runner.json";
+const TICK: Duration = Duration::from_millis(250);
+/// How long a shim may take to start its container before the start counts as failed.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A container that ran this long without exiting starts its backoff afresh.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+const MAX_MESSAGE: usize = 4096;
+const FALLBACK_LOG_LINES: usize = 80;
+
+/// What every pod task needs from the provider.
+#[derive(Clone)]
+pub struct RunnerEnv {
+    pub sinks: ProviderSinks,
+    /// The program and arguments that start a shim (before the shim's own arguments).
+    pub shim_command: Vec<String>,
+    pub log: LogConfig,
+    pub cgroups: Option<Cgroups>,
+    /// Directory holding the pod's secret volumes (removed with the pod).
+    pub secrets_dir: PathBuf,
+}
+
+/// A termination as the status reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Termination {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub reason: String,
+    pub message: Option<String>,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub restart: u32,
+}
+
+impl Termination {
+    fn to_k8s(&self, id: &str) -> ContainerStateTerminated {
+        ContainerStateTerminated {
+            exit_code: self.exit_code,
+            signal: self.signal,
+            reason: Some(self.reason.clone()),
+            message: self.message.clone(),
+            started_at: Some(Time(self.started_at)),
+            finished_at: Some(Time(self.finished_at)),
+            container_id: Some(id.to_string()),
+        }
+    }
+}
+
+/// What survives a restart of vkubelet, per container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Persisted {
+    /// Whether instance `restart` was ever launched.
+    launched: bool,
+    restart: u32,
+    /// The previous termination (`lastState`).
+    last: Option<Termination>,
+    /// The final termination when the container will not run again (`state.terminated`).
+    finished: Option<Termination>,
+    /// The delay before the next restart after the one pending.
+    backoff_secs: u64,
+    /// When a pending restart may happen.
+    restart_at: Option<Timestamp>,
+    /// Why the pending restart waits.
+    waiting_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodPersisted {
+    deadline_exceeded: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Now {
+    NotStarted,
+    /// Launched; waiting for the shim to report the container running.
+    Starting {
+        since: Instant,
+        shim: Option<ProcessId>,
+    },
+    Running(ShimRecord),
+    /// Waiting to be restarted.
+    Backoff {
+        until: Instant,
+    },
+    /// Will not run again (or, for init containers, completed).
+    Finished,
+}
+
+struct Ctr {
+    plan: ContainerPlan,
+    init: bool,
+    dir: PathBuf,
+    p: Persisted,
+    now: Now,
+    started: bool,
+    ready: bool,
+    probe_tasks: Vec<AbortHandle>,
+    kill_at: Option<Instant>,
+    /// Set when vkubelet itself stops this instance (liveness, hook failure, deadline, delete).
+    killed_for: Option<&'static str>,
+    oom_before: u64,
+}
+
+impl Ctr {
+    fn new(plan: ContainerPlan, init: bool, pod_dir: &Path) -> Self {
+        let dir = plan.dir(pod_dir);
+        let p: Persisted = read_json(&dir, STATE_FILE).unwrap_or_default();
+        let now = if p.finished.is_some() {
+            Now::Finished
+        } else if let Some(at) = p.restart_at {
+            Now::Backoff {
+                until: instant_at(at),
+            }
+        } else if p.launched {
+            Now::Starting {
+                since: Instant::now(),
+                shim: read_json::<ShimRecord>(&dir, SHIM_FILE)
+                    .filter(|r| r.restart == p.restart)
+                    .map(|r| r.shim),
+            }
+        } else {
+            Now::NotStarted
+        };
+        Self {
+            plan,
+            init,
+            dir,
+            p,
+            now,
+            started: false,
+            ready: false,
+            probe_tasks: Vec::new(),
+            kill_at: None,
+            killed_for: None,
+            oom_before: 0,
+        }
+    }
+
+    fn save(&self) {
+        if let Err(e) = write_json(&self.dir, STATE_FILE, &self.p) {
+            warn!(container = %self.plan.name, error = %e, "saving container state");
+        }
+    }
+
+    fn id(&self, uid: &str) -> String {
+        format!("process://{uid}/{}/{}", self.plan.name, self.p.restart)
+    }
+
+    fn is_active(&self) -> bool {
+        matches!(self.now, Now::Starting { .. } | Now::Running(_))
+    }
+
+    fn stop_probes(&mut self) {
+        for t in self.probe_tasks.drain(..) {
+            t.abort();
+        }
+        self.started = false;
+        self.ready = false;
+    }
+}
+
+fn instant_at(t: Timestamp) -> Instant {
+    let delta = t.as_millisecond() - Timestamp::now().as_millisecond();
+    Instant::now() + Duration::from_millis(u64::try_from(delta).unwrap_or(0))
+}
+
+fn timestamp_at(i: Instant) -> Timestamp {
+    let delta = i.saturating_duration_since(Instant::now());
+    Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::try_from(delta).unwrap_or_default())
+        .unwrap_or_else(|_| Timestamp::now())
+}
+
+/// Commands from the provider to a pod task.
+#[derive(Debug, Default)]
+pub struct Control {
+    delete_deadline: Option<Instant>,
+}
+
+/// The provider's handle on one pod task.
+pub struct PodHandle {
+    pub plan: Arc<PodPlan>,
+    pub dir: PathBuf,
+    status: Arc<Mutex<Option<Arc<PodStatus>>>>,
+    control: Arc<Mutex<Control>>,
+    wake: Arc<Notify>,
+    /// Live container processes, for exec and stats.
+    pub processes: Arc<Mutex<BTreeMap<String, ProcessId>>>,
+    task: AbortHandle,
+}
+
+impl PodHandle {
+    pub fn status(&self) -> Option<Arc<PodStatus>> {
+        self.status.lock().clone()
+    }
+
+    /// Stop the pod: SIGTERM (after preStop hooks) now, SIGKILL once `grace` has passed. A second
+    /// call can only shorten the deadline.
+    pub fn delete(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let mut c = self.control.lock();
+        c.delete_deadline = Some(match c.delete_deadline {
+            Some(d) if d <= deadline => d,
+            _ => deadline,
+        });
+        drop(c);
+        self.wake.notify_one();
+    }
+
+    /// Abandon the task without touching the processes (provider shutdown).
+    pub fn detach(&self) {
+        self.task.abort();
+    }
+}
+
+/// Start (or adopt, when the pod's files already exist) the task for `plan`.
+pub fn spawn(env: RunnerEnv, plan: PodPlan, dir: PathBuf) -> PodHandle {
+    let plan = Arc::new(plan);
+    let status = Arc::new(Mutex::new(None));
+    let control = Arc::new(Mutex::new(Control::default()));
+    let wake = Arc::new(Notify::new());
+    let processes = Arc::new(Mutex::new(BTreeMap::new()));
+    let runner = Runner::new(
+        env,
+        plan.clone(),
+        dir.clone(),
+        status.clone(),
+        control.clone(),
+        wake.clone(),
+        processes.clone(),
+    );
+    let task = tokio::spawn(runner.run()).abort_handle();
+    PodHandle {
+        plan,
+        dir,
+        status,
+        control,
+        wake,
+        processes,
+        task,
+    }
+}
+
+struct ProbeMsg {
+    container: usize,
+    restart: u32,
+    result: ProbeResult,
+}
+
+struct Runner {
+    env: RunnerEnv,
+    plan: Arc<PodPlan>,
+    dir: PathBuf,
+    ctrs: Vec<Ctr>,
+    pod: PodPersisted,
+    status: Arc<Mutex<Option<Arc<PodStatus>>>>,
+    control: Arc<Mutex<Control>>,
+    wake: Arc<Notify>,
+    processes: Arc<Mutex<BTreeMap<String, ProcessId>>>,
+    probe_tx: mpsc::UnboundedSender<ProbeMsg>,
+    probe_rx: mpsc::UnboundedReceiver<ProbeMsg>,
+    deleting: bool,
+    /// Conditions' last transition times, kept while their status does not change.
+    transitions: BTreeMap<&'static str, (bool, Timestamp)>,
+}
+
+impl Runner {
+    fn new(
+        env: RunnerEnv,
+        plan: Arc<PodPlan>,
+        dir: PathBuf,
+        status: Arc<Mutex<Option<Arc<PodStatus>>>>,
+        control: Arc<Mutex<Control>>,
+        wake: Arc<Notify>,
+        processes: Arc<Mutex<BTreeMap<String, ProcessId>>>,
+    ) -> Self {
+        let ctrs = plan
+            .init_containers
+            .iter()
+            .map(|c| Ctr::new(c.clone(), true, &dir))
+            .chain(
+                plan.containers
+                    .iter()
+                    .map(|c| Ctr::new(c.clone(), false, &dir)),
+            )
+            .collect();
+        let pod = read_json(&dir, POD_STATE_FILE).unwrap_or_default();
+        let (probe_tx, probe_rx) = mpsc::unbounded_channel();
+        Self {
+            env,
+            plan,
+            dir,
+            ctrs,
+            pod,
+            status,
+            control,
+            wake,
+            processes,
+            probe_tx,
+            probe_rx,
+            deleting: false,
+            transitions: BTreeMap::new(),
+        }
+    }
+
+    #[tracing::instrument(name = "pod", skip_all, fields(pod = %format!("{}/{}", self.plan.namespace, self.plan.name)))]
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.wake.notified() => {}
+                Some(msg) = self.probe_rx.recv() => self.on_probe(msg).await,
+            }
+            if self.step().await {
+                return;
+            }
+        }
+    }
+
+    fn event(&self, warning: bool, reason: &str, message: String) {
+        self.env.sinks.pod(
+            &self.plan.uid,
+            PodUpdate::Event {
+                warning,
+                reason: reason.into(),
+                message,
+            },
+        );
+    }
+
+    /// One pass over the pod. Returns `true` once the pod is deleted and cleaned up.
+    async fn step(&mut self) -> bool {
+        for i in 0..self.ctrs.len() {
+            self.observe(i);
+        }
+        let deadline = self.control.lock().delete_deadline;
+        if let Some(deadline) = deadline {
+            if !self.deleting {
+                self.deleting = true;
+                info!("stopping the pod");
+                self.stop_all(deadline, "pod deleted");
+            }
+            for i in 0..self.ctrs.len() {
+                if Instant::now() >= deadline {
+                    self.ctrs[i].kill_at = Some(deadline);
+                }
+            }
+        } else {
+            self.check_deadline();
+            if !self.pod.deadline_exceeded && !self.terminal() {
+                self.start_due();
+            }
+        }
+        self.enforce_kills();
+        self.publish();
+        if self.deleting && self.ctrs.iter().all(|c| !c.is_active()) && self.shims_gone() {
+            self.remove_files();
+            self.env.sinks.pod(&self.plan.uid, PodUpdate::Gone);
+            return true;
+        }
+        false
+    }
+
+    /// Pick up what the shims wrote.
+    fn observe(&mut self, i: usize) {
+        let c = &self.ctrs[i];
+        let restart = c.p.restart;
+        match c.now.clone() {
+            Now::Starting { since, shim } => {
+                if let Some(exit) =
+                    read_json::<ExitRecord>(&c.dir, EXIT_FILE).filter(|e| e.restart == restart)
+                {
+                    self.on_exit(i, exit);
+                } else if let Some(rec) =
+                    read_json::<ShimRecord>(&c.dir, SHIM_FILE).filter(|r| r.restart == restart)
+                {
+                    self.on_running(i, rec);
+                } else if since.elapsed() > START_TIMEOUT && !shim.is_some_and(|s| s.is_alive()) {
+                    let tail = std::fs::read_to_string(c.dir.join("shim.err")).unwrap_or_default();
+                    let now = Timestamp::now();
+                    self.on_exit(
+                        i,
+                        ExitRecord {
+                            restart,
+                            exit_code: 128,
+                            signal: None,
+                            started_at: now,
+                            finished_at: now,
+                            start_error: Some(format!(
+                                "the container's shim exited before starting it: {}",
+                                tail.trim()
+                            )),
+                        },
+                    );
+                }
+            }
+            Now::Running(rec) => {
+                if let Some(exit) =
+                    read_json::<ExitRecord>(&c.dir, EXIT_FILE).filter(|e| e.restart == restart)
+                {
+                    self.on_exit(i, exit);
+                } else if !rec.shim.is_alive() && !rec.container.is_alive() {
+                    // Both gone without a record: killed from outside (e.g. kill -9 of the shim).
+                    let exit = ExitRecord {
+                        restart,
+                        exit_code: 137,
+                        signal: Some(9),
+                        started_at: rec.started_at,
+                        finished_at: Timestamp::now(),
+                        start_error: Some("ContainerStatusUnknown".into()),
+                    };
+                    self.on_exit(i, exit);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_running(&mut self, i: usize, rec: ShimRecord) {
+        let uid = self.plan.uid.clone();
+        let pod_grace = self.plan.termination_grace_seconds;
+        let deleting_deadline = self.control.lock().delete_deadline;
+        let c = &mut self.ctrs[i];
+        debug!(container = %c.plan.name, pid = rec.container.pid, "container running");
+        c.now = Now::Running(rec.clone());
+        self.processes
+            .lock()
+            .insert(c.plan.name.clone(), rec.container);
+        let name = c.plan.name.clone();
+        let exec = Arc::new(ContainerExec {
+            target: rec.container,
+            sandbox: c.plan.sandbox.clone(),
+        });
+        let spec = c.plan.spec.clone();
+        let is_init = c.init;
+        self.event(false, "Started", format!("Started container {name}"));
+        if let Some(deadline) = deleting_deadline {
+            // Deleted while it was starting: stop it right away.
+            self.stop(i, deadline, "pod deleted");
+            return;
+        }
+        let _ = uid;
+        let _ = pod_grace;
+        if is_init {
+            self.ctrs[i].started = true;
+            return;
+        }
+        if let Some(handler) = spec.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
+            let tx = self.probe_tx.clone();
+            let restart = rec.restart;
+            let exec2 = exec.clone();
+            let target = ProbeTarget::for_container(&self.plan.pod_ip, &spec);
+            let task = tokio::spawn(async move {
+                if let ProbeOutcome::Failure(msg) =
+                    run_handler(&handler, &target, exec2.as_ref(), Duration::from_secs(60)).await
+                {
+                    let _ = tx.send(ProbeMsg {
+                        container: i,
+                        restart,
+                        result: ProbeResult {
+                            kind: ProbeKind::Liveness,
+                            success: false,
+                            message: format!("PostStartHook failed: {msg}"),
+                        },
+                    });
+                }
+            });
+            self.ctrs[i].probe_tasks.push(task.abort_handle());
+        }
+        let c = &mut self.ctrs[i];
+        if let Some(startup) = spec.startup_probe.clone() {
+            let handle = self.spawn_probe(i, rec.restart, ProbeKind::Startup, startup, exec);
+            self.ctrs[i].probe_tasks.push(handle);
+        } else {
+            c.started = true;
+            self.start_probes(i, rec.restart, exec);
+        }
+    }
+
+    fn start_probes(&mut self, i: usize, restart: u32, exec: Arc<ContainerExec>) {
+        let spec = self.ctrs[i].plan.spec.clone();
+        if let Some(p) = spec.liveness_probe.clone() {
+            let h = self.spawn_probe(i, restart, ProbeKind::Liveness, p, exec.clone());
+            self.ctrs[i].probe_tasks.push(h);
+        }
+        match spec.readiness_probe.clone() {
+            Some(p) => {
+                let h = self.spawn_probe(i, restart, ProbeKind::Readiness, p, exec);
+                self.ctrs[i].probe_tasks.push(h);
+            }
+            None => self.ctrs[i].ready = true,
+        }
+    }
+
+    fn spawn_probe(
+        &self,
+        i: usize,
+        restart: u32,
+        kind: ProbeKind,
+        probe: Probe,
+        exec: Arc<ContainerExec>,
+    ) -> AbortHandle {
+        let tx = self.probe_tx.clone();
+        let target = ProbeTarget::for_container(&self.plan.pod_ip, &self.ctrs[i].plan.spec);
+        let exec: Arc<dyn ExecRunner> = exec;
+        tokio::spawn(probes::run(kind, probe, target, exec, move |result| {
+            let _ = tx.send(ProbeMsg {
+                container: i,
+                restart,
+                result,
+            });
+        }))
+        .abort_handle()
+    }
+
+    async fn on_probe(&mut self, msg: ProbeMsg) {
+        let Some(c) = self.ctrs.get(msg.container) else {
+            return;
+        };
+        let Now::Running(rec) = &c.now else {
+            return;
+        };
+        if rec.restart != msg.restart || self.deleting {
+            return;
+        }
+        let name = c.plan.name.clone();
+        let exec = Arc::new(ContainerExec {
+            target: rec.container,
+            sandbox: c.plan.sandbox.clone(),
+        });
+        let restart = rec.restart;
+        let r = msg.result;
+        let label = match r.kind {
+            ProbeKind::Startup => "Startup",
+            ProbeKind::Liveness => "Liveness",
+            ProbeKind::Readiness => "Readiness",
+        };
+        if !r.success {
+            let hook = r.message.starts_with("PostStartHook failed");
+            if hook {
+                self.event(true, "FailedPostStartHook", r.message.clone());
+            } else {
+                self.event(
+                    true,
+                    "Unhealthy",
+                    format!("{label} probe failed: {}", r.message),
+                );
+            }
+            match r.kind {
+                ProbeKind::Readiness => self.ctrs[msg.container].ready = false,
+                ProbeKind::Startup | ProbeKind::Liveness => {
+                    let why = if hook {
+                        format!("Container {name} failed its postStart hook, will be killed")
+                    } else {
+                        format!(
+                            "Container {name} failed {} probe, will be restarted",
+                            label.to_lowercase()
+                        )
+                    };
+                    self.event(false, "Killing", why);
+                    let probe = match r.kind {
+                        ProbeKind::Startup => {
+                            self.ctrs[msg.container].plan.spec.startup_probe.clone()
+                        }
+                        _ => self.ctrs[msg.container].plan.spec.liveness_probe.clone(),
+                    };
+                    let grace = probe
+                        .and_then(|p| p.termination_grace_period_seconds)
+                        .unwrap_or(self.plan.termination_grace_seconds)
+                        .max(0);
+                    let deadline = Instant::now() + Duration::from_secs(grace.unsigned_abs());
+                    self.stop(
+                        msg.container,
+                        deadline,
+                        if hook {
+                            "postStart hook failed"
+                        } else {
+                            "probe failed"
+                        },
+                    );
+                }
+            }
+        } else {
+            match r.kind {
+                ProbeKind::Readiness => self.ctrs[msg.container].ready = true,
+                ProbeKind::Liveness => {}
+                ProbeKind::Startup => {
+                    self.ctrs[msg.container].started = true;
+                    self.start_probes(msg.container, restart, exec);
+                }
+            }
+        }
+        self.publish();
+    }
+
+    fn on_exit(&mut self, i: usize, exit: ExitRecord) {
+        let policy = self.plan.restart_policy.clone();
+        let uid = self.plan.uid.clone();
+        let pod_name = format!("{}_{}({})", self.plan.name, self.plan.namespace, uid);
+        let oom_now = self
+            .env
+            .cgroups
+            .as_ref()
+            .map(|cg| cg.container(&uid, &self.ctrs[i].plan.name).oom_kills())
+            .unwrap_or(0);
+        let c = &mut self.ctrs[i];
+        c.stop_probes();
+        c.kill_at = None;
+        self.processes.lock().remove(&c.plan.name);
+        let unknown = exit.start_error.as_deref() == Some("ContainerStatusUnknown");
+        let reason = if unknown {
+            "ContainerStatusUnknown".to_string()
+        } else if exit.start_error.is_some() {
+            "StartError".to_string()
+        } else if oom_now > c.oom_before {
+            "OOMKilled".to_string()
+        } else if exit.exit_code == 0 {
+            "Completed".to_string()
+        } else {
+            "Error".to_string()
+        };
+        let message = if unknown {
+            Some("The container could not be located when it exited (its shim was killed)".into())
+        } else if let Some(e) = &exit.start_error {
+            Some(e.clone())
+        } else {
+            termination_message(c, &reason)
+        };
+        let term = Termination {
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+            reason,
+            message,
+            started_at: exit.started_at,
+            finished_at: exit.finished_at,
+            restart: exit.restart,
+        };
+        info!(container = %c.plan.name, exit_code = term.exit_code, reason = %term.reason, "container exited");
+        let failed = term.exit_code != 0;
+        let killed_by_us = c.killed_for.take();
+        let restart = !self.deleting
+            && !self.pod.deadline_exceeded
+            && if c.init {
+                failed && policy != "Never"
+            } else {
+                match policy.as_str() {
+                    "Never" => false,
+                    "OnFailure" => failed || killed_by_us == Some("probe failed"),
+                    _ => true,
+                }
+            };
+        if restart {
+            let ran = exit.finished_at.duration_since(exit.started_at);
+            let (delay, next) = crash_backoff(c.p.backoff_secs, ran.as_secs());
+            c.p.backoff_secs = next;
+            let until = Instant::now() + delay;
+            c.p.last = Some(term);
+            c.p.restart_at = Some(timestamp_at(until));
+            c.p.waiting_reason = (!delay.is_zero()).then(|| {
+                format!(
+                    "back-off {}s restarting failed container={} pod={pod_name}",
+                    delay.as_secs(),
+                    c.plan.name
+                )
+            });
+            c.now = Now::Backoff { until };
+            let backoff_message =
+                c.p.waiting_reason
+                    .is_some()
+                    .then(|| format!("Back-off restarting failed container {}", c.plan.name));
+            c.save();
+            if let Some(m) = backoff_message {
+                self.event(true, "BackOff", m);
+            }
+        } else {
+            let init_ok = c.init && !failed;
+            c.p.finished = Some(term);
+            c.p.restart_at = None;
+            c.now = Now::Finished;
+            c.save();
+            if c.init && !init_ok && !self.deleting {
+                warn!(container = %c.plan.name, "init container failed; the pod fails");
+            }
+        }
+    }
+
+    fn check_deadline(&mut self) {
+        let Some(secs) = self.plan.active_deadline_seconds else {
+            return;
+        };
+        if self.pod.deadline_exceeded || self.terminal() {
+            return;
+        }
+        let age = Timestamp::now().duration_since(self.plan.created_at);
+        if age.as_secs() < secs {
+            return;
+        }
+        self.pod.deadline_exceeded = true;
+        if let Err(e) = write_json(&self.dir, POD_STATE_FILE, &self.pod) {
+            warn!(error = %e, "saving pod state");
+        }
+        self.event(
+            true,
+            "DeadlineExceeded",
+            "Pod was active on the node longer than the specified deadline".into(),
+        );
+        let grace = Duration::from_secs(self.plan.termination_grace_seconds.unsigned_abs());
+        self.stop_all(Instant::now() + grace, "deadline exceeded");
+        for c in &mut self.ctrs {
+            if matches!(c.now, Now::Backoff { .. } | Now::NotStarted) {
+                c.now = Now::Finished;
+                c.p.restart_at = None;
+                c.save();
+            }
+        }
+    }
+
+    /// Launch what is due: the next init container, else every app container not yet running.
+    fn start_due(&mut self) {
+        let n_init = self.plan.init_containers.len();
+        for i in 0..n_init {
+            let c = &self.ctrs[i];
+            match &c.now {
+                Now::Finished if c.p.finished.as_ref().is_some_and(|t| t.exit_code == 0) => {
+                    continue;
+                }
+                Now::Finished => return, // a failed init container with restartPolicy Never
+                Now::NotStarted => {
+                    self.launch(i);
+                    return;
+                }
+                Now::Backoff { until } if Instant::now() >= *until => {
+                    self.launch(i);
+                    return;
+                }
+                _ => return,
+            }
+        }
+        for i in n_init..self.ctrs.len() {
+            let due = match &self.ctrs[i].now {
+                Now::NotStarted => true,
+                Now::Backoff { until } => Instant::now() >= *until,
+                _ => false,
+            };
+            if due {
+                self.launch(i);
+            }
+        }
+    }
+
+    fn launch(&mut self, i: usize) {
+        let uid = self.plan.uid.clone();
+        let env = self.env.clone();
+        let c = &mut self.ctrs[i];
+        let restart = if c.p.launched { c.p.restart + 1 } else { 0 };
+        let _ = std::fs::remove_file(c.dir.join(SHIM_FILE));
+        let _ = std::fs::remove_file(c.dir.join(EXIT_FILE));
+        let _ = std::fs::write(c.dir.join(TERMINATION_LOG), b"");
+        let mut cgroup_procs = Vec::new();
+        if let Some(cg) = &env.cgroups {
+            match cg.create(&uid, &c.plan.name, &Limits::for_container(&c.plan.spec)) {
+                Ok(cgroup) => {
+                    c.oom_before = cgroup.oom_kills();
+                    cgroup_procs = cgroup.procs_files();
+                }
+                Err(e) => {
+                    warn!(container = %c.plan.name, error = %e, "creating the container's cgroup; limits are not enforced for it")
+                }
+            }
+        }
+        let env_file = c.dir.join("env.json");
+        if let Err(e) = write_json(&c.dir, "env.json", &c.plan.sandbox.environment()) {
+            warn!(container = %c.plan.name, error = %e, "writing the container's environment");
+        }
+        let args = ShimArgs {
+            dir: c.dir.clone(),
+            restart,
+            log: env.log,
+            cgroup_procs,
+            env_file: Some(env_file),
+            argv: c.plan.argv.iter().map(Into::into).collect(),
+        };
+        c.p.launched = true;
+        c.p.restart = restart;
+        c.p.restart_at = None;
+        c.p.waiting_reason = None;
+        c.save();
+        let shim = match launch_shim(&env.shim_command, &args, &c.dir) {
+            Ok(pid) => pid,
+            Err(e) => {
+                warn!(container = %c.plan.name, error = %e, "starting the shim");
+                None
+            }
+        };
+        c.now = Now::Starting {
+            since: Instant::now(),
+            shim,
+        };
+    }
+
+    /// Stop one container: preStop hook, SIGTERM, SIGKILL at `deadline`.
+    fn stop(&mut self, i: usize, deadline: Instant, why: &'static str) {
+        let c = &mut self.ctrs[i];
+        c.killed_for = Some(why);
+        c.kill_at = Some(match c.kill_at {
+            Some(k) if k <= deadline => k,
+            _ => deadline,
+        });
+        let Now::Running(rec) = &c.now else {
+            return;
+        };
+        let target = rec.container;
+        let pre_stop = (!c.init)
+            .then(|| {
+                c.plan
+                    .spec
+                    .lifecycle
+                    .as_ref()
+                    .and_then(|l| l.pre_stop.clone())
+            })
+            .flatten();
+        let exec = ContainerExec {
+            target,
+            sandbox: c.plan.sandbox.clone(),
+        };
+        let probe_target = ProbeTarget::for_container(&self.plan.pod_ip, &c.plan.spec);
+        let name = c.plan.name.clone();
+        let sinks = self.env.sinks.clone();
+        let uid = self.plan.uid.clone();
+        self.event(false, "Killing", format!("Stopping container {name}"));
+        tokio::spawn(async move {
+            if let Some(handler) = pre_stop {
+                let budget = deadline.saturating_duration_since(Instant::now());
+                if let ProbeOutcome::Failure(msg) =
+                    run_handler(&handler, &probe_target, &exec, budget).await
+                {
+                    sinks.pod(
+                        &uid,
+                        PodUpdate::Event {
+                            warning: true,
+                            reason: "FailedPreStopHook".into(),
+                            message: format!("PreStopHook failed: {msg}"),
+                        },
+                    );
+                }
+            }
+            if let Err(e) = target.signal(Signal::SIGTERM) {
+                warn!(container = %name, error = %e, "sending SIGTERM");
+            }
+        });
+    }
+
+    fn stop_all(&mut self, deadline: Instant, why: &'static str) {
+        for i in 0..self.ctrs.len() {
+            if self.ctrs[i].is_active() {
+                self.stop(i, deadline, why);
+            }
+            if matches!(self.ctrs[i].now, Now::Backoff { .. } | Now::NotStarted) && self.deleting {
+                self.ctrs[i].now = Now::Finished;
+            }
+        }
+    }
+
+    fn enforce_kills(&mut self) {
+        for c in &mut self.ctrs {
+            let (Some(at), Now::Running(rec)) = (c.kill_at, &c.now) else {
+                continue;
+            };
+            if Instant::now() >= at {
+                // SIGKILL to PID 1 of the sandbox's PID namespace takes every process in it.
+                if let Err(e) = rec.container.signal(Signal::SIGKILL) {
+                    warn!(container = %c.plan.name, error = %e, "sending SIGKILL");
+                }
+            }
+        }
+    }
+
+    fn shims_gone(&self) -> bool {
+        self.ctrs
+            .iter()
+            .all(|c| read_json::<ShimRecord>(&c.dir, SHIM_FILE).is_none_or(|r| !r.shim.is_alive()))
+    }
+
+    fn remove_files(&self) {
+        if let Some(cg) = &self.env.cgroups
+            && let Err(e) = cg.remove_pod(&self.plan.uid)
+        {
+            warn!(error = %e, "removing the pod's cgroups");
+        }
+        let _ = std::fs::remove_dir_all(self.env.secrets_dir.join(&self.plan.uid));
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            warn!(error = %e, dir = %self.dir.display(), "removing the pod's directory");
+        }
+    }
+
+    fn init_done(&self) -> bool {
+        self.ctrs
+            .iter()
+            .filter(|c| c.init)
+            .all(|c| c.p.finished.as_ref().is_some_and(|t| t.exit_code == 0))
+    }
+
+    fn init_failed(&self) -> bool {
+        self.ctrs
+            .iter()
+            .any(|c| c.init && c.p.finished.as_ref().is_some_and(|t| t.exit_code != 0))
+    }
+
+    fn apps(&self) -> impl Iterator<Item = &Ctr> {
+        self.ctrs.iter().filter(|c| !c.init)
+    }
+
+    /// Whether the pod reached Succeeded or Failed.
+    fn terminal(&self) -> bool {
+        matches!(self.phase().0, "Succeeded" | "Failed")
+    }
+
+    /// The phase, and the pod-level reason and message.
+    fn phase(&self) -> (&'static str, Option<&'static str>, Option<String>) {
+        // The core never moves a pod out of a terminal phase, so Failed is reported once the
+        // containers are stopped and their final states are known.
+        if self.pod.deadline_exceeded && !self.ctrs.iter().any(Ctr::is_active) {
+            return (
+                "Failed",
+                Some("DeadlineExceeded"),
+                Some("Pod was active on the node longer than the specified deadline".into()),
+            );
+        }
+        if self.init_failed() {
+            return ("Failed", None, None);
+        }
+        if !self.init_done() {
+            return ("Pending", None, None);
+        }
+        let apps: Vec<&Ctr> = self.apps().collect();
+        if apps
+            .iter()
+            .any(|c| matches!(c.now, Now::NotStarted | Now::Starting { .. }) && !c.p.launched)
+        {
+            return ("Pending", None, None);
+        }
+        if apps.iter().any(|c| !matches!(c.now, Now::Finished)) {
+            return ("Running", None, None);
+        }
+        if apps
+            .iter()
+            .all(|c| c.p.finished.as_ref().is_some_and(|t| t.exit_code == 0))
+        {
+            ("Succeeded", None, None)
+        } else {
+            ("Failed", None, None)
+        }
+    }
+
+    fn condition(
+        &mut self,
+        t: &'static str,
+        ok: bool,
+        reason: Option<&str>,
+        message: Option<String>,
+    ) -> PodCondition {
+        let now = Timestamp::now();
+        let entry = self.transitions.entry(t).or_insert((ok, now));
+        if entry.0 != ok {
+            *entry = (ok, now);
+        }
+        PodCondition {
+            type_: t.into(),
+            status: if ok { "True" } else { "False" }.into(),
+            reason: reason.map(str::to_string),
+            message,
+            last_transition_time: Some(Time(entry.1)),
+            ..Default::default()
+        }
+    }
+
+    fn container_status(&self, c: &Ctr, initializing: bool) -> ContainerStatus {
+        let uid = &self.plan.uid;
+        let waiting = |reason: &str, message: Option<String>| ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.into()),
+                message,
+            }),
+            ..Default::default()
+        };
+        let state = match &c.now {
+            Now::NotStarted if initializing || !c.init && !self.init_done() => {
+                waiting("PodInitializing", None)
+            }
+            Now::NotStarted | Now::Starting { .. } => waiting("ContainerCreating", None),
+            Now::Running(rec) => ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: Some(Time(rec.started_at)),
+                }),
+                ..Default::default()
+            },
+            Now::Backoff { .. } => match &c.p.waiting_reason {
+                Some(m) => waiting("CrashLoopBackOff", Some(m.clone())),
+                None => waiting("ContainerCreating", None),
+            },
+            Now::Finished => match &c.p.finished {
+                Some(t) => ContainerState {
+                    terminated: Some(t.to_k8s(&c.id(uid))),
+                    ..Default::default()
+                },
+                None => waiting("ContainerCreating", None),
+            },
+        };
+        let last_state = c.p.last.as_ref().map(|t| ContainerState {
+            terminated: Some(t.to_k8s(&format!("process://{uid}/{}/{}", c.plan.name, t.restart))),
+            ..Default::default()
+        });
+        let running = matches!(c.now, Now::Running(_));
+        ContainerStatus {
+            name: c.plan.name.clone(),
+            image: c.plan.image.clone(),
+            image_id: format!("process://{}", c.plan.image),
+            container_id: c.p.launched.then(|| c.id(uid)),
+            ready: if c.init {
+                c.p.finished.as_ref().is_some_and(|t| t.exit_code == 0)
+            } else {
+                running && c.ready
+            },
+            started: Some(running && c.started),
+            restart_count: self.plan.restart_count_base
+                + i32::try_from(c.p.restart).unwrap_or(i32::MAX),
+            state: Some(state),
+            last_state,
+            ..Default::default()
+        }
+    }
+
+    fn build_status(&mut self) -> PodStatus {
+        let (phase, reason, message) = self.phase();
+        let init_done = self.init_done();
+        let init_statuses: Vec<ContainerStatus> = self
+            .ctrs
+            .iter()
+            .filter(|c| c.init)
+            .map(|c| self.container_status(c, false))
+            .collect();
+        let app_statuses: Vec<ContainerStatus> = self
+            .apps()
+            .map(|c| self.container_status(c, !init_done))
+            .collect();
+        let unready: Vec<&str> = app_statuses
+            .iter()
+            .filter(|s| !s.ready)
+            .map(|s| s.name.as_str())
+            .collect();
+        let all_ready = unready.is_empty();
+        let not_ready_reason = if matches!(phase, "Succeeded" | "Failed") {
+            "PodCompleted"
+        } else {
+            "ContainersNotReady"
+        };
+        let unready_msg = (!all_ready)
+            .then(|| format!("containers with unready status: [{}]", unready.join(" ")));
+        let incomplete: Vec<String> = init_statuses
+            .iter()
+            .filter(|s| !s.ready)
+            .map(|s| s.name.clone())
+            .collect();
+        let conditions = vec![
+            self.condition(
+                "Initialized",
+                init_done,
+                (!init_done).then_some("ContainersNotInitialized"),
+                (!init_done).then(|| {
+                    format!(
+                        "containers with incomplete status: [{}]",
+                        incomplete.join(" ")
+                    )
+                }),
+            ),
+            self.condition(
+                "Ready",
+                all_ready,
+                (!all_ready).then_some(not_ready_reason),
+                unready_msg.clone(),
+            ),
+            self.condition(
+                "ContainersReady",
+                all_ready,
+                (!all_ready).then_some(not_ready_reason),
+                unready_msg,
+            ),
+        ];
+        let ip = self.plan.pod_ip.clone();
+        PodStatus {
+            phase: Some(phase.into()),
+            reason: reason.map(str::to_string),
+            message,
+            host_ip: Some(ip.clone()),
+            host_ips: Some(vec![HostIP { ip: ip.clone() }]),
+            pod_ip: Some(ip.clone()),
+            pod_ips: Some(vec![PodIP { ip }]),
+            start_time: Some(Time(self.plan.created_at)),
+            conditions: Some(conditions),
+            init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
+            container_statuses: Some(app_statuses),
+            ..Default::default()
+        }
+    }
+
+    fn publish(&mut self) {
+        let status = self.build_status();
+        let mut current = self.status.lock();
+        if current.as_deref() == Some(&status) {
+            return;
+        }
+        let status = Arc::new(status);
+        *current = Some(status.clone());
+        drop(current);
+        self.env
+            .sinks
+            .pod(&self.plan.uid, PodUpdate::Status(status));
+    }
+}
+
+/// The kubelet's crash-loop backoff: given the delay stored for the next restart and how long the
+/// instance ran (seconds), the delay before this restart and the one stored for the next. The
+/// first restart is immediate, then 10 s doubling up to 5 min; 10 minutes of running resets it.
+fn crash_backoff(stored_secs: u64, ran_secs: i64) -> (Duration, u64) {
+    let stored = if ran_secs >= BACKOFF_RESET_AFTER.as_secs() as i64 {
+        0
+    } else {
+        stored_secs
+    };
+    let delay = Duration::from_secs(stored);
+    let next = if delay.is_zero() {
+        BACKOFF_INITIAL
+    } else {
+        (delay * 2).min(BACKOFF_MAX)
+    };
+    (delay, next.as_secs())
+}
+
+/// The message for `state.terminated.message`: the termination-message file, or with
+/// `FallbackToLogsOnError` the end of the log when the file is empty and the container failed.
+fn termination_message(c: &Ctr, reason: &str) -> Option<String> {
+    let mut text = std::fs::read(c.dir.join(TERMINATION_LOG)).unwrap_or_default();
+    text.truncate(MAX_MESSAGE);
+    if text.is_empty()
+        && reason != "Completed"
+        && c.plan.spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError")
+    {
+        let mut out = log_tail(&c.dir, c.p.restart, FALLBACK_LOG_LINES);
+        if out.len() > MAX_MESSAGE {
+            out = out.split_off(out.len() - MAX_MESSAGE);
+        }
+        text = out;
+    }
+    (!text.is_empty()).then(|| String::from_utf8_lossy(&text).into_owned())
+}
+
+/// The last `lines` lines of an instance's log, joined (content only).
+fn log_tail(dir: &Path, restart: u32, lines: usize) -> Vec<u8> {
+    let mut ring: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+    let mut partial: Vec<u8> = Vec::new();
+    for file in crate::logs::instance_files(dir, restart) {
+        let Ok(data) = std::fs::read(&file) else {
+            continue;
+        };
+        for line in data.split(|b| *b == b'\n') {
+            let Some(rec) = crate::logs::parse_record(line) else {
+                continue;
+            };
+            partial.extend_from_slice(rec.content);
+            if !rec.partial {
+                partial.push(b'\n');
+                ring.push_back(std::mem::take(&mut partial));
+                if ring.len() > lines {
+                    ring.pop_front();
+                }
+            }
+        }
+    }
+    ring.into_iter().flatten().collect()
+}
+
+/// Run a lifecycle hook (exec or httpGet) within `budget`.
+async fn run_handler(
+    handler: &LifecycleHandler,
+    target: &ProbeTarget,
+    exec: &dyn ExecRunner,
+    budget: Duration,
+) -> ProbeOutcome {
+    if let Some(sleep) = &handler.sleep {
+        tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0).unsigned_abs()).min(budget))
+            .await;
+        return ProbeOutcome::Success;
+    }
+    let probe = Probe {
+        exec: handler.exec.clone(),
+        http_get: handler.http_get.clone(),
+        tcp_socket: handler.tcp_socket.clone(),
+        timeout_seconds: Some(i32::try_from(budget.as_secs().max(1)).unwrap_or(i32::MAX)),
+        ..Default::default()
+    };
+    probes::check(&probe, target, exec).await
+}
+
+/// Start a shim detached from vkubelet (own process group, output to a file), so it and its
+/// container keep running when vkubelet stops. Returns the shim's identity.
+fn launch_shim(
+    shim_command: &[String],
+    args: &ShimArgs,
+    dir: &Path,
+) -> std::io::Result<Option<ProcessId>> {
+    let Some((program, pre)) = shim_command.split_first() else {
+        return Err(std::io::Error::other("no shim command"));
+    };
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("shim.err"))?;
+    let mut child = tokio::process::Command::new(program)
+        .args(pre)
+        .args(args.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(false)
+        .spawn()?;
+    let id = child.id().and_then(ProcessId::of);
+    // Reap it while vkubelet lives; after a restart, init reaps it.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_backoff_doubles_to_five_minutes_and_resets_after_ten_minutes_of_running() {
+        let mut stored = 0;
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            let (delay, next) = crash_backoff(stored, 1);
+            delays.push(delay.as_secs());
+            stored = next;
+        }
+        assert_eq!(delays, [0, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(crash_backoff(300, 599), (Duration::from_secs(300), 300));
+        assert_eq!(crash_backoff(300, 600), (Duration::ZERO, 10));
+    }
+
+    #[test]
+    fn log_tail_joins_partial_records_and_keeps_the_last_lines() {
+        let dir = std::env::temp_dir().join(format!("vk-runner-tail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ts = "2026-11-22T10:00:00.000000000Z";
+        let text = format!(
+            "{ts} stdout F one\n{ts} stderr P tw\n{ts} stderr F o\n{ts} stdout F three\ngarbage\n"
+        );
+        std::fs::write(dir.join("0.log"), text).unwrap();
+        assert_eq!(log_tail(&dir, 0, 2), b"two\nthree\n");
+        assert_eq!(log_tail(&dir, 0, 10), b"one\ntwo\nthree\n");
+        assert!(log_tail(&dir, 1, 10).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
