@@ -13,6 +13,7 @@ pub mod poll;
 pub mod provider;
 pub mod queue;
 pub mod resolve;
+pub mod streams;
 pub mod virtual_node;
 
 pub use error::{Error, ProviderError};

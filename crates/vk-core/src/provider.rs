@@ -18,6 +18,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::error::ProviderError;
 use crate::resolve::{Resolution, ResolvedVolume};
+use crate::streams::{
+    AttachRequest, ByteReader, ContainerStats, Duplex, ExecRequest, ExecSession, LogRequest,
+};
 
 /// Identity of a pod on a backend.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -244,6 +247,57 @@ pub trait Provider: Send + Sync + 'static {
     /// Stop and remove everything this provider started (uninstall). Returns how many pods it
     /// removed.
     async fn cleanup_all(&self) -> Result<usize, ProviderError>;
+
+    /// A container's log (`kubectl logs`); with `follow`, the stream ends when the container
+    /// instance does or when the reader is dropped.
+    async fn container_logs(
+        &self,
+        key: &PodKey,
+        request: &LogRequest,
+    ) -> Result<ByteReader, ProviderError> {
+        let _ = (key, request);
+        Err(ProviderError::NotSupported("container logs".into()))
+    }
+
+    /// Run a command in a running container (`kubectl exec`).
+    async fn exec(
+        &self,
+        key: &PodKey,
+        request: &ExecRequest,
+    ) -> Result<ExecSession, ProviderError> {
+        let _ = (key, request);
+        Err(ProviderError::NotSupported("exec".into()))
+    }
+
+    /// Attach to a running container's streams (`kubectl attach`). The session's `exit` resolves
+    /// when the container instance ends (with its exit code) or the session is dropped.
+    async fn attach(
+        &self,
+        key: &PodKey,
+        request: &AttachRequest,
+    ) -> Result<ExecSession, ProviderError> {
+        let _ = (key, request);
+        Err(ProviderError::NotSupported("attach".into()))
+    }
+
+    /// A connection to `port` of the pod (`kubectl port-forward`).
+    async fn port_forward(
+        &self,
+        key: &PodKey,
+        port: u16,
+    ) -> Result<std::pin::Pin<Box<dyn Duplex>>, ProviderError> {
+        let _ = (key, port);
+        Err(ProviderError::NotSupported("port forwarding".into()))
+    }
+
+    /// Usage of the pod's running containers, by container name.
+    async fn pod_stats(
+        &self,
+        key: &PodKey,
+    ) -> Result<BTreeMap<String, ContainerStats>, ProviderError> {
+        let _ = key;
+        Err(ProviderError::NotSupported("stats".into()))
+    }
 }
 
 /// Shared handle to a provider.

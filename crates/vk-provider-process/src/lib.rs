@@ -18,8 +18,10 @@ pub mod logs;
 pub mod plan;
 pub mod probes;
 pub mod procs;
+pub mod pty;
 pub mod runner;
 pub mod sandbox;
+pub mod session;
 pub mod shim;
 pub mod stats;
 pub mod volumes;
@@ -40,6 +42,9 @@ use nix::sys::signal::Signal;
 use parking_lot::Mutex;
 use tracing::{info, warn};
 use vk_core::resolve::ResolvedVolume;
+use vk_core::streams::{
+    AttachRequest, ByteReader, ContainerStats, Duplex, ExecRequest, ExecSession, LogRequest,
+};
 use vk_core::{
     BackendPod, NodeResources, PodKey, PodUpdate, Provider, ProviderError, ProviderSinks,
     ResolvedPod,
@@ -487,6 +492,84 @@ impl Provider for ProcessProvider {
             .collect())
     }
 
+    async fn container_logs(
+        &self,
+        key: &PodKey,
+        request: &LogRequest,
+    ) -> Result<ByteReader, ProviderError> {
+        let (dir, c) = self.running_container(key, &request.container)?;
+        session::logs(&dir, &c, request)
+    }
+
+    async fn exec(
+        &self,
+        key: &PodKey,
+        request: &ExecRequest,
+    ) -> Result<ExecSession, ProviderError> {
+        let (_, c) = self.running_container(key, &request.container)?;
+        let target = self
+            .processes(&key.uid)
+            .and_then(|p| p.get(&request.container).copied())
+            .ok_or_else(|| {
+                ProviderError::NotFound(format!("container {:?} is not running", request.container))
+            })?;
+        session::exec(target, &c, request)
+    }
+
+    async fn attach(
+        &self,
+        key: &PodKey,
+        request: &AttachRequest,
+    ) -> Result<ExecSession, ProviderError> {
+        let (dir, c) = self.running_container(key, &request.container)?;
+        session::attach(&dir, &c, request)
+    }
+
+    async fn port_forward(
+        &self,
+        key: &PodKey,
+        port: u16,
+    ) -> Result<std::pin::Pin<Box<dyn Duplex>>, ProviderError> {
+        let (_, plan) = self
+            .pod_plan(&key.uid)
+            .ok_or_else(|| ProviderError::NotFound(format!("pod {key} is not running here")))?;
+        // Pods share the host's network: the pod's port is the node address's port.
+        let stream = tokio::net::TcpStream::connect((plan.pod_ip.as_str(), port))
+            .await
+            .map_err(|e| {
+                ProviderError::Other(format!(
+                    "connecting to port {port} of pod {key} ({}): {e}",
+                    plan.pod_ip
+                ))
+            })?;
+        Ok(Box::pin(stream))
+    }
+
+    async fn pod_stats(
+        &self,
+        key: &PodKey,
+    ) -> Result<std::collections::BTreeMap<String, ContainerStats>, ProviderError> {
+        if self.pod_plan(&key.uid).is_none() {
+            return Err(ProviderError::NotFound(format!(
+                "pod {key} is not running here"
+            )));
+        }
+        Ok(self
+            .container_usage(&key.uid)
+            .into_iter()
+            .map(|(name, u)| {
+                (
+                    name,
+                    ContainerStats {
+                        cpu_usage_core_nanoseconds: u.cpu_usage_nanos,
+                        memory_working_set_bytes: u.memory_working_set_bytes,
+                        memory_rss_bytes: u.memory_rss_bytes,
+                    },
+                )
+            })
+            .collect())
+    }
+
     async fn cleanup_all(&self) -> Result<usize, ProviderError> {
         for entry in self.pods.lock().drain() {
             if let (_, Entry::Running(h)) = entry {
@@ -511,6 +594,27 @@ impl Provider for ProcessProvider {
             removed += 1;
         }
         Ok(removed)
+    }
+}
+
+impl ProcessProvider {
+    /// The plan of a running pod's container (or an error naming what is missing).
+    fn running_container(
+        &self,
+        key: &PodKey,
+        container: &str,
+    ) -> Result<(PathBuf, plan::ContainerPlan), ProviderError> {
+        let (dir, plan) = self
+            .pod_plan(&key.uid)
+            .ok_or_else(|| ProviderError::NotFound(format!("pod {key} is not running here")))?;
+        let c = plan
+            .all_containers()
+            .find(|c| c.name == container)
+            .cloned()
+            .ok_or_else(|| {
+                ProviderError::NotFound(format!("container {container:?} is not in pod {key}"))
+            })?;
+        Ok((dir, c))
     }
 }
 

@@ -426,6 +426,8 @@ pub struct LogOptions {
     pub limit_bytes: Option<u64>,
     /// Keep waiting for new lines until the instance has finished.
     pub follow: bool,
+    /// Only the lines of this stream (attach separates stdout from stderr); both when `None`.
+    pub stream: Option<Stream>,
 }
 
 /// Identifies a file across renames.
@@ -754,6 +756,7 @@ struct LogReader<'o, W> {
     /// Per stream: a line whose P chunks have been read but not its F.
     pending: [Option<Pending>; 2],
     since: Option<Timestamp>,
+    stream: Option<Stream>,
     /// With `tail_lines`, lines are held back here until the first pass is done.
     ring: Option<Ring>,
     out: Output<'o, W>,
@@ -778,6 +781,7 @@ impl<'o, W: AsyncWrite + Unpin> LogReader<'o, W> {
             block: Vec::new(),
             pending: [None, None],
             since: opts.since,
+            stream: opts.stream,
             ring: None,
             out: Output {
                 out,
@@ -866,6 +870,9 @@ impl<'o, W: AsyncWrite + Unpin> LogReader<'o, W> {
             tracing::trace!(dir = %self.dir.display(), "skipping malformed container log line");
             return Ok(());
         };
+        if self.stream.is_some_and(|only| only != record.stream) {
+            return Ok(());
+        }
         let slot = &mut self.pending[record.stream.index()];
         if slot.is_none() && !record.partial {
             return self.line(record.timestamp, record.content).await;
@@ -986,6 +993,7 @@ where
 {
     let mut reader = LogReader::open(dir, restart, opts, out).await?;
     reader.drain().await?;
+
     if opts.follow {
         reader.release_ring().await?;
         while !reader.out.full() {
@@ -1459,6 +1467,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((n, out.as_slice()), (9, &b"hello\nwor"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_stream_filter_keeps_one_stream_and_its_partial_lines() {
+        let dir = TempDir::new("stream");
+        let mut w = writer(&dir, 0, LogConfig::default());
+        w.write_record_at(t(0), Stream::Stdout, true, b"out-")
+            .unwrap();
+        w.write_record_at(t(1), Stream::Stderr, false, b"err-1")
+            .unwrap();
+        w.write_record_at(t(2), Stream::Stdout, false, b"1")
+            .unwrap();
+        w.write_record_at(t(3), Stream::Stderr, false, b"err-2")
+            .unwrap();
+        let only = |stream| LogOptions {
+            stream: Some(stream),
+            ..Default::default()
+        };
+        assert_eq!(read(&dir, only(Stream::Stdout)).await, "out-1\n");
+        assert_eq!(read(&dir, only(Stream::Stderr)).await, "err-1\nerr-2\n");
+        assert_eq!(
+            read(&dir, LogOptions::default()).await,
+            "err-1\nout-1\nerr-2\n"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -187,9 +187,14 @@ pub fn plan(
             // The command is PID 1 of its sandbox and gets the termination signals itself; it
             // dies with its shim.
             "--as-pid-1".into(),
-            "--new-session".into(),
             "--die-with-parent".into(),
         ];
+        // A new session keeps a command from reaching a terminal it was not given; a `tty`
+        // container is given its own terminal (by its shim) and must keep it as controlling
+        // terminal.
+        if !c.tty.unwrap_or(false) {
+            full.push("--new-session".into());
+        }
         full.extend(args);
         let argv = full
             .into_iter()

@@ -202,6 +202,36 @@ impl Ctr {
     }
 }
 
+/// The instance number (restart count) of a container's latest instance, if it ever started.
+pub fn latest_instance(container_dir: &Path) -> Option<u32> {
+    let p: Persisted = read_json(container_dir, STATE_FILE)?;
+    p.launched.then_some(p.restart)
+}
+
+/// Whether instance `restart` of the container has exited (or its files are gone).
+pub fn instance_exited(container_dir: &Path, restart: u32) -> bool {
+    !container_dir.exists()
+        || read_json::<ExitRecord>(container_dir, EXIT_FILE).is_some_and(|e| e.restart >= restart)
+        || latest_instance(container_dir).is_some_and(|latest| latest > restart)
+}
+
+/// The exit code of instance `restart`, once it has exited: from its shim's record or, after
+/// the runner moved on to a later instance (which removes that record), from the container's
+/// last termination.
+pub fn instance_exit_code(container_dir: &Path, restart: u32) -> Option<i32> {
+    if let Some(exit) =
+        read_json::<ExitRecord>(container_dir, EXIT_FILE).filter(|e| e.restart == restart)
+    {
+        return Some(exit.exit_code);
+    }
+    let p: Persisted = read_json(container_dir, STATE_FILE)?;
+    [p.last, p.finished]
+        .into_iter()
+        .flatten()
+        .find(|t| t.restart == restart)
+        .map(|t| t.exit_code)
+}
+
 fn instant_at(t: Timestamp) -> Instant {
     let delta = t.as_millisecond() - Timestamp::now().as_millisecond();
     Instant::now() + Duration::from_millis(u64::try_from(delta).unwrap_or(0))
@@ -823,6 +853,9 @@ impl Runner {
             log: env.log,
             cgroup_procs,
             env_file: Some(env_file),
+            stdin: c.plan.spec.stdin.unwrap_or(false),
+            stdin_once: c.plan.spec.stdin_once.unwrap_or(false),
+            tty: c.plan.spec.tty.unwrap_or(false),
             argv: c.plan.argv.iter().map(Into::into).collect(),
         };
         c.p.launched = true;
@@ -978,9 +1011,11 @@ impl Runner {
             return ("Pending", None, None);
         }
         let apps: Vec<&Ctr> = self.apps().collect();
+        // As the kubelet: a container waiting for its first start (no earlier termination)
+        // keeps the pod Pending; one waiting to restart does not.
         if apps
             .iter()
-            .any(|c| matches!(c.now, Now::NotStarted | Now::Starting { .. }) && !c.p.launched)
+            .any(|c| matches!(c.now, Now::NotStarted | Now::Starting { .. }) && c.p.last.is_none())
         {
             return ("Pending", None, None);
         }

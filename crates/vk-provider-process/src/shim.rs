@@ -9,7 +9,11 @@
 //! - `shim.json`: the shim's and the container's identities (pid + start time), written once the
 //!   container runs;
 //! - `exit.json`: exit code, signal and times, written (atomically) when the container exits;
-//! - `<restart>.log`: the CRI log of this instance (see [`crate::logs`]).
+//! - `<restart>.log`: the CRI log of this instance (see [`crate::logs`]);
+//! - `stdin`, `control` (containers with `stdin` or `tty` only): FIFOs through which `kubectl
+//!   attach` reaches the running instance. The shim holds both open for reading *and* writing, so
+//!   attach clients can come and go without the container seeing end-of-file; `control` takes
+//!   line commands (`close-stdin`, `resize <width> <height>`).
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -19,6 +23,7 @@ use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWrite;
 use tokio::process::Command;
 
 use crate::logs::{LogConfig, LogWriter, Stream, pump};
@@ -26,6 +31,10 @@ use crate::procs::ProcessId;
 
 pub const SHIM_FILE: &str = "shim.json";
 pub const EXIT_FILE: &str = "exit.json";
+pub const STDIN_FIFO: &str = "stdin";
+pub const CONTROL_FIFO: &str = "control";
+/// How long output still buffered in a terminal may take to drain after the container exits.
+const TERMINAL_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct ShimArgs {
@@ -38,6 +47,10 @@ pub struct ShimArgs {
     /// A JSON file with the container's environment (`[[name, value], ...]`), kept off the
     /// command line because env values can be secret.
     pub env_file: Option<PathBuf>,
+    /// The container spec's `stdin`, `stdinOnce` and `tty`.
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
     pub argv: Vec<OsString>,
 }
 
@@ -61,6 +74,15 @@ impl ShimArgs {
         if let Some(f) = &self.env_file {
             opt("env-file", f.as_os_str());
         }
+        for (flag, on) in [
+            ("stdin", self.stdin),
+            ("stdin-once", self.stdin_once),
+            ("tty", self.tty),
+        ] {
+            if on {
+                opt(flag, "1".as_ref());
+            }
+        }
         out.push("--".into());
         out.extend(self.argv.iter().cloned());
         out
@@ -71,6 +93,8 @@ impl ShimArgs {
         let sep = args.iter().position(|a| a == "--")?;
         let (mut dir, mut restart, mut log, mut cgroup_procs, mut env_file) =
             (None, None, LogConfig::default(), Vec::new(), None);
+        let (mut stdin, mut stdin_once, mut tty) = (false, false, false);
+        let flag = |v: &std::ffi::OsStr| v == "1";
         for a in &args[..sep] {
             let bytes = a.as_bytes();
             let eq = bytes.iter().position(|b| *b == b'=')?;
@@ -82,6 +106,9 @@ impl ShimArgs {
                 b"log-max-files" => log.max_files = value.to_str()?.parse().ok()?,
                 b"cgroup-procs" => cgroup_procs.push(PathBuf::from(value)),
                 b"env-file" => env_file = Some(PathBuf::from(value)),
+                b"stdin" => stdin = flag(value),
+                b"stdin-once" => stdin_once = flag(value),
+                b"tty" => tty = flag(value),
                 _ => return None,
             }
         }
@@ -95,6 +122,9 @@ impl ShimArgs {
             log,
             cgroup_procs,
             env_file,
+            stdin,
+            stdin_once,
+            tty,
             argv,
         })
     }
@@ -149,8 +179,15 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> Option
 /// (bubblewrap itself would die of SIGTERM and report the signal instead of the exit code).
 /// Without a sandbox (tests) the child itself is the container.
 async fn container_process(child: u32) -> Option<ProcessId> {
-    let is_bwrap =
-        std::fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|c| c.trim() == "bwrap");
+    let comm = || std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+    // A terminal container starts as `setsid`, which execs bubblewrap in the same process.
+    for _ in 0..200 {
+        if comm().trim() != "setsid" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let is_bwrap = comm().trim() == "bwrap";
     if !is_bwrap {
         return ProcessId::of(child);
     }
@@ -204,16 +241,47 @@ async fn supervise(args: &ShimArgs) -> std::io::Result<()> {
         Some(f) => serde_json::from_slice(&std::fs::read(f)?)?,
         None => std::env::vars().collect(),
     };
-    let spawned = Command::new(program)
-        .args(rest)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group: vkubelet signals the container's group, never the shim's.
-        .process_group(0)
-        .spawn();
+    let terminal = if args.tty {
+        Some(crate::pty::open(80, 24).map_err(std::io::Error::from)?)
+    } else {
+        None
+    };
+    let spawned = {
+        let mut cmd = match &terminal {
+            Some((_, tty)) => {
+                // `setsid --ctty` (exec'ing in place, as the child is no group leader) gives the
+                // container a session whose controlling terminal is ours, as a runtime does for
+                // `tty: true`.
+                let mut cmd = Command::new(find_in_path("setsid").unwrap_or("setsid".into()));
+                cmd.arg("--ctty")
+                    .arg(program)
+                    .args(rest)
+                    .stdin(Stdio::from(tty.try_clone()?))
+                    .stdout(Stdio::from(tty.try_clone()?))
+                    .stderr(Stdio::from(tty.try_clone()?));
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest)
+                    .stdin(if args.stdin {
+                        Stdio::piped()
+                    } else {
+                        Stdio::null()
+                    })
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    // Its own process group: vkubelet signals the container's group, never the
+                    // shim's.
+                    .process_group(0);
+                cmd
+            }
+        };
+        cmd.env_clear().envs(env).spawn()
+        // `cmd` drops here with its copies of the terminal side: once the container's own
+        // copies close, reading the controller side ends.
+    };
+    let terminal = terminal.map(|(controller, _tty)| controller);
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -252,10 +320,39 @@ async fn supervise(args: &ShimArgs) -> std::io::Result<()> {
     if let Some(err) = child.stderr.take() {
         pumps.push(tokio::spawn(pump(err, Stream::Stderr, writer.clone())));
     }
+    let mut input: Option<Box<dyn AsyncWrite + Send + Unpin>> =
+        child.stdin.take().map(|s| Box::new(s) as _);
+    let mut resize_target = None;
+    if let Some(controller) = terminal {
+        let reader = tokio::fs::File::from_std(std::fs::File::from(controller.try_clone()?));
+        pumps.push(tokio::spawn(pump(reader, Stream::Stdout, writer.clone())));
+        if args.stdin {
+            let w = tokio::fs::File::from_std(std::fs::File::from(controller.try_clone()?));
+            input = Some(Box::new(w));
+        }
+        resize_target = Some(controller);
+    }
+    // The attach side runs until the shim exits with the container.
+    let attach = (args.stdin || args.tty).then(|| {
+        tokio::spawn(serve_attach(
+            args.dir.clone(),
+            input,
+            args.tty,
+            resize_target,
+        ))
+    });
     let status = child.wait().await?;
+    if let Some(task) = attach {
+        task.abort();
+    }
     // Output written just before exit is still in the pipes: drain it before recording the exit.
+    // A terminal is drained with a bound: a process the container left behind could keep it open.
     for p in pumps {
-        let _ = p.await;
+        if args.tty {
+            let _ = tokio::time::timeout(TERMINAL_DRAIN, p).await;
+        } else {
+            let _ = p.await;
+        }
     }
     writer.lock().await.flush().await?;
     let signal = status.signal();
@@ -268,6 +365,100 @@ async fn supervise(args: &ShimArgs) -> std::io::Result<()> {
         start_error: None,
     };
     write_json(&args.dir, EXIT_FILE, &record)
+}
+
+/// `name` resolved against the shim's own PATH (the container's environment, which the command
+/// is spawned with, may have none).
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// A FIFO in `dir`, replacing whatever an earlier instance left, opened for reading and writing
+/// so that it never reports end-of-file between writers and writers never block on opening.
+fn open_fifo(dir: &Path, name: &str) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
+    let path = dir.join(name);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    nix::unistd::mkfifo(
+        &path,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .map_err(std::io::Error::from)?;
+    tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&path)
+}
+
+/// Feeds the `stdin` FIFO to the container and obeys the `control` FIFO. `input` is the
+/// container's stdin (a pipe, or the terminal's controller side); `None` once closed.
+async fn serve_attach(
+    dir: PathBuf,
+    mut input: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    tty: bool,
+    terminal: Option<std::os::fd::OwnedFd>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (stdin, control) = match (open_fifo(&dir, STDIN_FIFO), open_fifo(&dir, CONTROL_FIFO)) {
+        (Ok(s), Ok(c)) => (s, c),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("process-shim: attach FIFOs in {}: {e}", dir.display());
+            return;
+        }
+    };
+    let mut stdin = stdin;
+    let mut commands = BufReader::new(control).lines();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            read = stdin.read(&mut buf) => {
+                let Ok(n) = read else { return };
+                // Input after stdin was closed (stdinOnce) goes nowhere, as with a runtime.
+                if let Some(w) = &mut input
+                    && (w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err())
+                {
+                    input = None;
+                }
+            }
+            line = commands.next_line() => {
+                let Ok(Some(line)) = line else { return };
+                let mut words = line.split_whitespace();
+                match (words.next(), words.next(), words.next()) {
+                    (Some("close-stdin"), None, None) => {
+                        // The client wrote all its input before asking to close: what is still
+                        // in the FIFO goes to the container first.
+                        while let Ok(n @ 1..) = stdin.try_read(&mut buf) {
+                            if let Some(w) = &mut input
+                                && w.write_all(&buf[..n]).await.is_err()
+                            {
+                                input = None;
+                            }
+                        }
+                        // A terminal has no half-close: end-of-transmission is what a user's
+                        // ^D sends, and the line discipline turns it into end-of-file.
+                        if tty && let Some(w) = &mut input {
+                            let _ = w.write_all(&[0x04]).await;
+                            let _ = w.flush().await;
+                        }
+                        input = None;
+                    }
+                    (Some("resize"), Some(w), Some(h)) => {
+                        if let (Some(t), Ok(w), Ok(h)) = (&terminal, w.parse(), h.parse()) {
+                            let _ = crate::pty::resize(t, w, h);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -285,6 +476,9 @@ mod tests {
             },
             cgroup_procs: vec!["/sys/fs/cgroup/vkubelet/p/c/cgroup.procs".into()],
             env_file: Some("/var/lib/x/c/env.json".into()),
+            stdin: true,
+            stdin_once: false,
+            tty: true,
             argv: vec![
                 "bwrap".into(),
                 "--".into(),
@@ -300,9 +494,10 @@ mod tests {
                 parsed.restart,
                 parsed.log,
                 parsed.cgroup_procs,
+                (parsed.stdin, parsed.stdin_once, parsed.tty),
                 parsed.argv
             ),
-            (a.dir, 3, a.log, a.cgroup_procs, a.argv)
+            (a.dir, 3, a.log, a.cgroup_procs, (true, false, true), a.argv)
         );
         assert!(ShimArgs::parse(&["x".into(), "--".into(), "sh".into()]).is_none());
         assert!(ShimArgs::parse(&["dir=/d".into(), "restart=0".into(), "--".into()]).is_none());
@@ -320,6 +515,9 @@ mod tests {
             log: LogConfig::default(),
             cgroup_procs: Vec::new(),
             env_file: None,
+            stdin: false,
+            stdin_once: false,
+            tty: false,
             argv: vec![
                 "sh".into(),
                 "-c".into(),
@@ -349,6 +547,9 @@ mod tests {
             log: LogConfig::default(),
             cgroup_procs: Vec::new(),
             env_file: None,
+            stdin: false,
+            stdin_once: false,
+            tty: false,
             argv: vec!["/nonexistent/binary".into()],
         };
         supervise(&args).await.unwrap();

@@ -1,0 +1,331 @@
+//! The process provider's side of the user's streams: logs from the CRI files, commands run in a
+//! container's namespaces (with pipes or a terminal), attaching to a running container through
+//! its shim's FIFOs, connections to a pod's ports.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+use vk_core::ProviderError;
+use vk_core::streams::{
+    AttachRequest, ByteReader, ExecRequest, ExecSession, ExitResult, LogRequest, TerminalSize,
+};
+
+use crate::exec::command_in;
+use crate::logs::{LogOptions, Stream, read_logs};
+use crate::plan::ContainerPlan;
+use crate::procs::ProcessId;
+use crate::pty;
+use crate::runner::{instance_exit_code, instance_exited, latest_instance};
+use crate::shim::{CONTROL_FIFO, STDIN_FIFO};
+
+/// Buffer between the log reader task and the consumer.
+const LOG_PIPE_BYTES: usize = 64 * 1024;
+const DEFAULT_TERMINAL: (u16, u16) = (80, 24);
+
+/// A container's log as a byte stream (see [`vk_core::Provider::container_logs`]).
+pub fn logs(
+    pod_dir: &Path,
+    container: &ContainerPlan,
+    req: &LogRequest,
+) -> Result<ByteReader, ProviderError> {
+    let dir = container.dir(pod_dir);
+    let latest = latest_instance(&dir).ok_or_else(|| {
+        ProviderError::NotFound(format!(
+            "container {:?} has not started yet",
+            container.name
+        ))
+    })?;
+    let instance = if req.previous {
+        latest.checked_sub(1).ok_or_else(|| {
+            ProviderError::NotFound(format!(
+                "previous terminated container {:?} not found",
+                container.name
+            ))
+        })?
+    } else {
+        latest
+    };
+    let opts = LogOptions {
+        tail_lines: req.tail_lines,
+        since: req.since,
+        timestamps: req.timestamps,
+        limit_bytes: req.limit_bytes,
+        // A previous instance has ended: there is nothing to follow.
+        follow: req.follow && !req.previous,
+        stream: None,
+    };
+    let (reader, mut writer) = tokio::io::duplex(LOG_PIPE_BYTES);
+    tokio::spawn(async move {
+        let finished = || instance_exited(&dir, instance);
+        if let Err(e) = read_logs(&dir, instance, &opts, &mut writer, finished).await {
+            // Mostly the consumer going away.
+            debug!(error = %e, "log stream ended");
+        }
+    });
+    Ok(Box::pin(reader))
+}
+
+/// How often an attach session looks for the end of the instance it is attached to.
+const EXIT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Attach to the running instance of `container`: its output from now on (read from its log,
+/// where the shim writes it), and, when the spec has `stdin`, its input through the shim's FIFO.
+pub fn attach(
+    pod_dir: &Path,
+    container: &ContainerPlan,
+    req: &AttachRequest,
+) -> Result<ExecSession, ProviderError> {
+    let dir = container.dir(pod_dir);
+    let not_running =
+        || ProviderError::NotFound(format!("container {:?} is not running", container.name));
+    let instance = latest_instance(&dir).ok_or_else(not_running)?;
+    if instance_exited(&dir, instance) {
+        return Err(not_running());
+    }
+    let spec = &container.spec;
+    if req.stdin && !spec.stdin.unwrap_or(false) {
+        return Err(ProviderError::InvalidInput(format!(
+            "container {:?} was not created with stdin: true, so it has no input to attach to",
+            container.name
+        )));
+    }
+    // A terminal container's output is one stream, recorded as stdout.
+    let tty = spec.tty.unwrap_or(false);
+    // Output from now on: fixed here, not when the reader task first runs, or output the
+    // container writes in between (say, in answer to the client's first input) would be lost.
+    let attached_at = k8s_openapi::jiff::Timestamp::now();
+    let follow = |stream| {
+        let (reader, mut writer) = tokio::io::duplex(LOG_PIPE_BYTES);
+        let dir = dir.clone();
+        let opts = LogOptions {
+            since: Some(attached_at),
+            follow: true,
+            stream: Some(stream),
+            ..LogOptions::default()
+        };
+        tokio::spawn(async move {
+            let finished = || instance_exited(&dir, instance);
+            if let Err(e) = read_logs(&dir, instance, &opts, &mut writer, finished).await {
+                debug!(error = %e, "attach output ended");
+            }
+        });
+        Box::pin(reader) as ByteReader
+    };
+    let stdout = req.stdout.then(|| follow(Stream::Stdout));
+    let stderr = (req.stderr && !tty).then(|| follow(Stream::Stderr));
+    let open = |name: &str| {
+        tokio::net::unix::pipe::OpenOptions::new()
+            .open_sender(dir.join(name))
+            .map_err(|e| {
+                ProviderError::NotFound(format!(
+                    "container {:?} does not take input now: {e}",
+                    container.name
+                ))
+            })
+    };
+    let stdin = if req.stdin {
+        let fifo = open(STDIN_FIFO)?;
+        let control = spec
+            .stdin_once
+            .unwrap_or(false)
+            .then(|| open(CONTROL_FIFO))
+            .transpose()?;
+        let (client, relay) = tokio::io::duplex(LOG_PIPE_BYTES);
+        tokio::spawn(relay_stdin(relay, fifo, control));
+        Some(Box::pin(client) as _)
+    } else {
+        None
+    };
+    let resize = if tty {
+        let control = open(CONTROL_FIFO)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(relay_resizes(rx, control));
+        Some(tx)
+    } else {
+        None
+    };
+    let (exit_tx, exit) = oneshot::channel();
+    tokio::spawn(report_instance_exit(dir, instance, exit_tx));
+    Ok(ExecSession {
+        stdin,
+        stdout,
+        stderr,
+        resize,
+        exit,
+    })
+}
+
+/// Copies the client's input to the container until the client closes it; then, for a
+/// `stdinOnce` container, closes the container's stdin for good.
+async fn relay_stdin(
+    mut from: tokio::io::DuplexStream,
+    mut fifo: tokio::net::unix::pipe::Sender,
+    close_after: Option<tokio::net::unix::pipe::Sender>,
+) {
+    use tokio::io::AsyncWriteExt;
+    if let Err(e) = tokio::io::copy(&mut from, &mut fifo).await {
+        debug!(error = %e, "attach input ended");
+    }
+    if let Some(mut control) = close_after {
+        let _ = control.write_all(b"close-stdin\n").await;
+    }
+}
+
+async fn relay_resizes(
+    mut sizes: mpsc::UnboundedReceiver<TerminalSize>,
+    mut control: tokio::net::unix::pipe::Sender,
+) {
+    use tokio::io::AsyncWriteExt;
+    while let Some(size) = sizes.recv().await {
+        let line = format!("resize {} {}\n", size.width, size.height);
+        // One short write is atomic on a FIFO: commands of concurrent sessions do not interleave.
+        if control.write_all(line.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Resolves the session's exit with the instance's exit code once it ends; stops watching when
+/// the session is dropped.
+async fn report_instance_exit(
+    dir: std::path::PathBuf,
+    instance: u32,
+    mut exit_tx: oneshot::Sender<ExitResult>,
+) {
+    let mut tick = tokio::time::interval(EXIT_POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = exit_tx.closed() => return,
+        }
+        if instance_exited(&dir, instance) {
+            let result = instance_exit_code(&dir, instance)
+                .ok_or_else(|| "the container instance ended; its exit was not recorded".into());
+            let _ = exit_tx.send(result);
+            return;
+        }
+    }
+}
+
+/// Run `req.command` in the container whose PID 1 is `target`.
+pub fn exec(
+    target: ProcessId,
+    container: &ContainerPlan,
+    req: &ExecRequest,
+) -> Result<ExecSession, ProviderError> {
+    if req.command.is_empty() {
+        return Err(ProviderError::InvalidInput("exec needs a command".into()));
+    }
+    if !target.is_alive() {
+        return Err(ProviderError::NotFound(format!(
+            "container {:?} is not running",
+            container.name
+        )));
+    }
+    let mut cmd = command_in(target, &container.sandbox, &req.command);
+    if req.tty {
+        return exec_tty(cmd, req);
+    }
+    let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+    cmd.stdin(piped(req.stdin))
+        .stdout(piped(req.stdout))
+        .stderr(piped(req.stderr))
+        // Its own process group, so a cancelled session kills nsenter and the command it forked.
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ProviderError::Other(format!("starting nsenter: {e}")))?;
+    let stdin = child.stdin.take().map(|s| Box::pin(s) as _);
+    let stdout = child.stdout.take().map(|s| Box::pin(s) as _);
+    let stderr = child.stderr.take().map(|s| Box::pin(s) as _);
+    let pgid = child.id();
+    let (exit_tx, exit) = oneshot::channel();
+    tokio::spawn(wait_or_cancel(child, pgid, exit_tx));
+    Ok(ExecSession {
+        stdin,
+        stdout,
+        stderr,
+        resize: None,
+        exit,
+    })
+}
+
+fn exec_tty(cmd: tokio::process::Command, req: &ExecRequest) -> Result<ExecSession, ProviderError> {
+    let io_err =
+        |what: &str, e: &dyn std::fmt::Display| ProviderError::Other(format!("{what}: {e}"));
+    let (master, slave) = pty::open(DEFAULT_TERMINAL.0, DEFAULT_TERMINAL.1)
+        .map_err(|e| io_err("allocating a terminal", &e))?;
+    let slave_fd = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map(Stdio::from)
+            .map_err(|e| io_err("terminal", &e))
+    };
+    // `setsid --ctty` makes the terminal the controlling terminal of a new session, so shells
+    // get job control and a closed terminal hangs the command up.
+    let std_cmd = cmd.as_std();
+    let mut wrapped = tokio::process::Command::new("setsid");
+    wrapped
+        .arg("--ctty")
+        .arg(std_cmd.get_program())
+        .args(std_cmd.get_args())
+        .env_clear()
+        .envs(std_cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(slave_fd(&slave)?)
+        .stdout(slave_fd(&slave)?)
+        .stderr(slave_fd(&slave)?);
+    let child = wrapped
+        .spawn()
+        .map_err(|e| io_err("starting setsid/nsenter", &e))?;
+    drop(slave);
+    let pgid = child.id();
+    let control = master.try_clone().map_err(|e| io_err("terminal", &e))?;
+    let file = tokio::fs::File::from_std(std::fs::File::from(master));
+    let (read_half, write_half) = tokio::io::split(file);
+    let (resize_tx, mut resize_rx) = mpsc::unbounded_channel::<vk_core::streams::TerminalSize>();
+    tokio::spawn(async move {
+        while let Some(size) = resize_rx.recv().await {
+            if let Err(e) = pty::resize(&control, size.width, size.height) {
+                debug!(error = %e, "resizing the terminal");
+            }
+        }
+    });
+    let (exit_tx, exit) = oneshot::channel();
+    tokio::spawn(wait_or_cancel(child, pgid, exit_tx));
+    Ok(ExecSession {
+        stdin: req.stdin.then(|| Box::pin(write_half) as _),
+        stdout: Some(Box::pin(read_half)),
+        stderr: None,
+        resize: Some(resize_tx),
+        exit,
+    })
+}
+
+/// Report the exit code, or kill the command's process group when the session is dropped.
+async fn wait_or_cancel(
+    mut child: tokio::process::Child,
+    pgid: Option<u32>,
+    mut exit_tx: oneshot::Sender<ExitResult>,
+) {
+    tokio::select! {
+        status = child.wait() => {
+            let result = match status {
+                Ok(s) => Ok(s.code().unwrap_or_else(|| {
+                    128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)
+                })),
+                Err(e) => Err(format!("waiting for the command: {e}")),
+            };
+            let _ = exit_tx.send(result);
+        }
+        () = exit_tx.closed() => {
+            if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+        }
+    }
+}
