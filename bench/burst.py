@@ -59,7 +59,8 @@ def ensure_node(kc, name):
 def run_vkubelet(kc, binary, node, workdir, metrics_port):
     log = open(os.path.join(workdir, f"{node}.log"), "w")
     proc = subprocess.Popen([binary, "run", "--kubeconfig", kc, "--node-name", node, "--provider", "sim",
-                             "--metrics-addr", f"127.0.0.1:{metrics_port}", "--kubelet-port", "10250"],
+                             "--metrics-addr", f"127.0.0.1:{metrics_port}", "--kubelet-port", "0",
+                             "--kubelet-bind-address", "127.0.0.1"],
                             stdout=log, stderr=log, env={**os.environ, "VKUBELET_LOG": "warn"})
     for _ in range(300):
         r = kubectl(kc, "get", "node", node, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}")

@@ -7,6 +7,9 @@
 #   scripts/cluster.sh up   DIR         start a cluster in DIR; prints the admin kubeconfig path
 #   scripts/cluster.sh down DIR         stop the processes that `up DIR` started (and only those)
 #   scripts/cluster.sh status DIR       exit 0 when the cluster in DIR answers /readyz
+#   scripts/cluster.sh legacy-kubectl   unpack (or reuse) Debian's kubectl 1.20 beside the
+#                                       installed one; prints its path. It speaks SPDY to the
+#                                       kubelet, where a modern kubectl speaks WebSocket.
 #
 # Environment: VKUBELET_CACHE (default ~/.cache/vkubelet) holds the build, keyed by version.
 set -euo pipefail
@@ -226,11 +229,30 @@ down() {
   log "cluster in $DIR stopped"
 }
 
+legacy_kubectl() {
+  local dest=$CACHE_ROOT/kubectl-$K8S_VERSION
+  local bin=$dest/usr/bin/kubectl
+  if [ ! -x "$bin" ]; then
+    log "unpacking Debian's kubernetes-client (kubectl $K8S_VERSION) into $dest"
+    local tmp; tmp=$(mktemp -d)
+    if ! (cd "$tmp" && apt-get download kubernetes-client >/dev/null 2>&1); then
+      as_root apt-get update -qq
+      (cd "$tmp" && apt-get download kubernetes-client >/dev/null) || die "apt-get download kubernetes-client failed"
+    fi
+    mkdir -p "$dest"
+    dpkg -x "$tmp"/kubernetes-client_*.deb "$dest"
+    rm -rf "$tmp"
+  fi
+  "$bin" version --client >/dev/null 2>&1 || die "$bin does not run"
+  echo "$bin"
+}
+
 cmd=${1:-}; DIR=${2:-}
 case "$cmd" in
   build) build ;;
   up) [ -n "$DIR" ] || die "usage: $0 up DIR"; up ;;
   down) [ -n "$DIR" ] || die "usage: $0 down DIR"; down ;;
   status) [ -n "$DIR" ] || die "usage: $0 status DIR"; ready ;;
-  *) echo "usage: $0 build | up DIR | down DIR | status DIR" >&2; exit 2 ;;
+  legacy-kubectl) legacy_kubectl ;;
+  *) echo "usage: $0 build | up DIR | down DIR | status DIR | legacy-kubectl" >&2; exit 2 ;;
 esac

@@ -72,6 +72,9 @@ integration_tests() {
   local kubeconfig
   kubeconfig=$(scripts/cluster.sh up "$CLUSTER_DIR") || return 1
   export VKUBELET_TEST_KUBECONFIG=$kubeconfig
+  # Streaming tests run with both kubectls: the installed one (WebSocket) and 1.20 (SPDY).
+  VKUBELET_KUBECTL_LEGACY=$(scripts/cluster.sh legacy-kubectl) || return 1
+  export VKUBELET_KUBECTL_LEGACY
   # The cluster is up, so tests must not skip for want of one: make them fail instead.
   export VKUBELET_TEST_REQUIRE_CLUSTER=1
   note "VKUBELET_TEST_KUBECONFIG=$kubeconfig"

@@ -68,7 +68,14 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
+        Self::new_with(|_| {})
+    }
+
+    /// Like [`Self::new`], letting other crates (the kubelet API) register their own metrics in
+    /// the same registry, so one scrape shows everything under the `vkubelet_` prefix.
+    pub fn new_with(extend: impl FnOnce(&mut Registry)) -> Arc<Self> {
         let mut registry = Registry::with_prefix("vkubelet");
+        extend(&mut registry);
         let pods = Family::<PhaseLabels, Gauge>::default();
         registry.register("pods", "Pods on virtual nodes by phase", pods.clone());
         let provider_call_seconds = Family::<ProviderCallLabels, Histogram>::new_with_constructor(

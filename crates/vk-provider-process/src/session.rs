@@ -227,10 +227,10 @@ pub fn exec(
             container.name
         )));
     }
-    let mut cmd = command_in(target, &container.sandbox, &req.command);
     if req.tty {
-        return exec_tty(cmd, req);
+        return exec_tty(target, container, req);
     }
+    let mut cmd = command_in(target, &container.sandbox, &req.command);
     let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
     cmd.stdin(piped(req.stdin))
         .stdout(piped(req.stdout))
@@ -255,7 +255,23 @@ pub fn exec(
     })
 }
 
-fn exec_tty(cmd: tokio::process::Command, req: &ExecRequest) -> Result<ExecSession, ProviderError> {
+/// Whether the container's filesystem has `setsid` (util-linux), to start a terminal session
+/// from inside the container's PID namespace.
+fn has_setsid(sandbox: &crate::sandbox::SandboxSpec) -> bool {
+    let root = match &sandbox.root {
+        crate::sandbox::RootFs::Host => Path::new("/"),
+        crate::sandbox::RootFs::Dir(dir) => dir.as_path(),
+    };
+    ["usr/bin/setsid", "bin/setsid"]
+        .iter()
+        .any(|p| root.join(p).is_file())
+}
+
+fn exec_tty(
+    target: ProcessId,
+    container: &ContainerPlan,
+    req: &ExecRequest,
+) -> Result<ExecSession, ProviderError> {
     let io_err =
         |what: &str, e: &dyn std::fmt::Display| ProviderError::Other(format!("{what}: {e}"));
     let (master, slave) = pty::open(DEFAULT_TERMINAL.0, DEFAULT_TERMINAL.1)
@@ -266,26 +282,43 @@ fn exec_tty(cmd: tokio::process::Command, req: &ExecRequest) -> Result<ExecSessi
             .map_err(|e| io_err("terminal", &e))
     };
     // `setsid --ctty` makes the terminal the controlling terminal of a new session, so shells
-    // get job control and a closed terminal hangs the command up.
-    let std_cmd = cmd.as_std();
-    let mut wrapped = tokio::process::Command::new("setsid");
-    wrapped
-        .arg("--ctty")
-        .arg(std_cmd.get_program())
-        .args(std_cmd.get_args())
-        .env_clear()
-        .envs(std_cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+    // get job control and a closed terminal hangs the command up. Started inside the
+    // container's PID namespace, the session's process groups are ones the command can see: a
+    // job-control shell restores the terminal's foreground group when it exits, and fails with
+    // exit code 2 if that group lives outside its namespace.
+    let mut cmd = if has_setsid(&container.sandbox) {
+        let mut argv = vec!["setsid".to_string(), "--ctty".into(), "--".into()];
+        argv.extend(req.command.iter().cloned());
+        let mut cmd = command_in(target, &container.sandbox, &argv);
+        // nsenter leads a group of its own, so a cancelled session can kill it.
+        cmd.process_group(0);
+        cmd
+    } else {
+        let inner = command_in(target, &container.sandbox, &req.command);
+        let std_cmd = inner.as_std();
+        let mut outer = tokio::process::Command::new("setsid");
+        outer
+            .arg("--ctty")
+            .arg(std_cmd.get_program())
+            .args(std_cmd.get_args())
+            .env_clear()
+            .envs(std_cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        outer
+    };
+    let child = cmd
         .stdin(slave_fd(&slave)?)
         .stdout(slave_fd(&slave)?)
-        .stderr(slave_fd(&slave)?);
-    let child = wrapped
+        .stderr(slave_fd(&slave)?)
         .spawn()
-        .map_err(|e| io_err("starting setsid/nsenter", &e))?;
+        .map_err(|e| io_err("starting nsenter", &e))?;
     drop(slave);
     let pgid = child.id();
     let control = master.try_clone().map_err(|e| io_err("terminal", &e))?;
-    let file = tokio::fs::File::from_std(std::fs::File::from(master));
-    let (read_half, write_half) = tokio::io::split(file);
+    // Separate files for the two directions: a tokio `File` runs one operation at a time, and a
+    // read waiting for output would hold back the input the output waits for.
+    let writer = master.try_clone().map_err(|e| io_err("terminal", &e))?;
+    let read_half = tokio::fs::File::from_std(std::fs::File::from(master));
+    let write_half = tokio::fs::File::from_std(std::fs::File::from(writer));
     let (resize_tx, mut resize_rx) = mpsc::unbounded_channel::<vk_core::streams::TerminalSize>();
     tokio::spawn(async move {
         while let Some(size) = resize_rx.recv().await {

@@ -23,6 +23,30 @@ struct Harness {
     dir: std::path::PathBuf,
 }
 
+/// Whatever a test leaves running (it failed, or deleted a pod without waiting) is killed with
+/// it: every shim and container whose command line names the test's directory.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let needle = self.dir.to_string_lossy().into_owned();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for pid in entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 async fn harness(name: &str) -> Option<Harness> {
     if std::process::Command::new("bwrap")
         .arg("--version")

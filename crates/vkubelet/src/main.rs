@@ -12,13 +12,17 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use vk_core::VirtualNode;
 use vk_core::client::{ClientOptions, build_client};
 use vk_core::events::EventOptions;
 use vk_core::metrics::Metrics;
 use vk_core::node::NodeConfig;
 use vk_core::pod::PodControllerConfig;
+use vk_kubelet_api::{
+    ApiMetrics, Auth, AuthConfig, ControllerPods, KubeletServer, NodeApi,
+    SubjectAccessReviewAuthorizer, TokenReviewAuthenticator, tls,
+};
 
 use crate::config::{NodeSpec, NodesFile, provider_settings, validate_node_name};
 
@@ -118,8 +122,27 @@ struct RunArgs {
     #[arg(long, env = "VKUBELET_NODE_IP", default_value = "127.0.0.1")]
     node_ip: String,
     /// Port of the kubelet API; with several nodes, node N uses this + N unless it sets its own.
+    /// 0 gives every node a free port (advertised in its status).
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
+    /// Address the kubelet API listens on (the kubelet's --address).
+    #[arg(long, default_value = "0.0.0.0")]
+    kubelet_bind_address: std::net::IpAddr,
+    /// Serving certificate (PEM, leaf first) of the kubelet API; without it each node makes a
+    /// self-signed one for its node IP and name at start.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) that client certificates are verified against (the API server's
+    /// kubelet-client certificate); default: the cluster CA from the kubeconfig.
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
+    /// Let requests without credentials in as system:anonymous (still subject to
+    /// SubjectAccessReview). Off by default.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    anonymous_auth: bool,
     /// Extra node label, `key=value`; repeatable.
     #[arg(long = "node-label", value_parser = parse_label)]
     node_labels: Vec<(String, String)>,
@@ -230,9 +253,57 @@ async fn kube_config(path: Option<&PathBuf>) -> anyhow::Result<kube::Config> {
     }
 }
 
+/// The CA the API server's certificate is checked against, which in a kubeadm-style cluster
+/// also signs its kubelet-client certificate.
+fn cluster_ca(config: &kube::Config) -> anyhow::Result<Vec<Vec<u8>>> {
+    if let Some(path) = &config.root_cert_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the cluster CA {}", path.display()))?;
+        return Ok(vec![pem]);
+    }
+    Ok(config.root_cert.clone().unwrap_or_default())
+}
+
+/// Which port node `i` serves its kubelet API on.
+fn kubelet_port(base: u16, own: Option<u16>, i: usize) -> anyhow::Result<u16> {
+    if let Some(p) = own {
+        return Ok(p);
+    }
+    if base == 0 {
+        return Ok(0);
+    }
+    u16::try_from(i)
+        .ok()
+        .and_then(|i| base.checked_add(i))
+        .with_context(|| format!("--kubelet-port {base} + {i} is not a port"))
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
+    let api_metrics = ApiMetrics::default();
+    let metrics = Metrics::new_with(|registry| api_metrics.register(registry));
+    let api_metrics = api_metrics.with_core(metrics.clone());
     let config = kube_config(args.cluster.kubeconfig.as_ref()).await?;
+    let client_ca = match &args.client_ca_file {
+        Some(path) => Some(tls::client_ca_from_file(path)?),
+        None => {
+            let ca = tls::client_ca_from_bytes(&cluster_ca(&config)?);
+            if ca.is_empty() {
+                warn!(
+                    "no --client-ca-file and no CA in the kubeconfig: the kubelet API accepts no client \
+                     certificates (the API server's included), only bearer tokens"
+                );
+            }
+            (!ca.is_empty()).then_some(ca)
+        }
+    };
+    let files_cert = match (&args.tls_cert_file, &args.tls_private_key_file) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ => None,
+    };
+    let auth_cfg = AuthConfig {
+        anonymous: args.anonymous_auth,
+        ..Default::default()
+    };
     let client_opts = ClientOptions {
         qps: args.cluster.kube_api_qps,
         burst: args.cluster.kube_api_burst,
@@ -244,6 +315,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let cancel = CancellationToken::new();
     let mut nodes = Vec::new();
+    let mut servers = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let node_ip = spec.node_ip.clone().unwrap_or_else(|| args.node_ip.clone());
         let settings = provider_settings(
@@ -252,11 +324,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )?;
         let provider = providers::build(&spec.provider, settings, &node_ip)
             .with_context(|| format!("node {}: provider {}", spec.name, spec.provider))?;
+        // Bound before the node registers, so the status advertises the port really served
+        // (a free one with --kubelet-port 0) and a taken port stops start-up.
+        let port = kubelet_port(args.kubelet_port, spec.kubelet_port, i)?;
+        let listener = vk_kubelet_api::bind(SocketAddr::new(args.kubelet_bind_address, port))
+            .await
+            .with_context(|| format!("node {}: kubelet API", spec.name))?;
+        let served_port = listener
+            .local_addr()
+            .with_context(|| format!("node {}: kubelet API address", spec.name))?
+            .port();
+        let serving = match &files_cert {
+            Some((cert, key)) => tls::serving_cert_from_files(cert, key)?,
+            None => tls::self_signed(&spec.name, &[node_ip.clone(), spec.name.clone()])
+                .with_context(|| format!("node {}", spec.name))?,
+        };
+        let tls_config = tls::server_config(serving, client_ca.as_deref())
+            .with_context(|| format!("node {}: kubelet API TLS", spec.name))?;
         let mut node_cfg = NodeConfig::new(&spec.name);
         node_cfg.node_ip = node_ip;
-        node_cfg.kubelet_port = spec
-            .kubelet_port
-            .unwrap_or_else(|| args.kubelet_port.saturating_add(i as u16));
+        node_cfg.kubelet_port = served_port;
         node_cfg.labels = spec.labels.clone();
         node_cfg.labels.extend(args.node_labels.iter().cloned());
         node_cfg.disable_taint = spec.disable_taint || args.disable_taint;
@@ -270,14 +357,42 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             burst: args.event_burst,
             ..Default::default()
         };
-        nodes.push(VirtualNode::new(
+        let node = VirtualNode::new(
             node_cfg,
             pod_cfg,
             events,
             client.clone(),
-            provider,
+            provider.clone(),
             metrics.clone(),
+        );
+        let auth = Auth::new(
+            &spec.name,
+            auth_cfg.clone(),
+            Some(Arc::new(TokenReviewAuthenticator::new(client.clone()))),
+            Arc::new(SubjectAccessReviewAuthorizer::new(client.clone())),
+            api_metrics.clone(),
+        );
+        let pods = ControllerPods::new(node.pods.clone(), client.clone(), &spec.name);
+        let api = NodeApi::new(
+            &spec.name,
+            provider,
+            Arc::new(pods),
+            api_metrics.clone(),
+            Some(metrics.clone()),
+        );
+        servers.push((
+            KubeletServer::new(
+                tls_config,
+                Arc::new(auth),
+                Arc::new(api),
+                api_metrics.clone(),
+            ),
+            listener,
         ));
+        nodes.push(node);
+    }
+    for (server, listener) in servers {
+        tokio::spawn(server.serve(listener, cancel.clone()));
     }
 
     if !args.metrics_addr.is_empty() {
@@ -397,4 +512,37 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
     }
     println!("removed {total} backend pod(s)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubelet_ports_per_node() {
+        assert_eq!(kubelet_port(10250, None, 0).unwrap(), 10250);
+        assert_eq!(kubelet_port(10250, None, 2).unwrap(), 10252);
+        assert_eq!(kubelet_port(10250, Some(20000), 2).unwrap(), 20000);
+        // 0: every node gets a free port of its own.
+        assert_eq!(kubelet_port(0, None, 3).unwrap(), 0);
+        assert!(kubelet_port(65535, None, 1).is_err());
+    }
+
+    #[test]
+    fn anonymous_auth_flag_forms() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["vkubelet", "run"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Run(a) => a.anonymous_auth,
+                _ => unreachable!(),
+            }
+        };
+        assert!(!parse(&[]));
+        assert!(parse(&["--anonymous-auth"]));
+        assert!(parse(&["--anonymous-auth=true"]));
+        assert!(!parse(&["--anonymous-auth=false"]));
+        // A certificate needs its key.
+        assert!(Cli::try_parse_from(["vkubelet", "run", "--tls-cert-file", "c.pem"]).is_err());
+    }
 }

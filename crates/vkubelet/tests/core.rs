@@ -59,12 +59,18 @@ async fn node_registers_ready_with_labels_taint_capacity_and_lease() {
     let cap = status.capacity.unwrap_or_default();
     assert_eq!(cap.get("cpu").map(|q| q.0.as_str()), Some("64"));
     assert_eq!(cap.get("pods").map(|q| q.0.as_str()), Some("500"));
-    assert_eq!(
-        status
-            .daemon_endpoints
-            .and_then(|d| d.kubelet_endpoint)
-            .map(|e| e.port),
-        Some(10250)
+    // The harness asks for a free kubelet port (`--kubelet-port 0`): the node advertises the
+    // port its kubelet API really listens on.
+    let port = status
+        .daemon_endpoints
+        .and_then(|d| d.kubelet_endpoint)
+        .map(|e| e.port)
+        .expect("daemonEndpoints.kubeletEndpoint");
+    let port = u16::try_from(port).expect("a port");
+    assert!(port > 0);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "nothing listens on the advertised kubelet port {port}"
     );
     assert!(
         status
@@ -666,7 +672,7 @@ async fn one_process_runs_several_virtual_nodes_from_a_config_file() {
         .arg(env.kubeconfig_path())
         .arg("--config")
         .arg(&path)
-        .args(["--metrics-addr", ""])
+        .args(["--metrics-addr", "", "--kubelet-bind-address", "127.0.0.1"])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(dir.join("log")).expect("log"))
         .spawn()

@@ -271,6 +271,29 @@ impl PodController {
             .collect()
     }
 
+    /// The pod named `namespace/name` on this node, for the kubelet API's per-pod routes. When a
+    /// pod was deleted and re-created under the same name, the one the API still has wins (the
+    /// newer one if both are still listed). The stored pod may lack its spec: the copy of a pod
+    /// that runs as specified is slimmed (docs/architecture.md, "Memory").
+    pub fn find(&self, namespace: &str, name: &str) -> Option<PodSummary> {
+        let pods = self.pods.lock();
+        pods.values()
+            .filter(|e| e.key.namespace == namespace && e.key.name == name)
+            .max_by_key(|e| {
+                let created = e
+                    .api
+                    .as_ref()
+                    .and_then(|p| p.metadata.creation_timestamp.as_ref())
+                    .map(|t| t.0);
+                (e.api.is_some(), created)
+            })
+            .map(|e| PodSummary {
+                key: e.key.clone(),
+                pod: e.api.clone(),
+                on_backend: e.backend == Backend::Present,
+            })
+    }
+
     /// Whether the first API and backend lists are done.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)

@@ -100,8 +100,16 @@ impl Vk {
             })
             .arg("--provider-config")
             .arg(self.dir.join("provider.json"))
+            // The kubelet API on loopback, on a free port (advertised in the node's status)
+            // unless the test picks one; tests run side by side.
+            .args(if self.extra_args.iter().any(|a| a == "--kubelet-port") {
+                &[][..]
+            } else {
+                &["--kubelet-port", "0"][..]
+            })
+            .args(["--kubelet-bind-address", "127.0.0.1"])
             .args(&self.extra_args)
-            .env("VKUBELET_LOG", "info,vk_core=debug")
+            .env("VKUBELET_LOG", "info,vk_core=debug,vk_kubelet_api=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

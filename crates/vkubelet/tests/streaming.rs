@@ -1,0 +1,403 @@
+//! `kubectl exec`, `attach` and `port-forward` end to end: through the real API server to
+//! vkubelet's kubelet port and the process provider, with both kubectls — the installed one
+//! (which speaks WebSocket, passed through by the 1.20 API server) and Debian's kubectl 1.20
+//! (SPDY/3.1). `scripts/test.sh` sets `VKUBELET_KUBECTL_LEGACY` to the latter.
+
+// Test code: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Vk, pod_with, wait_pod_phase};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use vk_testkit::TestEnv;
+
+/// A kubectl a test runs with, and the wire protocol it makes the kubelet speak.
+#[derive(Debug, Clone)]
+struct Kubectl {
+    label: &'static str,
+    path: PathBuf,
+}
+
+/// The installed kubectl, and kubectl 1.20 when available (required under CI).
+fn kubectls() -> Vec<Kubectl> {
+    let mut all = vec![Kubectl {
+        label: "websocket (installed kubectl)",
+        path: std::env::var_os("VKUBELET_KUBECTL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "kubectl".into()),
+    }];
+    match std::env::var_os("VKUBELET_KUBECTL_LEGACY") {
+        Some(p) => all.push(Kubectl {
+            label: "spdy (kubectl 1.20)",
+            path: p.into(),
+        }),
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "VKUBELET_KUBECTL_LEGACY (kubectl 1.20) is required under CI; \
+                 see `scripts/cluster.sh legacy-kubectl`"
+            );
+            eprintln!("VKUBELET_KUBECTL_LEGACY not set: testing the WebSocket path only");
+        }
+    }
+    all
+}
+
+impl Kubectl {
+    fn command(&self, env: &TestEnv, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.path);
+        cmd.arg("--kubeconfig")
+            .arg(env.kubeconfig_path())
+            .args(["-n", env.namespace()])
+            .args(args)
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Run to completion with `input` on stdin: (exit code, stdout, stderr).
+    async fn run(&self, env: &TestEnv, args: &[&str], input: &[u8]) -> (i32, String, String) {
+        let mut child = self
+            .command(env, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kubectl");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).await.unwrap();
+        drop(stdin);
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("[{}] kubectl {args:?} did not finish", self.label))
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+async fn running_pod(env: &TestEnv, vk: &Vk, name: &str, container: serde_json::Value) {
+    env.create(&pod_with(vk, name, container, json!({}))).await;
+    wait_pod_phase(env, name, "Running").await;
+}
+
+#[tokio::test]
+async fn exec_keeps_arguments_pipes_stdin_and_propagates_exit_codes() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let vk = Vk::start_process(&env, json!({}), &[]);
+    vk.wait_ready(&env).await;
+    running_pod(&env, &vk, "box", json!({"command": ["sleep", "3600"]})).await;
+    for k in kubectls() {
+        let (code, out, err) = k
+            .run(
+                &env,
+                &[
+                    "exec",
+                    "box",
+                    "--",
+                    "sh",
+                    "-c",
+                    "printf '%s|' \"$@\"; echo; echo to-stderr >&2",
+                    "_",
+                    "a b",
+                    "it's",
+                    "\"quoted\"",
+                    "",
+                ],
+                b"",
+            )
+            .await;
+        assert_eq!(code, 0, "[{}] stderr: {err}", k.label);
+        assert_eq!(out, "a b|it's|\"quoted\"||\n", "[{}]", k.label);
+        assert!(err.contains("to-stderr"), "[{}] stderr: {err:?}", k.label);
+
+        let input = "line one\nline two\n".repeat(2000);
+        let (code, out, err) = k
+            .run(
+                &env,
+                &["exec", "-i", "box", "--", "sh", "-c", "wc -c; echo done"],
+                input.as_bytes(),
+            )
+            .await;
+        assert_eq!(code, 0, "[{}] stderr: {err}", k.label);
+        assert_eq!(out, format!("{}\ndone\n", input.len()), "[{}]", k.label);
+
+        let (code, _, err) = k
+            .run(&env, &["exec", "box", "--", "sh", "-c", "exit 7"], b"")
+            .await;
+        assert_eq!(
+            code, 7,
+            "[{}] kubectl exits with the command's code: {err}",
+            k.label
+        );
+
+        let (code, _, err) = k
+            .run(&env, &["exec", "box", "--", "/no/such/command"], b"")
+            .await;
+        assert_ne!(code, 0, "[{}] {err}", k.label);
+    }
+}
+
+/// Drives `kubectl exec -it` from a real pseudo-terminal (Python's `pty`): the remote shell sees
+/// a terminal of the local size, follows a resize, and its exit code comes back.
+const PTY_DRIVER: &str = r#"
+import fcntl, os, pty, select, signal, struct, sys, termios, time
+def setsize(fd, rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+setsize(fd, 33, 101)
+os.kill(pid, signal.SIGWINCH)
+seen = b""
+def expect(needle, limit=40.0):
+    global seen
+    end = time.time() + limit
+    while needle not in seen:
+        left = end - time.time()
+        if left <= 0:
+            sys.stderr.write("timed out waiting for %r; output: %r\n" % (needle, seen))
+            sys.exit(90)
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                sys.stderr.write("terminal closed waiting for %r; output: %r\n" % (needle, seen))
+                sys.exit(91)
+            seen += data
+def send(line):
+    os.write(fd, line)
+expect(b"$ ", 60.0)
+send(b"test -t 0 && echo IS-A-$((1+1))-TTY; stty size\n")
+expect(b"33 101")
+setsize(fd, 40, 120)
+os.kill(pid, signal.SIGWINCH)
+deadline = time.time() + 30
+while b"40 120" not in seen and time.time() < deadline:
+    send(b"stty size\n")
+    time.sleep(0.3)
+    r, _, _ = select.select([fd], [], [], 0.5)
+    if r:
+        seen += os.read(fd, 4096)
+if b"40 120" not in seen:
+    sys.stderr.write("resize not seen; output: %r\n" % seen)
+    sys.exit(92)
+send(b"exit 5\n")
+while True:
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        break
+    if not data:
+        break
+    seen += data
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode("utf-8", "replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+#[tokio::test]
+async fn exec_with_a_terminal_resizes_and_returns_the_exit_code() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let vk = Vk::start_process(&env, json!({}), &[]);
+    vk.wait_ready(&env).await;
+    running_pod(&env, &vk, "term", json!({"command": ["sleep", "3600"]})).await;
+    for k in kubectls() {
+        let out = tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(PTY_DRIVER)
+            .arg(&k.path)
+            .arg("--kubeconfig")
+            .arg(env.kubeconfig_path())
+            .args(["-n", env.namespace(), "exec", "-it", "term", "--"])
+            .args(["env", "PS1=$ ", "sh"])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(120), out)
+            .await
+            .expect("the terminal session ends")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(5),
+            "[{}] stdout: {text}\nstderr: {}",
+            k.label,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("IS-A-2-TTY"),
+            "[{}] a terminal: {text}",
+            k.label
+        );
+    }
+}
+
+#[tokio::test]
+async fn attach_sends_input_and_streams_output() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let vk = Vk::start_process(&env, json!({}), &[]);
+    vk.wait_ready(&env).await;
+    for (i, k) in kubectls().into_iter().enumerate() {
+        let name = format!("talk-{i}");
+        env.create(&pod_with(
+            &vk,
+            &name,
+            json!({
+                "stdin": true, "stdinOnce": true,
+                "command": ["sh", "-c", "while read l; do echo \"got $l\"; done; echo bye; exit 3"]
+            }),
+            json!({"restartPolicy": "Never"}),
+        ))
+        .await;
+        wait_pod_phase(&env, &name, "Running").await;
+        let mut child = k
+            .command(&env, &["attach", "-i", &name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // Input sent before the session is up would be lost by kubectl itself: keep sending
+        // until an answer shows the session is carrying it.
+        let mut n = 0;
+        let answered = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                n += 1;
+                stdin
+                    .write_all(format!("hello-{n}\n").as_bytes())
+                    .await
+                    .unwrap();
+                match tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await {
+                    Ok(Ok(Some(line))) if line.starts_with("got hello-") => return line,
+                    Ok(Ok(Some(_))) | Err(_) => continue,
+                    Ok(other) => panic!("[{}] kubectl attach output ended: {other:?}", k.label),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("[{}] no answer through attach", k.label));
+        assert!(answered.starts_with("got hello-"), "{answered}");
+        // stdinOnce: closing our input closes the container's; it says bye and exits 3.
+        drop(stdin);
+        let mut rest = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            lines.get_mut().read_to_string(&mut rest),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("[{}] attach did not end with the container", k.label))
+        .unwrap();
+        assert!(
+            rest.contains("bye"),
+            "[{}] rest of output: {rest:?}",
+            k.label
+        );
+        // The session ends with the container (whose exit code the pod status carries; kubectl
+        // attach, like the kubelet's attach, does not turn it into its own).
+        tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("[{}] kubectl attach did not exit", k.label))
+            .unwrap();
+        let p = wait_pod_phase(&env, &name, "Failed").await;
+        let code = p.status.and_then(|s| s.container_statuses).and_then(|c| {
+            c[0].state
+                .as_ref()?
+                .terminated
+                .as_ref()
+                .map(|t| t.exit_code)
+        });
+        assert_eq!(code, Some(3), "[{}]", k.label);
+    }
+}
+
+#[tokio::test]
+async fn port_forward_carries_http() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let vk = Vk::start_process(&env, json!({}), &[]);
+    vk.wait_ready(&env).await;
+    // Pods share the host network: the server listens on a free loopback port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    running_pod(
+        &env,
+        &vk,
+        "web",
+        json!({"command": ["python3", "-m", "http.server", port.to_string(), "--bind", "127.0.0.1"]}),
+    )
+    .await;
+    for k in kubectls() {
+        let mut child = k
+            .command(
+                &env,
+                &[
+                    "port-forward",
+                    "--address",
+                    "127.0.0.1",
+                    "pod/web",
+                    &format!(":{port}"),
+                ],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let local: u16 = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                // "Forwarding from 127.0.0.1:41234 -> 8000"
+                if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                    return rest.split_whitespace().next().unwrap().parse().unwrap();
+                }
+            }
+            panic!("[{}] port-forward ended before forwarding", k.label);
+        })
+        .await
+        .unwrap_or_else(|_| panic!("[{}] port-forward did not start", k.label));
+        // Several requests, each its own forwarded connection.
+        for _ in 0..3 {
+            let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", local))
+                .await
+                .unwrap();
+            conn.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut response = String::new();
+            tokio::time::timeout(Duration::from_secs(30), conn.read_to_string(&mut response))
+                .await
+                .unwrap_or_else(|_| panic!("[{}] no HTTP response", k.label))
+                .unwrap();
+            assert!(
+                response.starts_with("HTTP/1.0 200"),
+                "[{}] response: {response:?}",
+                k.label
+            );
+            assert!(response.contains("Directory listing"), "[{}]", k.label);
+        }
+        child.kill().await.unwrap();
+    }
+}
