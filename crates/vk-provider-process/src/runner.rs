@@ -854,7 +854,6 @@ impl Runner {
             cgroup_procs,
             env_file: Some(env_file),
             stdin: c.plan.spec.stdin.unwrap_or(false),
-            stdin_once: c.plan.spec.stdin_once.unwrap_or(false),
             tty: c.plan.spec.tty.unwrap_or(false),
             argv: c.plan.argv.iter().map(Into::into).collect(),
         };

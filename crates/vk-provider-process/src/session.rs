@@ -3,7 +3,7 @@
 //! its shim's FIFOs, connections to a pod's ports.
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use nix::sys::signal::{Signal, killpg};
@@ -59,6 +59,12 @@ pub fn logs(
         follow: req.follow && !req.previous,
         stream: None,
     };
+    Ok(read_in_background(dir, instance, opts))
+}
+
+/// The log of instance `instance` in `dir`, read by a task into a pipe; the task ends with the
+/// read (for `follow`, when the instance has exited) or when the consumer drops the reader.
+fn read_in_background(dir: PathBuf, instance: u32, opts: LogOptions) -> ByteReader {
     let (reader, mut writer) = tokio::io::duplex(LOG_PIPE_BYTES);
     tokio::spawn(async move {
         let finished = || instance_exited(&dir, instance);
@@ -67,7 +73,7 @@ pub fn logs(
             debug!(error = %e, "log stream ended");
         }
     });
-    Ok(Box::pin(reader))
+    Box::pin(reader)
 }
 
 /// How often an attach session looks for the end of the instance it is attached to.
@@ -99,25 +105,6 @@ pub fn attach(
     // Output from now on: fixed here, not when the reader task first runs, or output the
     // container writes in between (say, in answer to the client's first input) would be lost.
     let attached_at = k8s_openapi::jiff::Timestamp::now();
-    let follow = |stream| {
-        let (reader, mut writer) = tokio::io::duplex(LOG_PIPE_BYTES);
-        let dir = dir.clone();
-        let opts = LogOptions {
-            since: Some(attached_at),
-            follow: true,
-            stream: Some(stream),
-            ..LogOptions::default()
-        };
-        tokio::spawn(async move {
-            let finished = || instance_exited(&dir, instance);
-            if let Err(e) = read_logs(&dir, instance, &opts, &mut writer, finished).await {
-                debug!(error = %e, "attach output ended");
-            }
-        });
-        Box::pin(reader) as ByteReader
-    };
-    let stdout = req.stdout.then(|| follow(Stream::Stdout));
-    let stderr = (req.stderr && !tty).then(|| follow(Stream::Stderr));
     let open = |name: &str| {
         tokio::net::unix::pipe::OpenOptions::new()
             .open_sender(dir.join(name))
@@ -149,6 +136,19 @@ pub fn attach(
     } else {
         None
     };
+    // Readers start once nothing can fail any more: a refused attach leaves no task following
+    // the log behind.
+    let follow = |stream| {
+        let opts = LogOptions {
+            since: Some(attached_at),
+            follow: true,
+            stream: Some(stream),
+            ..LogOptions::default()
+        };
+        read_in_background(dir.clone(), instance, opts)
+    };
+    let stdout = req.stdout.then(|| follow(Stream::Stdout));
+    let stderr = (req.stderr && !tty).then(|| follow(Stream::Stderr));
     let (exit_tx, exit) = oneshot::channel();
     tokio::spawn(report_instance_exit(dir, instance, exit_tx));
     Ok(ExecSession {
@@ -193,7 +193,7 @@ async fn relay_resizes(
 /// Resolves the session's exit with the instance's exit code once it ends; stops watching when
 /// the session is dropped.
 async fn report_instance_exit(
-    dir: std::path::PathBuf,
+    dir: PathBuf,
     instance: u32,
     mut exit_tx: oneshot::Sender<ExitResult>,
 ) {

@@ -47,9 +47,9 @@ pub struct ShimArgs {
     /// A JSON file with the container's environment (`[[name, value], ...]`), kept off the
     /// command line because env values can be secret.
     pub env_file: Option<PathBuf>,
-    /// The container spec's `stdin`, `stdinOnce` and `tty`.
+    /// The container spec's `stdin` and `tty`. (`stdinOnce` is the attach client's business:
+    /// it asks the shim to close stdin through the `control` FIFO.)
     pub stdin: bool,
-    pub stdin_once: bool,
     pub tty: bool,
     pub argv: Vec<OsString>,
 }
@@ -74,11 +74,7 @@ impl ShimArgs {
         if let Some(f) = &self.env_file {
             opt("env-file", f.as_os_str());
         }
-        for (flag, on) in [
-            ("stdin", self.stdin),
-            ("stdin-once", self.stdin_once),
-            ("tty", self.tty),
-        ] {
+        for (flag, on) in [("stdin", self.stdin), ("tty", self.tty)] {
             if on {
                 opt(flag, "1".as_ref());
             }
@@ -93,7 +89,7 @@ impl ShimArgs {
         let sep = args.iter().position(|a| a == "--")?;
         let (mut dir, mut restart, mut log, mut cgroup_procs, mut env_file) =
             (None, None, LogConfig::default(), Vec::new(), None);
-        let (mut stdin, mut stdin_once, mut tty) = (false, false, false);
+        let (mut stdin, mut tty) = (false, false);
         let flag = |v: &std::ffi::OsStr| v == "1";
         for a in &args[..sep] {
             let bytes = a.as_bytes();
@@ -107,7 +103,6 @@ impl ShimArgs {
                 b"cgroup-procs" => cgroup_procs.push(PathBuf::from(value)),
                 b"env-file" => env_file = Some(PathBuf::from(value)),
                 b"stdin" => stdin = flag(value),
-                b"stdin-once" => stdin_once = flag(value),
                 b"tty" => tty = flag(value),
                 _ => return None,
             }
@@ -123,7 +118,6 @@ impl ShimArgs {
             cgroup_procs,
             env_file,
             stdin,
-            stdin_once,
             tty,
             argv,
         })
@@ -397,6 +391,17 @@ fn open_fifo(dir: &Path, name: &str) -> std::io::Result<tokio::net::unix::pipe::
         .open_receiver(&path)
 }
 
+/// Input for the container's stdin; a stdin that fails (the container closed it) or was closed
+/// (stdinOnce) takes nothing more: the input goes nowhere, as with a runtime.
+async fn feed(input: &mut Option<Box<dyn AsyncWrite + Send + Unpin>>, data: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    if let Some(w) = input
+        && (w.write_all(data).await.is_err() || w.flush().await.is_err())
+    {
+        *input = None;
+    }
+}
+
 /// Feeds the `stdin` FIFO to the container and obeys the `control` FIFO. `input` is the
 /// container's stdin (a pipe, or the terminal's controller side); `None` once closed.
 async fn serve_attach(
@@ -405,7 +410,7 @@ async fn serve_attach(
     tty: bool,
     terminal: Option<std::os::fd::OwnedFd>,
 ) {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
     let (stdin, control) = match (open_fifo(&dir, STDIN_FIFO), open_fifo(&dir, CONTROL_FIFO)) {
         (Ok(s), Ok(c)) => (s, c),
         (Err(e), _) | (_, Err(e)) => {
@@ -420,12 +425,7 @@ async fn serve_attach(
         tokio::select! {
             read = stdin.read(&mut buf) => {
                 let Ok(n) = read else { return };
-                // Input after stdin was closed (stdinOnce) goes nowhere, as with a runtime.
-                if let Some(w) = &mut input
-                    && (w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err())
-                {
-                    input = None;
-                }
+                feed(&mut input, &buf[..n]).await;
             }
             line = commands.next_line() => {
                 let Ok(Some(line)) = line else { return };
@@ -435,17 +435,12 @@ async fn serve_attach(
                         // The client wrote all its input before asking to close: what is still
                         // in the FIFO goes to the container first.
                         while let Ok(n @ 1..) = stdin.try_read(&mut buf) {
-                            if let Some(w) = &mut input
-                                && w.write_all(&buf[..n]).await.is_err()
-                            {
-                                input = None;
-                            }
+                            feed(&mut input, &buf[..n]).await;
                         }
                         // A terminal has no half-close: end-of-transmission is what a user's
                         // ^D sends, and the line discipline turns it into end-of-file.
-                        if tty && let Some(w) = &mut input {
-                            let _ = w.write_all(&[0x04]).await;
-                            let _ = w.flush().await;
+                        if tty {
+                            feed(&mut input, &[0x04]).await;
                         }
                         input = None;
                     }
@@ -477,7 +472,6 @@ mod tests {
             cgroup_procs: vec!["/sys/fs/cgroup/vkubelet/p/c/cgroup.procs".into()],
             env_file: Some("/var/lib/x/c/env.json".into()),
             stdin: true,
-            stdin_once: false,
             tty: true,
             argv: vec![
                 "bwrap".into(),
@@ -494,10 +488,10 @@ mod tests {
                 parsed.restart,
                 parsed.log,
                 parsed.cgroup_procs,
-                (parsed.stdin, parsed.stdin_once, parsed.tty),
+                (parsed.stdin, parsed.tty),
                 parsed.argv
             ),
-            (a.dir, 3, a.log, a.cgroup_procs, (true, false, true), a.argv)
+            (a.dir, 3, a.log, a.cgroup_procs, (true, true), a.argv)
         );
         assert!(ShimArgs::parse(&["x".into(), "--".into(), "sh".into()]).is_none());
         assert!(ShimArgs::parse(&["dir=/d".into(), "restart=0".into(), "--".into()]).is_none());
@@ -516,7 +510,6 @@ mod tests {
             cgroup_procs: Vec::new(),
             env_file: None,
             stdin: false,
-            stdin_once: false,
             tty: false,
             argv: vec![
                 "sh".into(),
@@ -548,7 +541,6 @@ mod tests {
             cgroup_procs: Vec::new(),
             env_file: None,
             stdin: false,
-            stdin_once: false,
             tty: false,
             argv: vec!["/nonexistent/binary".into()],
         };
