@@ -3,6 +3,7 @@
 //!
 //! The core knows no provider; providers depend on it. See `docs/architecture.md`.
 
+pub mod burst;
 pub mod client;
 pub mod error;
 pub mod events;
@@ -13,6 +14,7 @@ pub mod poll;
 pub mod provider;
 pub mod queue;
 pub mod resolve;
+pub mod sizing;
 pub mod streams;
 pub mod virtual_node;
 

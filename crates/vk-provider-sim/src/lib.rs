@@ -419,7 +419,8 @@ impl Provider for SimProvider {
             pods.insert(rec.uid.clone(), SimPod::new(rec, Timestamp::now()));
         }
         if inner.cfg.record_resolved {
-            let rec = received::Received::new(&pod.resolution, &inner.addresses());
+            let rec = received::Received::new(&pod.resolution, &inner.addresses())
+                .with_resources(&pod.pod);
             inner.received.lock().insert(pod.key.uid.clone(), rec);
             inner.record_received(&pod.key.uid, |_| {});
         }

@@ -19,6 +19,8 @@ pub struct Received {
     pub registry_credentials: Vec<CredentialRecord>,
     /// How many times the volumes were refreshed on the running pod.
     pub volume_updates: u32,
+    /// container → its `resources` as the backend got them (after the node's sizing profile).
+    pub resources: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,7 +115,23 @@ impl Received {
                 })
                 .collect(),
             volume_updates: 0,
+            resources: BTreeMap::new(),
         }
+    }
+
+    /// Record the containers' resources (init containers too) of the pod the backend got.
+    pub fn with_resources(mut self, pod: &k8s_openapi::api::core::v1::Pod) -> Self {
+        let spec = pod.spec.iter();
+        let containers = spec
+            .clone()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .chain(spec.flat_map(|s| s.containers.iter()));
+        for c in containers {
+            let r =
+                serde_json::to_value(c.resources.clone().unwrap_or_default()).unwrap_or_default();
+            self.resources.insert(c.name.clone(), r);
+        }
+        self
     }
 
     /// Write atomically (tests read while the sim writes).

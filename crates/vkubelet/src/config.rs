@@ -22,12 +22,33 @@ pub struct NodeSpec {
     pub provider_config_file: Option<PathBuf>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    #[serde(default)]
+    /// Kubernetes' own spelling; `nodeIp` is accepted too.
+    #[serde(default, rename = "nodeIP", alias = "nodeIp")]
     pub node_ip: Option<String>,
     #[serde(default)]
     pub kubelet_port: Option<u16>,
     #[serde(default)]
     pub disable_taint: bool,
+    /// Sizing profile: a built-in name (`none`, `cci`, `cci2`, `cube`, `eci`) or a file.
+    #[serde(default = "default_sizing_profile")]
+    pub sizing_profile: String,
+    /// Value of the `virtual-kubelet.io/provider` taint (default: the provider's name).
+    #[serde(default)]
+    pub taint_value: Option<String>,
+    /// The `virtual-kubelet.io/prefer-local` PreferNoSchedule taint (burst policy `auto`).
+    #[serde(default = "yes")]
+    pub prefer_local_taint: bool,
+    /// At most this many pods (also capped by the sizing profile's limit).
+    #[serde(default)]
+    pub max_pods: Option<u32>,
+}
+
+pub fn default_sizing_profile() -> String {
+    "none".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_provider() -> String {
@@ -156,6 +177,26 @@ mod tests {
                 .to_string()
                 .contains("invalid node name")
         );
+    }
+
+    #[test]
+    fn documented_keys_parse() {
+        let f: NodesFile = parse_yaml_or_json(
+            "nodes:\n  - name: vk-a\n    nodeIP: 127.0.0.2\n    sizingProfile: cci\n    taintValue: ucloud\n    preferLocalTaint: false\n    maxPods: 200\n  - name: vk-b\n    nodeIp: 127.0.0.3\n",
+        )
+        .unwrap();
+        let (a, b) = (&f.nodes[0], &f.nodes[1]);
+        assert_eq!(a.node_ip.as_deref(), Some("127.0.0.2"));
+        assert_eq!(
+            b.node_ip.as_deref(),
+            Some("127.0.0.3"),
+            "the older spelling still works"
+        );
+        assert_eq!(a.sizing_profile, "cci");
+        assert_eq!(b.sizing_profile, "none");
+        assert_eq!(a.taint_value.as_deref(), Some("ucloud"));
+        assert!(!a.prefer_local_taint && b.prefer_local_taint);
+        assert_eq!((a.max_pods, b.max_pods), (Some(200), None));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The `vkubelet` binary: command line, configuration, and wiring of N virtual nodes, each with its
 //! own provider instance, sharing one API client and one metrics registry.
 
+mod check;
 mod config;
 mod providers;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +59,10 @@ enum Command {
     Run(Box<RunArgs>),
     /// Stop and remove every pod the provider started (use before uninstalling).
     Cleanup(CleanupArgs),
+    /// Serve only the burst-policy admission webhook (no virtual node).
+    Webhook(Box<webhook::WebhookCommand>),
+    /// Show what the burst policy and a sizing profile make of workload manifests (offline).
+    Check(CheckArgs),
     /// Print the version.
     Version,
 }
@@ -77,8 +83,9 @@ struct ClusterArgs {
 /// Which virtual node(s), with which provider: one from flags, or several from a file.
 #[derive(Args, Debug)]
 struct NodeArgs {
-    /// Name of the virtual node (ignored with --config).
-    #[arg(long, env = "VKUBELET_NODE_NAME", default_value = "vkubelet")]
+    /// Name of the virtual node (ignored with --config); `virtual-kubelet` is the name the Go
+    /// virtual-kubelet and ACK use.
+    #[arg(long, env = "VKUBELET_NODE_NAME", default_value = "virtual-kubelet")]
     node_name: String,
     /// Backend provider (ignored with --config). Available: process (local sandboxed
     /// processes), sim (simulated).
@@ -90,6 +97,22 @@ struct NodeArgs {
     /// A file describing several virtual nodes (see docs/configuration.md).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Sizing profile applied to every pod before the backend sees it: none, cci, cci2, cube,
+    /// eci, or a profile file (ignored with --config; see docs/burst-policy.md).
+    #[arg(long, default_value = "none")]
+    sizing_profile: String,
+    /// Value of the virtual-kubelet.io/provider NoSchedule taint (default: the provider's name;
+    /// seed 003's manifests tolerate their vendor's value). Ignored with --config.
+    #[arg(long)]
+    taint_value: Option<String>,
+    /// Leave out the virtual-kubelet.io/prefer-local PreferNoSchedule taint that makes the
+    /// scheduler prefer real nodes for `auto` pods. Ignored with --config.
+    #[arg(long)]
+    no_prefer_local_taint: bool,
+    /// At most this many pods on the node (a sizing profile may cap it lower). Ignored with
+    /// --config.
+    #[arg(long)]
+    max_pods: Option<u32>,
 }
 
 impl NodeArgs {
@@ -108,6 +131,10 @@ impl NodeArgs {
             node_ip: None,
             kubelet_port: None,
             disable_taint: false,
+            sizing_profile: self.sizing_profile.clone(),
+            taint_value: self.taint_value.clone(),
+            prefer_local_taint: !self.no_prefer_local_taint,
+            max_pods: self.max_pods,
         }])
     }
 }
@@ -169,6 +196,37 @@ struct RunArgs {
     /// Where to serve /metrics and /healthz over plain HTTP; empty disables.
     #[arg(long, default_value = "127.0.0.1:10255")]
     metrics_addr: String,
+    /// Serve the burst-policy admission webhook on HOST:PORT (HTTPS); empty disables.
+    #[arg(long, default_value = "")]
+    webhook_addr: String,
+    #[command(flatten)]
+    webhook: webhook::WebhookArgs,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// Manifests (multi-document YAML or JSON; `-` for standard input).
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+    /// Sizing profile: none, cci, cci2, cube, eci, or a profile file.
+    #[arg(long, default_value = "none")]
+    profile: String,
+    /// Policy for workloads that state none (as `--burst-default` of the webhook).
+    #[arg(long, default_value = "off", value_parser = webhook::parse_policy)]
+    burst_default: vk_core::burst::BurstPolicy,
+    /// A label of the workloads' namespace, `key=value` (a manifest does not carry it);
+    /// repeatable, e.g. virtual-node-affinity-injection=enabled.
+    #[arg(long = "namespace-label", value_parser = parse_label)]
+    namespace_labels: Vec<(String, String)>,
+    /// Output format.
+    #[arg(short = 'o', long, default_value = "text")]
+    output: CheckOutput,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CheckOutput {
+    Text,
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -235,7 +293,32 @@ async fn async_main() -> anyhow::Result<()> {
         }
         Command::Run(args) => run(*args).await,
         Command::Cleanup(args) => cleanup(args).await,
+        Command::Webhook(args) => webhook::serve_alone(*args).await,
+        Command::Check(args) => run_check(args),
     }
+}
+
+fn run_check(args: CheckArgs) -> anyhow::Result<()> {
+    let opts = check::CheckOptions {
+        profile: vk_core::sizing::SizingProfile::resolve(&args.profile)?,
+        default: args.burst_default,
+        namespace_labels: args.namespace_labels.into_iter().collect(),
+    };
+    let text = check::read_manifests(&args.file)?;
+    let reports = check::check(&text, &opts)?;
+    match args.output {
+        CheckOutput::Text => print!("{}", check::print_text(&reports)),
+        CheckOutput::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+    }
+    let blocked: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.can_burst)
+        .map(|r| format!("{} {}/{}", r.kind, r.namespace, r.name))
+        .collect();
+    if !blocked.is_empty() {
+        bail!("cannot burst: {}", blocked.join(", "));
+    }
+    Ok(())
 }
 
 async fn kube_config(path: Option<&PathBuf>) -> anyhow::Result<kube::Config> {
@@ -280,7 +363,11 @@ fn kubelet_port(base: u16, own: Option<u16>, i: usize) -> anyhow::Result<u16> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let api_metrics = ApiMetrics::default();
-    let metrics = Metrics::new_with(|registry| api_metrics.register(registry));
+    let webhook_metrics = vk_webhook::WebhookMetrics::default();
+    let metrics = Metrics::new_with(|registry| {
+        api_metrics.register(registry);
+        webhook_metrics.register(registry);
+    });
     let api_metrics = api_metrics.with_core(metrics.clone());
     let config = kube_config(args.cluster.kubeconfig.as_ref()).await?;
     let client_ca = match &args.client_ca_file {
@@ -316,7 +403,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let mut nodes = Vec::new();
     let mut servers = Vec::new();
+    let mut taint_values = Vec::new();
+    let mut profiles = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
+        let sizing = Arc::new(
+            vk_core::sizing::SizingProfile::resolve(&spec.sizing_profile)
+                .with_context(|| format!("node {}: sizing profile", spec.name))?,
+        );
         let node_ip = spec.node_ip.clone().unwrap_or_else(|| args.node_ip.clone());
         let settings = provider_settings(
             spec.provider_config.as_ref(),
@@ -347,11 +440,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         node_cfg.labels = spec.labels.clone();
         node_cfg.labels.extend(args.node_labels.iter().cloned());
         node_cfg.disable_taint = spec.disable_taint || args.disable_taint;
+        node_cfg.taint_value = spec.taint_value.clone();
+        node_cfg.prefer_local_taint = spec.prefer_local_taint;
+        node_cfg.max_pods = match (spec.max_pods, sizing.max_pods()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if !node_cfg.disable_taint {
+            taint_values.push(
+                spec.taint_value
+                    .clone()
+                    .unwrap_or_else(|| provider.kind().to_string()),
+            );
+        }
+        profiles.push(sizing.clone());
         node_cfg.status_interval = Duration::from_secs(args.node_status_interval.max(1));
         let mut pod_cfg = PodControllerConfig::new(&spec.name);
         pod_cfg.workers = args.pod_workers.max(1);
         pod_cfg.resync_interval = Duration::from_secs(args.resync_interval.max(1));
         pod_cfg.fail_fast = args.fail_fast;
+        pod_cfg.sizing = sizing;
         let events = EventOptions {
             qps: args.event_qps,
             burst: args.event_burst,
@@ -394,17 +502,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for (server, listener) in servers {
         tokio::spawn(server.serve(listener, cancel.clone()));
     }
+    if !args.webhook_addr.is_empty() {
+        let policy = args.webhook.policy(taint_values, profiles);
+        webhook::start(
+            &args.webhook,
+            &args.webhook_addr,
+            Some(&args.node_ip),
+            client.clone(),
+            policy,
+            webhook_metrics,
+            cancel.clone(),
+        )
+        .await?;
+    }
 
     if !args.metrics_addr.is_empty() {
-        let addr: SocketAddr = args
-            .metrics_addr
-            .parse()
-            .with_context(|| format!("--metrics-addr {:?}", args.metrics_addr))?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding metrics address {addr}"))?;
-        info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics and /healthz");
-        tokio::spawn(serve_metrics(listener, metrics.clone(), cancel.clone()));
+        start_metrics(&args.metrics_addr, metrics.clone(), cancel.clone()).await?;
     }
     tokio::spawn(stop_on_signal(cancel.clone()));
 
@@ -432,6 +545,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Serve /metrics and /healthz on `addr` until `cancel`.
+async fn start_metrics(
+    addr: &str,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let parsed: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("--metrics-addr {addr:?}"))?;
+    let listener = tokio::net::TcpListener::bind(parsed)
+        .await
+        .with_context(|| format!("binding metrics address {parsed}"))?;
+    info!(addr = %listener.local_addr().unwrap_or(parsed), "serving /metrics and /healthz");
+    tokio::spawn(serve_metrics(listener, metrics, cancel));
+    Ok(())
 }
 
 async fn stop_on_signal(cancel: CancellationToken) {

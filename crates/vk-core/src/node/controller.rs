@@ -30,8 +30,17 @@ pub struct NodeConfig {
     pub kubelet_port: u16,
     /// Extra labels on top of the standard virtual-kubelet ones.
     pub labels: BTreeMap<String, String>,
-    /// Leave out the `virtual-kubelet.io/provider` NoSchedule taint.
+    /// Leave out vkubelet's taints (`virtual-kubelet.io/provider` NoSchedule and the
+    /// `virtual-kubelet.io/prefer-local` PreferNoSchedule one).
     pub disable_taint: bool,
+    /// Value of the `virtual-kubelet.io/provider` taint; `None`: the provider's name.
+    pub taint_value: Option<String>,
+    /// Add the `virtual-kubelet.io/prefer-local=true:PreferNoSchedule` taint, which burst
+    /// pods (`auto`, `localPrefer`) do not tolerate, so the scheduler prefers real nodes.
+    pub prefer_local_taint: bool,
+    /// Caps the node's `pods` capacity below what the provider reports (a sizing profile's or
+    /// the operator's limit).
+    pub max_pods: Option<u32>,
     pub kubelet_version: String,
     pub status_interval: Duration,
     pub lease_duration_secs: i32,
@@ -46,6 +55,9 @@ impl NodeConfig {
             kubelet_port: 10250,
             labels: BTreeMap::new(),
             disable_taint: false,
+            taint_value: None,
+            prefer_local_taint: true,
+            max_pods: None,
             kubelet_version: format!("v1.20.2-vk-{}", env!("CARGO_PKG_VERSION")),
             status_interval: Duration::from_secs(60),
             lease_duration_secs: 40,

@@ -6,4 +6,4 @@ mod lease;
 mod spec;
 
 pub use controller::{NodeConfig, NodeController};
-pub use spec::{PROVIDER_TAINT_KEY, SOLD_OUT_TAINT_KEY};
+pub use spec::{PREFER_LOCAL_TAINT_KEY, PROVIDER_TAINT_KEY, SOLD_OUT_TAINT_KEY, taint_value};

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
     NodeSystemInfo, Taint,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -16,6 +17,19 @@ use crate::provider::NodeResources;
 pub const PROVIDER_TAINT_KEY: &str = "virtual-kubelet.io/provider";
 /// Added while the backend cannot take pods, so the scheduler stops sending more ("auto-shield").
 pub const SOLD_OUT_TAINT_KEY: &str = "virtual-kubelet.io/sold-out";
+/// A PreferNoSchedule taint that burst pods do not tolerate: TaintToleration scoring then ranks
+/// real nodes first (the `auto` burst policy of seed 001). Pods that must run here are not
+/// affected: PreferNoSchedule never keeps a pod off a node.
+pub const PREFER_LOCAL_TAINT_KEY: &str = "virtual-kubelet.io/prefer-local";
+
+fn is_ours(key: &str) -> bool {
+    key == PROVIDER_TAINT_KEY || key == SOLD_OUT_TAINT_KEY || key == PREFER_LOCAL_TAINT_KEY
+}
+
+/// The provider taint's value on this node: the configured one, else the provider's name.
+pub fn taint_value<'a>(cfg: &'a NodeConfig, provider_kind: &'a str) -> &'a str {
+    cfg.taint_value.as_deref().unwrap_or(provider_kind)
+}
 
 pub fn labels(cfg: &NodeConfig) -> BTreeMap<String, String> {
     let mut l = BTreeMap::new();
@@ -39,10 +53,18 @@ pub fn taints(cfg: &NodeConfig, provider_kind: &str, sold_out: bool) -> Vec<Tain
     if !cfg.disable_taint {
         t.push(Taint {
             key: PROVIDER_TAINT_KEY.into(),
-            value: Some(provider_kind.into()),
+            value: Some(taint_value(cfg, provider_kind).into()),
             effect: "NoSchedule".into(),
             time_added: None,
         });
+        if cfg.prefer_local_taint {
+            t.push(Taint {
+                key: PREFER_LOCAL_TAINT_KEY.into(),
+                value: Some("true".into()),
+                effect: "PreferNoSchedule".into(),
+                time_added: None,
+            });
+        }
     }
     if sold_out {
         t.push(Taint {
@@ -59,7 +81,7 @@ pub fn taints(cfg: &NodeConfig, provider_kind: &str, sold_out: bool) -> Vec<Tain
 pub fn merged_taints(existing: &[Taint], ours: &[Taint]) -> Vec<Taint> {
     let mut out: Vec<Taint> = existing
         .iter()
-        .filter(|t| t.key != PROVIDER_TAINT_KEY && t.key != SOLD_OUT_TAINT_KEY)
+        .filter(|t| !is_ours(&t.key))
         .cloned()
         .collect();
     out.extend(ours.iter().cloned());
@@ -85,11 +107,17 @@ pub fn status(
     previous: &[NodeCondition],
     now: Timestamp,
 ) -> NodeStatus {
-    let allocatable = if res.allocatable.is_empty() {
+    let mut capacity = res.capacity.clone();
+    let mut allocatable = if res.allocatable.is_empty() {
         res.capacity.clone()
     } else {
         res.allocatable.clone()
     };
+    if let Some(max) = cfg.max_pods {
+        for list in [&mut capacity, &mut allocatable] {
+            cap_pods(list, max);
+        }
+    }
     let mut conditions = vec![
         if res.accepting_pods {
             condition("Ready", "True", "KubeletReady", "vkubelet is ready", now)
@@ -151,7 +179,7 @@ pub fn status(
         }
     }
     NodeStatus {
-        capacity: Some(res.capacity.clone()),
+        capacity: Some(capacity),
         allocatable: Some(allocatable),
         conditions: Some(conditions),
         addresses: Some(vec![
@@ -187,6 +215,17 @@ pub fn status(
         }),
         phase: Some("Running".into()),
         ..Default::default()
+    }
+}
+
+/// Lower `pods` to `max` (set it when the provider reports none).
+fn cap_pods(list: &mut BTreeMap<String, Quantity>, max: u32) {
+    let reported = list
+        .get("pods")
+        .and_then(|q| crate::resolve::quantity::Amount::of(q).ok())
+        .map(|a| a.value());
+    if reported.is_none_or(|n| n > i128::from(max)) {
+        list.insert("pods".into(), Quantity(max.to_string()));
     }
 }
 
@@ -243,7 +282,6 @@ pub fn same_status(a: &NodeStatus, b: &NodeStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn cfg() -> NodeConfig {
         let mut c = NodeConfig::new("vk-1");
@@ -271,7 +309,11 @@ mod tests {
         assert_eq!(l["kubernetes.io/hostname"], "vk-1");
         assert_eq!(l["team"], "a");
         let t = taints(&cfg(), "sim", false);
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            (t[1].key.as_str(), t[1].effect.as_str()),
+            (PREFER_LOCAL_TAINT_KEY, "PreferNoSchedule")
+        );
         assert_eq!(
             (
                 t[0].key.as_str(),
@@ -280,7 +322,42 @@ mod tests {
             ),
             (PROVIDER_TAINT_KEY, Some("sim"), "NoSchedule")
         );
-        assert_eq!(taints(&cfg(), "sim", true).len(), 2);
+        assert_eq!(taints(&cfg(), "sim", true).len(), 3);
+        // seed 003's nodes are tainted with the vendor's value, not the provider's name.
+        let mut c = cfg();
+        c.taint_value = Some("ucloud".into());
+        c.prefer_local_taint = false;
+        let t = taints(&c, "kube", false);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].value.as_deref(), Some("ucloud"));
+        c.disable_taint = true;
+        assert!(
+            taints(&c, "kube", true)
+                .iter()
+                .all(|t| t.key == SOLD_OUT_TAINT_KEY)
+        );
+    }
+
+    #[test]
+    fn max_pods_caps_capacity_and_allocatable() {
+        let mut c = cfg();
+        c.max_pods = Some(50);
+        let s = status(&c, "sim", &resources(true), &[], Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            s.capacity.as_ref().and_then(|m| m.get("pods")),
+            Some(&Quantity("50".into()))
+        );
+        assert_eq!(
+            s.allocatable.as_ref().and_then(|m| m.get("pods")),
+            Some(&Quantity("50".into()))
+        );
+        // Never raised above what the backend reports.
+        c.max_pods = Some(500);
+        let s = status(&c, "sim", &resources(true), &[], Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            s.capacity.as_ref().and_then(|m| m.get("pods")),
+            Some(&Quantity("100".into()))
+        );
     }
 
     #[test]
@@ -298,7 +375,7 @@ mod tests {
             time_added: None,
         };
         let merged = merged_taints(&[other.clone(), stale], &taints(&cfg(), "sim", false));
-        assert_eq!(merged.len(), 2);
+        assert_eq!(merged.len(), 3);
         assert_eq!(merged[0], other);
         assert_eq!(merged[1].value.as_deref(), Some("sim"));
     }

@@ -40,6 +40,7 @@ use crate::metrics::{Metrics, NodeLabels, PhaseLabels, ProviderCallLabels};
 use crate::provider::{DynProvider, PodKey, PodUpdate, ResolvedPod};
 use crate::queue::{Backoff, WorkQueue};
 use crate::resolve::{ResolveError, Resolver, volumes_fingerprint};
+use crate::sizing::{NORMALIZATION_FAILED_REASON, PodSize, SIZE_ANNOTATION, SizingProfile};
 
 /// Reason for a pod whose backend instance disappeared without being asked to.
 pub const LOST_REASON: &str = "ProviderPodLost";
@@ -58,6 +59,8 @@ pub struct PodControllerConfig {
     /// Mark a pod Failed at the first provider failure instead of retrying while it exists.
     pub fail_fast: bool,
     pub backoff: Backoff,
+    /// The node's sizing profile, applied to every pod before the provider sees it.
+    pub sizing: Arc<SizingProfile>,
 }
 
 impl PodControllerConfig {
@@ -68,6 +71,7 @@ impl PodControllerConfig {
             resync_interval: Duration::from_secs(60),
             fail_fast: false,
             backoff: Backoff::default(),
+            sizing: Arc::new(SizingProfile::none()),
         }
     }
 }
@@ -623,7 +627,8 @@ impl PodController {
                 self.instance_lost(&entry, &pod).await
             }
             Backend::Absent => {
-                let problems = unsupported_features(&pod);
+                let mut problems = unsupported_features(&pod);
+                problems.extend(self.cfg.sizing.spec_problems(&pod));
                 if !problems.is_empty() {
                     let message = format!(
                         "Pod cannot run on virtual node {} (provider {}): {}",
@@ -802,13 +807,22 @@ impl PodController {
                 _ => return Ok(Next::Done), // gone; the watch will say so
             }
         };
-        let resolved = match self.resolve_for_create(entry, pod).await? {
+        let (sized, size) = match self.sized(pod) {
+            Ok(sized) => sized,
+            Err(message) => {
+                return self
+                    .reject(entry, pod, NORMALIZATION_FAILED_REASON, message)
+                    .await;
+            }
+        };
+        self.record_size(entry, pod, size).await;
+        let resolved = match self.resolve_for_create(entry, &sized).await? {
             Ok(r) => r,
             Err(next) => return Ok(next),
         };
         let volumes_print = volumes_fingerprint(&resolved.resolution.volumes);
         let refresh_at = resolved.refresh_at;
-        let resolved = ResolvedPod::new(entry.key.clone(), pod.clone())
+        let resolved = ResolvedPod::new(entry.key.clone(), sized)
             .with_restart_count_base(entry.restart_base)
             .with_resolution(resolved.resolution);
         match self
@@ -877,8 +891,19 @@ impl PodController {
     }
 
     async fn update(&self, entry: &Entry, pod: &Arc<Pod>) -> Result<Option<Next>, Error> {
-        let resolved = ResolvedPod::new(entry.key.clone(), pod.clone())
-            .with_restart_count_base(entry.restart_base);
+        // A spec change the profile cannot size leaves the running pod as it is.
+        let (sized, _) = match self.sized(pod) {
+            Ok(sized) => sized,
+            Err(message) => {
+                self.events
+                    .pod(&entry.key, true, NORMALIZATION_FAILED_REASON, message);
+                let hash = spec_hash(pod);
+                self.update_entry(&entry.key.uid, |e| e.applied_spec = Some(hash));
+                return Ok(None);
+            }
+        };
+        let resolved =
+            ResolvedPod::new(entry.key.clone(), sized).with_restart_count_base(entry.restart_base);
         match self
             .call("update", self.provider.update_pod(&resolved))
             .await
@@ -912,6 +937,57 @@ impl PodController {
         }
     }
 
+    /// The pod as the backend is to run it: container resources normalised by the node's sizing
+    /// profile. `Err` quotes the rule the pod cannot meet.
+    fn sized(&self, pod: &Arc<Pod>) -> Result<(Arc<Pod>, Option<PodSize>), String> {
+        if self.cfg.sizing.is_none() {
+            return Ok((pod.clone(), None));
+        }
+        match self.cfg.sizing.normalize(pod) {
+            Ok(n) => Ok((Arc::new(n.pod), n.size)),
+            Err(e) => Err(format!(
+                "Pod cannot run on virtual node {}: {e}",
+                self.cfg.node_name
+            )),
+        }
+    }
+
+    /// Write the size the backend runs (`virtual-kubelet.io/size: <cores>_<GiB>`, CCI's own
+    /// format) on the API pod, once. A failed write is not worth failing the pod over.
+    async fn record_size(&self, entry: &Entry, pod: &Pod, size: Option<PodSize>) {
+        let Some(size) = size else {
+            return;
+        };
+        let size = size.to_string();
+        let current = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SIZE_ANNOTATION));
+        if current == Some(&size) {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &entry.key.namespace);
+        let patch = serde_json::json!({
+            "metadata": {
+                "uid": entry.key.uid,
+                "annotations": { SIZE_ANNOTATION: size },
+            }
+        });
+        if let Err(e) = api
+            .patch(
+                &entry.key.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            warn!(pod = %entry.key, error = %e, "cannot record the pod's size annotation");
+            self.metrics
+                .error(&self.cfg.node_name, "size_annotation", "api");
+        }
+    }
+
     /// Resolve what the backend needs to create the pod. `Ok(Err(next))` when the pod cannot be
     /// created yet (a missing reference: it waits, as a kubelet's pod does) or ever (rejected).
     async fn resolve_for_create(
@@ -925,7 +1001,7 @@ impl PodController {
             .resolve(
                 pod,
                 || async move { node_allocatable(&provider).await },
-                self.provider.limits().max_volume_bytes,
+                self.max_volume_bytes(),
             )
             .await;
         let error = match result {
@@ -1017,7 +1093,7 @@ impl PodController {
             .resolve_volumes(
                 pod,
                 || async move { node_allocatable(&provider).await },
-                self.provider.limits().max_volume_bytes,
+                self.max_volume_bytes(),
             )
             .await;
         let refreshed = match result {
@@ -1065,6 +1141,15 @@ impl PodController {
     }
 
     /// Fail the pod for good with `reason`.
+    /// The provider's limit on resolved volume data, lowered by the sizing profile's.
+    fn max_volume_bytes(&self) -> Option<u64> {
+        let provider = self.provider.limits().max_volume_bytes;
+        match (provider, self.cfg.sizing.max_config_volume_bytes()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     async fn reject(
         &self,
         entry: &Entry,
