@@ -9,8 +9,9 @@
 #   make integration       integration tests against the dev control plane
 #   make cluster-down      stop it
 #   make build             release build of the vkubelet binary
-#   make run               dev control plane + `vkubelet run` (node vk-local, process provider) in the
-#                          foreground; Ctrl-C stops vkubelet, `make cluster-down` the control plane
+#   make run               dev control plane + `vkubelet run` (node vk-local, process provider, the
+#                          burst-policy webhook on 127.0.0.1:9443) in the foreground; Ctrl-C stops
+#                          vkubelet, `make cluster-down` the control plane
 #   make bench [N=1000]    burst benchmark vs the null kubelet (bench/burst.py); not part of test
 
 SHELL := /bin/bash
@@ -21,6 +22,7 @@ ARGS ?=
 NODE ?= vk-local
 PROVIDER ?= process
 N ?= 1000
+WEBHOOK_PORT ?= 9443
 
 test:
 	scripts/test.sh $(if $(strip $(ARGS)),-- $(ARGS))
@@ -52,7 +54,8 @@ run: build
 	  dir=$(abspath $(CLUSTER_DIR)) && \
 	  printf '{"stateDir": "%s/process", "secretsDir": "%s/process-secrets"}\n' "$$dir" "$$dir" > "$$dir/process.json" && \
 	  exec target/release/vkubelet run --kubeconfig "$$kubeconfig" --node-name $(NODE) --provider $(PROVIDER) \
-	    $(if $(filter process,$(PROVIDER)),--provider-config "$$dir/process.json")
+	    $(if $(filter process,$(PROVIDER)),--provider-config "$$dir/process.json") \
+	    --webhook-addr 127.0.0.1:$(WEBHOOK_PORT) --webhook-cert-dir "$$dir/webhook"
 
 bench:
 	python3 bench/burst.py $(foreach n,$(N),--n $(n))

@@ -1356,7 +1356,13 @@ fn spec_hash(pod: &Pod) -> u64 {
         spec.active_deadline_seconds.hash(&mut h);
     }
     pod.metadata.labels.hash(&mut h);
-    pod.metadata.annotations.hash(&mut h);
+    // The size annotation is vkubelet's own record of what the backend runs: writing it must
+    // not look like a change to pass to the backend.
+    for (k, v) in pod.metadata.annotations.iter().flatten() {
+        if k != SIZE_ANNOTATION {
+            (k, v).hash(&mut h);
+        }
+    }
     h.finish()
 }
 
@@ -1377,6 +1383,23 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn own_size_annotation_is_not_a_spec_change() {
+        let a = pod_with_image("nginx:1");
+        let mut b = a.clone();
+        b.metadata.annotations = Some([(SIZE_ANNOTATION.to_string(), "0.5_1".to_string())].into());
+        assert_eq!(spec_hash(&a), spec_hash(&b));
+        b.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("team".into(), "a".into());
+        assert_ne!(
+            spec_hash(&a),
+            spec_hash(&b),
+            "other annotations still count"
+        );
     }
 
     #[test]

@@ -33,8 +33,19 @@ impl Vk {
         Self::start_with_args(env, sim, &[])
     }
 
-    pub fn start_with_args(env: &TestEnv, mut sim: serde_json::Value, extra_args: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("vkubelet-e2e-{}", env.namespace()));
+    pub fn start_with_args(env: &TestEnv, sim: serde_json::Value, extra_args: &[&str]) -> Self {
+        Self::start_node(env, "vk", sim, extra_args)
+    }
+
+    /// A second (third, ...) sim node in the same test: named `<prefix>-<namespace>` (`vk` is
+    /// the default node's prefix; keep it to 2 characters so the name stays a label value).
+    pub fn start_node(
+        env: &TestEnv,
+        prefix: &str,
+        mut sim: serde_json::Value,
+        extra_args: &[&str],
+    ) -> Self {
+        let dir = std::env::temp_dir().join(format!("vkubelet-e2e-{prefix}-{}", env.namespace()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
         if sim.get("stateDir").is_none() {
@@ -44,7 +55,7 @@ impl Vk {
         if sim.get("recordResolved").is_none() {
             sim["recordResolved"] = true.into();
         }
-        Self::launch(env, "sim", dir, sim, extra_args)
+        Self::launch(env, "sim", prefix, dir, sim, extra_args)
     }
 
     /// Start vkubelet with the process provider; its state and secrets live in the test's dir.
@@ -54,17 +65,18 @@ impl Vk {
         std::fs::create_dir_all(&dir).expect("create test dir");
         cfg["stateDir"] = dir.join("state").to_string_lossy().into();
         cfg["secretsDir"] = dir.join("secrets").to_string_lossy().into();
-        Self::launch(env, "process", dir, cfg, extra_args)
+        Self::launch(env, "process", "vk", dir, cfg, extra_args)
     }
 
     fn launch(
         env: &TestEnv,
         provider: &'static str,
+        prefix: &str,
         dir: PathBuf,
         cfg: serde_json::Value,
         extra_args: &[&str],
     ) -> Self {
-        let node = format!("vk-{}", env.namespace());
+        let node = format!("{prefix}-{}", env.namespace());
         std::fs::write(
             dir.join("provider.json"),
             serde_json::to_vec_pretty(&cfg).expect("json"),
