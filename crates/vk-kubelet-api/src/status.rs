@@ -1,9 +1,15 @@
 //! Failed requests as Kubernetes `Status` objects (`kind: Status`, `status: Failure`), so that
 //! kubectl and the API server, which relay a kubelet's error body, show a readable message.
+//!
+//! [`ApiError`] is the request-time error of every route. Its body is built by
+//! `vk_streaming::status` (k8s-openapi's `Status` type), and a backend's error gets its code
+//! there too ([`vk_streaming::status::provider_error_code`]), so the streaming handlers and
+//! these routes answer alike. (`vk-streaming` holds them because this crate depends on it.)
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use vk_core::ProviderError;
+use vk_streaming::status::{self, Status, StatusDetails, reason};
 
 /// An HTTP error with the Kubernetes `Status` reason that goes with its code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,24 +32,28 @@ impl ApiError {
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+        Self::new(StatusCode::BAD_REQUEST, reason::BAD_REQUEST, message)
     }
 
     /// A request that parsed but is invalid (the kubelet's 422 for bad log options).
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, reason::INVALID, message)
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            reason::UNAUTHORIZED,
+            "Unauthorized",
+        )
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "Forbidden", message)
+        Self::new(StatusCode::FORBIDDEN, reason::FORBIDDEN, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NotFound", message)
+        Self::new(StatusCode::NOT_FOUND, reason::NOT_FOUND, message)
     }
 
     /// A missing pod, with the details the API server puts in its own NotFound.
@@ -56,58 +66,59 @@ impl ApiError {
     pub fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
+            reason::METHOD_NOT_ALLOWED,
             "the method is not allowed on this path",
         )
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            reason::INTERNAL_ERROR,
+            message,
+        )
     }
 
     pub fn not_implemented(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_IMPLEMENTED, "NotImplemented", message)
+        Self::new(
+            StatusCode::NOT_IMPLEMENTED,
+            reason::NOT_IMPLEMENTED,
+            message,
+        )
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
+            reason::SERVICE_UNAVAILABLE,
             message,
         )
     }
 
-    /// A backend error on a stream request. A missing pod or container, or a request the backend
-    /// cannot serve as asked, is the client's problem (the kubelet answers 400 for log errors of
-    /// this kind, e.g. no previous instance); a missing capability is 501; the rest is ours.
+    /// A backend's error, with the kubelet API's one code and reason for it
+    /// ([`vk_streaming::status::provider_error_code`]: 404, 400, 501, 503 or 500).
     pub fn from_provider(err: &ProviderError) -> Self {
-        match err {
-            ProviderError::NotFound(m) | ProviderError::InvalidInput(m) => Self::bad_request(m),
-            ProviderError::NotSupported(m) => {
-                Self::not_implemented(format!("the backend does not support {m}"))
-            }
-            ProviderError::SoldOut(_)
-            | ProviderError::QuotaExceeded(_)
-            | ProviderError::Transient { .. } => Self::unavailable(err.to_string()),
-            ProviderError::Other(_) => Self::internal(err.to_string()),
+        let (code, reason) = status::provider_error_code(err);
+        Self::new(code, reason, status::provider_error_message(err))
+    }
+
+    /// The `Status` object.
+    pub fn status(&self) -> Status {
+        let mut s = status::failure(self.code, self.reason, self.message.as_str());
+        if let Some((kind, name)) = &self.details {
+            s.details = Some(StatusDetails {
+                kind: Some((*kind).to_owned()),
+                name: Some(name.clone()),
+                ..StatusDetails::default()
+            });
         }
+        s
     }
 
     /// The `Status` object as JSON.
     pub fn body(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code.as_u16(),
-        });
-        if let Some((kind, name)) = &self.details {
-            v["details"] = serde_json::json!({ "name": name, "kind": kind });
-        }
-        v
+        // Serializing a Status does not fail (see `vk_streaming::status::to_json`).
+        serde_json::to_value(self.status()).unwrap_or_default()
     }
 }
 
@@ -125,18 +136,14 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.code, self.body().to_string()).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        resp
+        status::response(self.code, self.status())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header;
     use http_body_util::BodyExt;
 
     async fn parts(e: ApiError) -> (StatusCode, String, serde_json::Value) {
@@ -183,10 +190,73 @@ mod tests {
     #[test]
     fn provider_errors_map_to_codes() {
         let code = |e: ProviderError| ApiError::from_provider(&e).code.as_u16();
-        assert_eq!(code(ProviderError::NotFound("x".into())), 400);
+        // 404 since issue 11: one mapping for every route (it was 400 here, 404 in streaming).
+        assert_eq!(code(ProviderError::NotFound("x".into())), 404);
         assert_eq!(code(ProviderError::InvalidInput("x".into())), 400);
         assert_eq!(code(ProviderError::NotSupported("x".into())), 501);
         assert_eq!(code(ProviderError::transient("x")), 503);
         assert_eq!(code(ProviderError::Other("x".into())), 500);
+    }
+
+    #[test]
+    fn provider_errors_use_the_shared_mapping() {
+        let errors = [
+            ProviderError::NotFound("x".into()),
+            ProviderError::InvalidInput("x".into()),
+            ProviderError::NotSupported("exec".into()),
+            ProviderError::SoldOut("x".into()),
+            ProviderError::QuotaExceeded("x".into()),
+            ProviderError::transient("x"),
+            ProviderError::Other("x".into()),
+        ];
+        for e in &errors {
+            let api = ApiError::from_provider(e);
+            assert_eq!(
+                (api.code, api.reason),
+                vk_streaming::status::provider_error_code(e)
+            );
+            assert_eq!(api.message, vk_streaming::status::provider_error_message(e));
+        }
+        assert_eq!(
+            ApiError::from_provider(&ProviderError::NotSupported("exec".into())).reason,
+            "NotImplemented"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_error_body_is_a_valid_status() {
+        let all = [
+            ApiError::bad_request("b"),
+            ApiError::invalid("i"),
+            ApiError::unauthorized(),
+            ApiError::forbidden("f"),
+            ApiError::not_found("n"),
+            ApiError::pod_not_found("web"),
+            ApiError::method_not_allowed(),
+            ApiError::internal("x"),
+            ApiError::not_implemented("y"),
+            ApiError::unavailable("z"),
+            ApiError::from_provider(&ProviderError::SoldOut("pool".into())),
+        ];
+        for e in all {
+            let want = e.clone();
+            let (code, ct, body) = parts(e).await;
+            assert_eq!(code, want.code);
+            assert_eq!(ct, "application/json");
+            assert_eq!(body["kind"], "Status", "{body}");
+            assert_eq!(body["apiVersion"], "v1", "{body}");
+            assert_eq!(body["status"], "Failure", "{body}");
+            assert_eq!(body["code"], code.as_u16(), "{body}");
+            assert_eq!(body["reason"], want.reason, "{body}");
+            assert_eq!(body["message"], want.message.as_str(), "{body}");
+            assert!(
+                !want.reason.is_empty() && !want.message.is_empty(),
+                "{want}"
+            );
+            assert_eq!(body, want.body());
+            // A Rust client reads it back as k8s-openapi's type.
+            let back: Status = serde_json::from_value(body).unwrap();
+            assert_eq!(back, want.status());
+        }
     }
 }

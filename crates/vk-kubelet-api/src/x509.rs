@@ -2,19 +2,15 @@
 //! kubelet's x509 authenticator reads them.
 //!
 //! rustls has already verified the certificate against the client CA when this runs, so the
-//! input is CA-signed; still, it is parsed defensively (a bounds-checked DER walk that returns
-//! `None` on anything unexpected). Only the few DER constructs on the path to the subject are
-//! read, which saves a full X.509 parser dependency.
+//! input is CA-signed; still, it is parsed defensively: the DER goes through `x509-parser` (a
+//! maintained, fuzzed parser), and anything it refuses is `None` (no user), never a panic.
+//! Extensions are not parsed deeply: only the subject is read, and an extension this parser
+//! reads differently from webpki must not lock out a client that webpki accepted.
 
-const SEQUENCE: u8 = 0x30;
-const SET: u8 = 0x31;
-const INTEGER: u8 = 0x02;
-const OID: u8 = 0x06;
-/// `[0] EXPLICIT Version` in a TBSCertificate.
-const VERSION: u8 = 0xA0;
-
-const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
-const OID_ORGANIZATION: &[u8] = &[0x55, 0x04, 0x0A];
+use x509_parser::asn1_rs::{Any, Tag};
+use x509_parser::certificate::X509CertificateParser;
+use x509_parser::nom::Parser as _;
+use x509_parser::x509::{AttributeTypeAndValue, X509Name};
 
 /// Common name and organizations of a certificate's subject.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,115 +19,83 @@ pub struct Subject {
     pub organizations: Vec<String>,
 }
 
-/// One DER element: its tag, its content, and what follows it.
-fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    // High tag numbers (low five bits all set) never occur on the path we walk.
-    if tag & 0x1F == 0x1F {
-        return None;
-    }
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7F);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let (bytes, rest) = rest.split_at(n);
-        let len = bytes
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, rest)
-    };
-    if rest.len() < len {
-        return None;
-    }
-    let (content, rest) = rest.split_at(len);
-    Some((tag, content, rest))
-}
-
-fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (t, content, rest) = element(input)?;
-    (t == tag).then_some((content, rest))
-}
-
-/// The subject of a DER-encoded X.509 certificate.
+/// The subject of a DER-encoded X.509 certificate; `None` if it does not parse.
 pub fn subject(cert_der: &[u8]) -> Option<Subject> {
-    let (cert, _) = expect(cert_der, SEQUENCE)?;
-    let (tbs, _) = expect(cert, SEQUENCE)?;
-    let mut rest = tbs;
-    if rest.first() == Some(&VERSION) {
-        rest = element(rest)?.2;
-    }
-    let (_serial, rest) = expect(rest, INTEGER)?;
-    let (_signature, rest) = expect(rest, SEQUENCE)?;
-    let (_issuer, rest) = expect(rest, SEQUENCE)?;
-    let (_validity, rest) = expect(rest, SEQUENCE)?;
-    let (name, _) = expect(rest, SEQUENCE)?;
-    parse_name(name)
+    let mut parser = X509CertificateParser::new().with_deep_parse_extensions(false);
+    // Bytes after the certificate are ignored: rustls verified exactly this certificate.
+    let (_rest, cert) = parser.parse(cert_der).ok()?;
+    Some(subject_of_name(cert.subject()))
 }
 
-fn parse_name(mut name: &[u8]) -> Option<Subject> {
-    let mut out = Subject::default();
-    while !name.is_empty() {
-        let (mut rdn, rest) = expect(name, SET)?;
-        name = rest;
-        while !rdn.is_empty() {
-            let (atv, rest) = expect(rdn, SEQUENCE)?;
-            rdn = rest;
-            let (oid, value) = expect(atv, OID)?;
-            let (tag, value, _) = element(value)?;
-            let Some(text) = decode_string(tag, value) else {
-                continue;
-            };
-            if oid == OID_COMMON_NAME {
-                // Go's pkix keeps the last CN when a subject has several.
-                out.common_name = Some(text);
-            } else if oid == OID_ORGANIZATION {
-                out.organizations.push(text);
-            }
-        }
+fn subject_of_name(name: &X509Name<'_>) -> Subject {
+    Subject {
+        // Go's pkix keeps the last CN when a subject has several.
+        common_name: name.iter_common_name().filter_map(text).last(),
+        // Every O in every RDN, in order: each is a group.
+        organizations: name.iter_organization().filter_map(text).collect(),
     }
-    Some(out)
 }
 
-fn decode_string(tag: u8, value: &[u8]) -> Option<String> {
-    match tag {
-        // UTF8String, PrintableString, IA5String
-        0x0C | 0x13 | 0x16 => String::from_utf8(value.to_vec()).ok(),
-        // T61String: Latin-1 in practice
-        0x14 => Some(value.iter().map(|&b| char::from(b)).collect()),
-        // BMPString: UTF-16BE
-        0x1E => {
-            if !value.len().is_multiple_of(2) {
-                return None;
-            }
-            let units: Vec<u16> = value
-                .chunks_exact(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                .collect();
-            String::from_utf16(&units).ok()
+/// An attribute's value as text; `None` for values that are no string (skipped, as before).
+fn text(attribute: &AttributeTypeAndValue<'_>) -> Option<String> {
+    let value = attribute.attr_value();
+    match value.tag() {
+        // x509-parser decodes (and UTF-8-checks) the common string types itself.
+        Tag::Utf8String | Tag::PrintableString | Tag::Ia5String | Tag::NumericString => {
+            attribute.as_str().ok().map(str::to_owned)
         }
+        // It leaves these two to the caller.
+        Tag::T61String => Some(latin1(value)),
+        Tag::BmpString => utf16_be(value),
         _ => None,
     }
+}
+
+/// T61String: Latin-1 in practice.
+fn latin1(value: &Any<'_>) -> String {
+    value.as_bytes().iter().map(|&b| char::from(b)).collect()
+}
+
+/// BMPString: UTF-16BE, two bytes per code unit (an odd length is malformed; asn1-rs would
+/// read the last byte as a unit of its own).
+fn utf16_be(value: &Any<'_>) -> Option<String> {
+    let bytes = value.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
+        return None;
+    }
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    String::from_utf16(&units).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+    use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, KeyPair};
+    use x509_parser::prelude::FromDer;
+
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const OID: u8 = 0x06;
+    const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+    const OID_ORGANIZATION: &[u8] = &[0x55, 0x04, 0x0A];
+
+    fn self_signed(dn: DistinguishedName) -> Vec<u8> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = dn;
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
 
     fn cert(cn: &str, orgs: &[&str]) -> Vec<u8> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, cn);
         for o in orgs {
             dn.push(DnType::OrganizationName, *o);
         }
-        params.distinguished_name = dn;
-        let key = KeyPair::generate().unwrap();
-        params.self_signed(&key).unwrap().der().to_vec()
+        self_signed(dn)
     }
 
     #[test]
@@ -142,6 +106,38 @@ mod tests {
             Some("kube-apiserver-kubelet-client")
         );
         assert_eq!(s.organizations, ["system:masters"]);
+    }
+
+    #[test]
+    fn rcgen_certificate_with_several_organizations() {
+        // rcgen keeps one value per attribute type, so the second O goes in under its OID as a
+        // custom type (2.5.4.10 is O): both land in RDNs of their own, as openssl writes
+        // `/O=a/O=b/CN=u`, and in different string types.
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::OrganizationName,
+            DnValue::PrintableString("system:masters".try_into().unwrap()),
+        );
+        dn.push(DnType::CustomDnType(vec![2, 5, 4, 10]), "system:nodes");
+        dn.push(DnType::OrganizationalUnitName, "not a group");
+        dn.push(DnType::CommonName, "system:node:vk-1");
+        let s = subject(&self_signed(dn)).unwrap();
+        assert_eq!(s.common_name.as_deref(), Some("system:node:vk-1"));
+        assert_eq!(s.organizations, ["system:masters", "system:nodes"]);
+    }
+
+    #[test]
+    fn rcgen_certificate_without_common_name() {
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "system:masters");
+        let s = subject(&self_signed(dn)).unwrap();
+        assert_eq!(s.common_name, None);
+        assert_eq!(s.organizations, ["system:masters"]);
+        // An empty subject parses too (and names no one).
+        assert_eq!(
+            subject(&self_signed(DistinguishedName::new())),
+            Some(Subject::default())
+        );
     }
 
     fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
@@ -162,10 +158,16 @@ mod tests {
         )
     }
 
+    /// The subject of a Name given as its RDNs' DER.
+    fn parse_name(rdns: &[u8]) -> Option<Subject> {
+        let der = tlv(SEQUENCE, rdns);
+        let (_, name) = X509Name::from_der(&der).ok()?;
+        Some(subject_of_name(&name))
+    }
+
     #[test]
     fn several_organizations_each_in_its_own_rdn() {
-        // rcgen keeps one value per attribute type, so this Name is built by hand, the way
-        // openssl writes `/CN=u/O=a/O=b`.
+        // Built by hand, the way openssl writes `/CN=u/O=a/O=b/C=DE`.
         let name = [
             attr(OID_COMMON_NAME, 0x0C, b"u"),
             attr(OID_ORGANIZATION, 0x0C, b"system:masters"),
@@ -176,6 +178,21 @@ mod tests {
         let s = parse_name(&name).unwrap();
         assert_eq!(s.common_name.as_deref(), Some("u"));
         assert_eq!(s.organizations, ["system:masters", "team"]);
+    }
+
+    #[test]
+    fn the_last_common_name_counts() {
+        let name = [
+            attr(OID_COMMON_NAME, 0x0C, b"first"),
+            attr(OID_COMMON_NAME, 0x0C, b"last"),
+            // Not a string: skipped, the last string CN stays.
+            attr(OID_COMMON_NAME, 0x04, b"octets"),
+        ]
+        .concat();
+        assert_eq!(
+            parse_name(&name).unwrap().common_name.as_deref(),
+            Some("last")
+        );
     }
 
     #[test]
@@ -203,6 +220,20 @@ mod tests {
     }
 
     #[test]
+    fn truncated_certificates_name_no_one() {
+        // A cut certificate does not parse at all: no partial subject becomes a user.
+        let good = cert("user", &["g"]);
+        for n in 0..good.len() {
+            assert_eq!(subject(&good[..n]), None, "cut at {n}");
+        }
+    }
+
+    /// A CN of the given string type, read back.
+    fn decode_string(tag: u8, value: &[u8]) -> Option<String> {
+        parse_name(&attr(OID_COMMON_NAME, tag, value))?.common_name
+    }
+
+    #[test]
     fn string_types() {
         assert_eq!(decode_string(0x13, b"abc").as_deref(), Some("abc"));
         assert_eq!(
@@ -212,5 +243,6 @@ mod tests {
         assert_eq!(decode_string(0x1E, &[0]), None);
         assert_eq!(decode_string(0x14, &[0xE9]).as_deref(), Some("é"));
         assert_eq!(decode_string(0x04, b"octets"), None);
+        assert_eq!(decode_string(0x0C, &[0xFF]), None);
     }
 }

@@ -5,7 +5,8 @@
 //! Each `serve_*` function takes the HTTP request, checks its upgrade headers, negotiates the
 //! sub-protocol, asks the provider for the session, answers `101 Switching Protocols` and runs
 //! the session on the upgraded connection in a task of its own that ends with the connection.
-//! Everything it refuses is answered with a Kubernetes `Status` body.
+//! Everything it refuses is answered with a Kubernetes `Status` body, built by [`status`], which
+//! also holds the one mapping from a backend's error to an HTTP code that `vk-kubelet-api` shares.
 //!
 //! Protocols, as the kubelet serves them:
 //! - remotecommand (exec, attach) over SPDY: `v5.channel.k8s.io`, `v4.channel.k8s.io`,
@@ -19,12 +20,13 @@
 
 mod error;
 mod idle;
+mod outcome;
 mod portforward;
 mod query;
 mod remotecommand;
 mod serve;
 mod spdy;
-mod status;
+pub mod status;
 mod upgrade;
 mod ws;
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
-use vk_core::PodKey;
-use vk_core::provider::DynProvider;
+use vk_provider_api::PodKey;
+use vk_provider_api::provider::DynProvider;
 
 /// Once the pod's side has finished sending, how long the client's side may still take to
 /// finish (the kubelet's runtimes give one second, like socat).

@@ -2,7 +2,7 @@
 //! them: repeated `command`, the stream flags `input`/`output`/`error`/`tty` (the API server
 //! sends `=1`), and the port list of a WebSocket port-forward.
 
-use vk_core::streams::{AttachRequest, ExecRequest};
+use vk_provider_api::streams::{AttachRequest, ExecRequest};
 
 use crate::error::BadRequest;
 

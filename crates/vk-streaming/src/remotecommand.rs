@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::debug;
-use vk_core::streams::{ByteReader, ByteWriter, ExecSession, ExitResult, TerminalSize};
+use vk_provider_api::streams::{ByteReader, ByteWriter, ExecSession, ExitResult, TerminalSize};
 
-use crate::status::{Outcome, SessionKind, StatusFormat};
+use crate::outcome::{Outcome, SessionKind, StatusFormat};
 
 pub(crate) type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
 pub(crate) type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;

@@ -12,17 +12,18 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{Instrument as _, debug, info_span};
-use vk_core::PodKey;
-use vk_core::ProviderError;
-use vk_core::provider::DynProvider;
-use vk_core::streams::{AttachRequest, ExecRequest, ExecSession};
+use vk_provider_api::PodKey;
+use vk_provider_api::ProviderError;
+use vk_provider_api::provider::DynProvider;
+use vk_provider_api::streams::{AttachRequest, ExecRequest, ExecSession};
 
 use crate::StreamConfig;
-use crate::error::{BadRequest, provider_error_response, status_response};
+use crate::error::BadRequest;
 use crate::idle::{Activity, IdleIo};
+use crate::outcome::SessionKind;
 use crate::remotecommand::{self, ClientStreams};
 use crate::spdy;
-use crate::status::SessionKind;
+use crate::status::{self, reason};
 use crate::upgrade::{self, Transport};
 use crate::ws::{self, Input, Outgoing, WsProtocol};
 
@@ -144,9 +145,9 @@ fn transport(req: &Request) -> Result<Transport, Response> {
         .get::<hyper::upgrade::OnUpgrade>()
         .is_none()
     {
-        return Err(status_response(
+        return Err(status::failure_response(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
+            reason::INTERNAL_ERROR,
             "this server cannot upgrade connections",
         ));
     }
@@ -263,7 +264,7 @@ async fn remote_command(
         Ok(s) => s,
         Err(e) => {
             debug!(parent: &span, error = %e, "the provider refused the session");
-            return provider_error_response(&e);
+            return status::provider_error_response(&e);
         }
     };
     let span = info_span!(

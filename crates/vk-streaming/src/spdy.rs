@@ -9,18 +9,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument as _, debug, debug_span, warn};
-use vk_core::PodKey;
-use vk_core::provider::DynProvider;
-use vk_core::streams::ExecSession;
+use vk_provider_api::PodKey;
+use vk_provider_api::provider::DynProvider;
+use vk_provider_api::streams::ExecSession;
 use vk_spdy::{Config, Connection, Headers, Incoming, IncomingStream, Role, RstStatus, Stream};
 
 use crate::StreamConfig;
 use crate::idle::Activity;
+use crate::outcome::{SessionKind, StatusFormat};
 use crate::portforward;
 use crate::query::parse_port;
 use crate::remotecommand::{self, BoxRead, BoxWrite, ClientStreams};
 use crate::serve::Wanted;
-use crate::status::{SessionKind, StatusFormat};
 
 const STREAM_TYPE: &str = "streamtype";
 const PORT: &str = "port";

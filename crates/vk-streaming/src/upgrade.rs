@@ -11,7 +11,7 @@ use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::error::status_response;
+use crate::status::{failure_response, reason};
 
 pub(crate) const SPDY_PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 const SPDY_ACCEPTED_HEADER: &str = "x-accepted-stream-protocol-versions";
@@ -52,7 +52,7 @@ fn has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
 }
 
 fn bad_request(message: &str) -> Response {
-    status_response(StatusCode::BAD_REQUEST, "BadRequest", message)
+    failure_response(StatusCode::BAD_REQUEST, reason::BAD_REQUEST, message)
 }
 
 /// Which transport the request upgrades to, or the `400` answer.
@@ -115,7 +115,7 @@ pub(crate) fn spdy_forbidden(offered: &[String], supported: &[&'static str]) -> 
     let message = format!(
         "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {supported:?}"
     );
-    let mut response = status_response(StatusCode::FORBIDDEN, "Forbidden", &message);
+    let mut response = failure_response(StatusCode::FORBIDDEN, reason::FORBIDDEN, message);
     for protocol in supported {
         response
             .headers_mut()
@@ -129,7 +129,7 @@ pub(crate) fn websocket_forbidden(offered: &[String], supported: &[&str]) -> Res
     let message = format!(
         "unable to upgrade: requested protocol(s) are not supported: {offered:?}; supports {supported:?}"
     );
-    status_response(StatusCode::FORBIDDEN, "Forbidden", &message)
+    failure_response(StatusCode::FORBIDDEN, reason::FORBIDDEN, message)
 }
 
 /// `101` for SPDY, confirming the negotiated protocol (kubectl refuses the upgrade otherwise).

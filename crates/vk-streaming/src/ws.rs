@@ -25,7 +25,7 @@ use tokio_util::sync::PollSender;
 use tracing::debug;
 
 use crate::idle::Activity;
-use crate::status::StatusFormat;
+use crate::outcome::StatusFormat;
 
 /// Channel byte of the v5 half-close signal.
 const STREAM_CLOSE: u8 = 0xFF;

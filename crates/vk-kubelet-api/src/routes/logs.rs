@@ -16,7 +16,9 @@ use axum::response::{IntoResponse, Response};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use tokio_util::io::ReaderStream;
 use tracing::{debug, instrument};
+use vk_core::ProviderError;
 use vk_core::streams::LogRequest;
+use vk_streaming::status::provider_error_message;
 
 use super::NodeApi;
 use crate::pods::container_names;
@@ -169,7 +171,7 @@ async fn logs(
         .map_err(|e| {
             api.metrics
                 .error(&api.node, "kubelet_api_logs", e.metric_label());
-            ApiError::from_provider(&e)
+            log_refusal(&e)
         })?;
     // The body streams as the backend produces it (chunked). When the client goes away hyper
     // drops the body, which drops the reader, which ends the backend's follow.
@@ -180,6 +182,21 @@ async fn logs(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     Ok(resp)
+}
+
+/// A backend's error on a log request: the shared mapping ([`ApiError::from_provider`]) but for
+/// `NotFound`, which is 400 here as in the kubelet. Pod and container were already checked
+/// against the API object (404 above), so a backend's `NotFound` at this point means that the
+/// instance the options ask for is missing (no previous instance, not started yet); the kubelet
+/// answers every such refusal 400 (`getContainerLogs`: `GetKubeletContainerLogs` errors are
+/// written with `http.StatusBadRequest`), and the API server relays a kubelet's 400 to kubectl
+/// as `BadRequest` with the kubelet's message, where a 404 would become its generic "the server
+/// could not find the requested resource".
+fn log_refusal(err: &ProviderError) -> ApiError {
+    match err {
+        ProviderError::NotFound(_) => ApiError::bad_request(provider_error_message(err)),
+        _ => ApiError::from_provider(err),
+    }
 }
 
 #[cfg(test)]
@@ -288,5 +305,30 @@ mod tests {
     fn since_seconds_far_in_the_past_saturates() {
         let r = parse(&format!("sinceSeconds={}", i64::MAX)).unwrap();
         assert_eq!(r.since, Some(Timestamp::MIN));
+    }
+
+    #[test]
+    fn backend_refusals_are_400_as_in_the_kubelet() {
+        let e = log_refusal(&ProviderError::NotFound(
+            "previous terminated container".into(),
+        ));
+        assert_eq!((e.code.as_u16(), e.reason), (400, "BadRequest"));
+        assert_eq!(e.message, "previous terminated container");
+        let e = log_refusal(&ProviderError::InvalidInput("not started".into()));
+        assert_eq!((e.code.as_u16(), e.reason), (400, "BadRequest"));
+        // The rest is the shared mapping: a backend without logs is 501.
+        for err in [
+            ProviderError::NotSupported("logs".into()),
+            ProviderError::transient("x"),
+            ProviderError::Other("x".into()),
+        ] {
+            assert_eq!(log_refusal(&err), ApiError::from_provider(&err));
+        }
+        assert_eq!(
+            log_refusal(&ProviderError::NotSupported("logs".into()))
+                .code
+                .as_u16(),
+            501
+        );
     }
 }

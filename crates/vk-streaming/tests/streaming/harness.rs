@@ -16,9 +16,9 @@ use axum::routing::any;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-use vk_core::provider::DynProvider;
-use vk_core::streams::{AttachRequest, Duplex, ExecRequest, ExecSession, TerminalSize};
-use vk_core::{
+use vk_provider_api::provider::DynProvider;
+use vk_provider_api::streams::{AttachRequest, Duplex, ExecRequest, ExecSession, TerminalSize};
+use vk_provider_api::{
     BackendPod, NodeResources, PodKey, Provider, ProviderError, ProviderSinks, ResolvedPod,
 };
 use vk_streaming::{

@@ -11,7 +11,7 @@ use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vk_core::streams::TerminalSize;
+use vk_provider_api::streams::TerminalSize;
 use vk_spdy::{Config, Connection, Headers, Incoming, Role, Stream};
 use vk_streaming::StreamConfig;
 

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
-use vk_core::streams::TerminalSize;
+use vk_provider_api::streams::TerminalSize;
 use vk_streaming::StreamConfig;
 
 use crate::harness::{Event, exec_query, process_gone, server};
