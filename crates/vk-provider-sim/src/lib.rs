@@ -26,8 +26,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
 use parking_lot::Mutex;
 use rand::Rng;
-use vk_core::resolve::{PodAddresses, ResolvedVolume};
-use vk_core::{
+use vk_provider_api::resolution::{PodAddresses, ResolvedVolume};
+use vk_provider_api::{
     BackendPod, NodeResources, PodKey, PodUpdate, Provider, ProviderError, ProviderLimits,
     ProviderSinks, ResolvedPod,
 };
@@ -502,7 +502,10 @@ impl Provider for SimProvider {
                 .lock()
                 .entry(key.uid.clone())
                 .or_insert_with(|| {
-                    received::Received::new(&vk_core::resolve::Resolution::default(), &addresses)
+                    received::Received::new(
+                        &vk_provider_api::resolution::Resolution::default(),
+                        &addresses,
+                    )
                 });
         }
         inner.record_received(&key.uid, |r| {

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
-use vk_core::resolve::{FilesKind, PodAddresses, Resolution, ResolvedVolume, ResolvedVolumeSource};
+use vk_provider_api::resolution::{
+    FilesKind, PodAddresses, Resolution, ResolvedVolume, ResolvedVolumeSource,
+};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -88,7 +90,7 @@ impl Received {
         let mut args = BTreeMap::new();
         for c in &resolution.containers {
             env.insert(c.name.clone(), c.render_env(addresses));
-            let render = |list: &Option<Vec<vk_core::resolve::Template>>| {
+            let render = |list: &Option<Vec<vk_provider_api::resolution::Template>>| {
                 list.as_ref()
                     .map(|l| l.iter().map(|t| t.render(addresses)).collect::<Vec<_>>())
             };

@@ -5,7 +5,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use parking_lot::Mutex;
-use vk_core::{PodKey, PodUpdate, Provider, ProviderError, ProviderSinks, ResolvedPod};
+use vk_provider_api::{PodKey, PodUpdate, Provider, ProviderError, ProviderSinks, ResolvedPod};
 
 use super::*;
 
