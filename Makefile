@@ -4,7 +4,8 @@
 #                          ARGS go to the integration-test run, e.g. `make test ARGS=harness`
 #   make lint              cargo fmt --check and clippy
 #   make unit              unit tests only (no cluster needed)
-#   make cluster-up        start a dev control plane in .cluster/dev; prints the export line:
+#   make cluster-up        start the dev control plane (.cluster/dev) and a backend one
+#                          (.cluster/backend, for the kube provider); prints the export line:
 #                          eval "$(make -s cluster-up)"
 #   make integration       integration tests against the dev control plane
 #   make cluster-down      stop it
@@ -16,6 +17,8 @@
 
 SHELL := /bin/bash
 CLUSTER_DIR ?= .cluster/dev
+# The second control plane the kube provider's tests burst into.
+BACKEND_DIR ?= .cluster/backend
 ARGS ?=
 
 .PHONY: test lint unit integration cluster-up cluster-down build run bench
@@ -35,15 +38,18 @@ unit:
 	cargo nextest run --workspace --locked --lib --bins --no-tests=warn
 
 integration:
-	VKUBELET_TEST_KUBECONFIG=$(abspath $(CLUSTER_DIR))/admin.kubeconfig VKUBELET_TEST_REQUIRE_CLUSTER=1 \
+	VKUBELET_TEST_KUBECONFIG=$(abspath $(CLUSTER_DIR))/admin.kubeconfig \
+	  VKUBELET_TEST_BACKEND_KUBECONFIG=$(abspath $(BACKEND_DIR))/admin.kubeconfig VKUBELET_TEST_REQUIRE_CLUSTER=1 \
 	  cargo nextest run --workspace --locked --tests -E 'kind(test)' $(ARGS)
 
 cluster-up:
 	@kubeconfig=$$(scripts/cluster.sh up $(CLUSTER_DIR)) && \
-	  echo "export KUBECONFIG=$$kubeconfig VKUBELET_TEST_KUBECONFIG=$$kubeconfig"
+	  backend=$$(scripts/cluster.sh up $(BACKEND_DIR)) && \
+	  echo "export KUBECONFIG=$$kubeconfig VKUBELET_TEST_KUBECONFIG=$$kubeconfig VKUBELET_TEST_BACKEND_KUBECONFIG=$$backend"
 
 cluster-down:
 	scripts/cluster.sh down $(CLUSTER_DIR)
+	scripts/cluster.sh down $(BACKEND_DIR)
 
 build:
 	cargo build --release --locked -p vkubelet

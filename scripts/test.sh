@@ -18,6 +18,8 @@ if [ "${1:-}" = "--" ]; then shift; fi
 EXTRA_ARGS=("$@")
 
 CLUSTER_DIR=$ROOT/target/test-cluster
+# A second control plane: the backend cluster the kube provider bursts into.
+BACKEND_DIR=$ROOT/target/test-cluster-backend
 PROFILE=default
 if [ "${CI:-}" = true ]; then PROFILE=ci; fi
 
@@ -63,24 +65,26 @@ unit_tests() {
 
 cluster_down() {
   scripts/cluster.sh down "$CLUSTER_DIR" >/dev/null 2>&1 || true
+  scripts/cluster.sh down "$BACKEND_DIR" >/dev/null 2>&1 || true
 }
 
 integration_tests() {
   cluster_down                        # a cluster left running by an interrupted run
-  rm -rf "$CLUSTER_DIR" || return 1   # start from an empty etcd
+  rm -rf "$CLUSTER_DIR" "$BACKEND_DIR" || return 1   # start from an empty etcd
   trap cluster_down EXIT
-  local kubeconfig
+  local kubeconfig backend
   kubeconfig=$(scripts/cluster.sh up "$CLUSTER_DIR") || return 1
-  export VKUBELET_TEST_KUBECONFIG=$kubeconfig
+  backend=$(scripts/cluster.sh up "$BACKEND_DIR") || return 1
+  export VKUBELET_TEST_KUBECONFIG=$kubeconfig VKUBELET_TEST_BACKEND_KUBECONFIG=$backend
   # Streaming tests run with both kubectls: the installed one (WebSocket) and 1.20 (SPDY).
   VKUBELET_KUBECTL_LEGACY=$(scripts/cluster.sh legacy-kubectl) || return 1
   export VKUBELET_KUBECTL_LEGACY
   # The cluster is up, so tests must not skip for want of one: make them fail instead.
   export VKUBELET_TEST_REQUIRE_CLUSTER=1
-  note "VKUBELET_TEST_KUBECONFIG=$kubeconfig"
+  note "VKUBELET_TEST_KUBECONFIG=$kubeconfig VKUBELET_TEST_BACKEND_KUBECONFIG=$backend"
   cargo nextest run --workspace --locked --profile "$PROFILE" --tests -E 'kind(test)' \
     --no-tests=fail "${EXTRA_ARGS[@]}" \
-    || { note "control-plane logs: $CLUSTER_DIR/logs"; return 1; }
+    || { note "control-plane logs: $CLUSTER_DIR/logs, $BACKEND_DIR/logs"; return 1; }
 }
 
 trap 'exit 130' INT

@@ -123,6 +123,13 @@ impl Amount {
         Self::parse(&q.0)
     }
 
+    /// `self - other`, at least zero (what is left of a quota).
+    pub fn saturating_sub(self, other: Amount) -> Amount {
+        Amount {
+            nanos: (self.nanos - other.nanos).max(0),
+        }
+    }
+
     pub fn is_zero(self) -> bool {
         self.nanos == 0
     }
@@ -184,6 +191,13 @@ mod tests {
 
     fn n(s: &str) -> i128 {
         Amount::parse(s).map(|a| a.nanos).unwrap_or(i128::MIN)
+    }
+
+    #[test]
+    fn saturating_sub_stops_at_zero() {
+        let a = |s| Amount::parse(s).unwrap_or(Amount::ZERO);
+        assert_eq!(a("2").saturating_sub(a("500m")), a("1500m"));
+        assert_eq!(a("1").saturating_sub(a("2")), Amount::ZERO);
     }
 
     #[test]

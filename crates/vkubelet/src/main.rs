@@ -15,12 +15,12 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use vk_core::VirtualNode;
 use vk_core::client::{ClientOptions, build_client};
 use vk_core::events::EventOptions;
 use vk_core::metrics::Metrics;
 use vk_core::node::NodeConfig;
 use vk_core::pod::PodControllerConfig;
+use vk_core::{Provider, VirtualNode};
 use vk_kubelet_api::{
     ApiMetrics, Auth, AuthConfig, ControllerPods, KubeletServer, NodeApi,
     SubjectAccessReviewAuthorizer, TokenReviewAuthenticator, tls,
@@ -88,7 +88,7 @@ struct NodeArgs {
     #[arg(long, env = "VKUBELET_NODE_NAME", default_value = "virtual-kubelet")]
     node_name: String,
     /// Backend provider (ignored with --config). Available: process (local sandboxed
-    /// processes), sim (simulated).
+    /// processes), sim (simulated), kube (another Kubernetes API: a second cluster or CCI).
     #[arg(long, default_value = "process")]
     provider: String,
     /// Provider settings file, YAML or JSON (ignored with --config).
@@ -415,7 +415,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             spec.provider_config.as_ref(),
             spec.provider_config_file.as_deref(),
         )?;
-        let provider = providers::build(&spec.provider, settings, &node_ip)
+        let build_ctx = providers::BuildContext {
+            node_name: &spec.name,
+            node_ip: &node_ip,
+            source: Some(&client),
+            metrics: metrics.clone(),
+        };
+        let provider = providers::build(&spec.provider, settings, &build_ctx)
+            .await
             .with_context(|| format!("node {}: provider {}", spec.name, spec.provider))?;
         // Bound before the node registers, so the status advertises the port really served
         // (a free one with --kubelet-port 0) and a taken port stops start-up.
@@ -610,13 +617,43 @@ async fn serve_metrics(
 
 async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
     let specs = args.nodes.specs()?;
+    let metrics = Metrics::new();
+    // The source cluster: for --delete-node, and for the kube provider's cluster id.
+    let source = match kube_config(args.cluster.kubeconfig.as_ref()).await {
+        Ok(config) => Some(build_client(
+            config,
+            ClientOptions::default(),
+            metrics.clone(),
+        )?),
+        Err(e) if args.delete_node => return Err(e),
+        Err(_) => None,
+    };
     let mut total = 0;
+    let mut left = Vec::new();
     for spec in &specs {
         let settings = provider_settings(
             spec.provider_config.as_ref(),
             spec.provider_config_file.as_deref(),
         )?;
-        let provider = providers::build(&spec.provider, settings, "127.0.0.1")?;
+        let ctx = providers::BuildContext {
+            node_name: &spec.name,
+            node_ip: "127.0.0.1",
+            source: source.as_ref(),
+            metrics: metrics.clone(),
+        };
+        if spec.provider == "kube" {
+            let kube = providers::build_kube(&settings, &ctx).await?;
+            let n = kube
+                .cleanup_all()
+                .await
+                .with_context(|| format!("cleaning up node {}", spec.name))?;
+            total += n;
+            let remaining = kube.wait_until_clean(Duration::from_secs(120)).await;
+            info!(node = %spec.name, pods = n, left = remaining.len(), "cleaned up the backend");
+            left.extend(remaining);
+            continue;
+        }
+        let provider = providers::build(&spec.provider, settings, &ctx).await?;
         provider
             .start(vk_core::ProviderSinks::discard())
             .await
@@ -628,9 +665,16 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
         info!(node = %spec.name, pods = n, "removed backend pods");
         total += n;
     }
+    if !left.is_empty() {
+        bail!(
+            "removed {total} backend pod(s), but these are still there: {}",
+            left.join(", ")
+        );
+    }
     if args.delete_node {
-        let config = kube_config(args.cluster.kubeconfig.as_ref()).await?;
-        let client = build_client(config, ClientOptions::default(), Metrics::new())?;
+        let Some(client) = source else {
+            bail!("--delete-node needs the source cluster");
+        };
         let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
         for spec in &specs {
             match api.delete(&spec.name, &Default::default()).await {

@@ -3,17 +3,78 @@
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Namespace;
 use vk_core::DynProvider;
+use vk_core::client::{ClientOptions, build_client};
+use vk_core::metrics::Metrics;
 
-pub const AVAILABLE: &[&str] = &["process", "sim"];
+pub const AVAILABLE: &[&str] = &["process", "sim", "kube"];
+
+/// What a provider may need besides its settings.
+pub struct BuildContext<'a> {
+    pub node_name: &'a str,
+    pub node_ip: &'a str,
+    /// The source cluster (the kube provider reads its id from it).
+    pub source: Option<&'a kube::Client>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The source cluster's id: the UID of its `kube-system` namespace (the seeds' cluster ID).
+async fn source_cluster_id(source: Option<&kube::Client>) -> anyhow::Result<String> {
+    let Some(client) = source else {
+        bail!(
+            "the kube provider needs clusterID in its config when no source cluster is reachable"
+        );
+    };
+    let api: kube::Api<Namespace> = kube::Api::all(client.clone());
+    let ns = api.get("kube-system").await.context(
+        "reading the source cluster's kube-system namespace for its id (or set clusterID)",
+    )?;
+    ns.metadata
+        .uid
+        .context("the source cluster's kube-system namespace has no uid")
+}
+
+/// The kube provider, concretely (cleanup needs more than the trait).
+pub async fn build_kube(
+    settings: &serde_json::Value,
+    ctx: &BuildContext<'_>,
+) -> anyhow::Result<vk_provider_kube::KubeProvider> {
+    let text = serde_json::to_string(settings)?;
+    let cfg = vk_provider_kube::KubeConfig::parse(&text)?;
+    let cluster_id = match &cfg.cluster_id {
+        Some(id) => id.clone(),
+        None => source_cluster_id(ctx.source).await?,
+    };
+    let config = cfg.client_config().await?;
+    let client = build_client(
+        config,
+        ClientOptions {
+            qps: cfg.qps,
+            burst: cfg.burst,
+            ..Default::default()
+        },
+        ctx.metrics.clone(),
+    )
+    .context("building the backend API client")?;
+    Ok(vk_provider_kube::KubeProvider::new(
+        client,
+        cfg,
+        ctx.node_name,
+        ctx.node_ip,
+        cluster_id,
+    ))
+}
 
 /// Build the provider `kind` from its settings (a JSON value from inline config or a file).
-pub fn build(
+pub async fn build(
     kind: &str,
     settings: serde_json::Value,
-    node_ip: &str,
+    ctx: &BuildContext<'_>,
 ) -> anyhow::Result<DynProvider> {
+    let node_ip = ctx.node_ip;
     match kind {
+        "kube" => Ok(Arc::new(build_kube(&settings, ctx).await?)),
         "process" => {
             let text = serde_json::to_string(&settings)?;
             let cfg = vk_provider_process::ProcessConfig::parse(&text)

@@ -8,6 +8,8 @@
 //! own and its webhook tolerates only that value and only touches the test's namespace, so other
 //! tests' nodes and pods never mix in.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -626,20 +626,7 @@ impl PodController {
             Backend::Absent if !entry.restart_pending && was_started(&pod) => {
                 self.instance_lost(&entry, &pod).await
             }
-            Backend::Absent => {
-                let mut problems = unsupported_features(&pod);
-                problems.extend(self.cfg.sizing.spec_problems(&pod));
-                if !problems.is_empty() {
-                    let message = format!(
-                        "Pod cannot run on virtual node {} (provider {}): {}",
-                        self.cfg.node_name,
-                        self.provider.kind(),
-                        problems.join("; ")
-                    );
-                    return self.reject(&entry, &pod, UNSUPPORTED_REASON, message).await;
-                }
-                self.create(&entry, &pod).await
-            }
+            Backend::Absent => self.create(&entry, &pod).await,
             Backend::Present => {
                 if entry.applied_spec.is_some_and(|h| h != entry.api_spec)
                     && let Some(next) = self.update(&entry, &pod).await?
@@ -807,6 +794,19 @@ impl PodController {
                 _ => return Ok(Next::Done), // gone; the watch will say so
             }
         };
+        // Checked on the whole spec: a running pod's stored copy is slimmed, and a lost
+        // instance is re-created from the fetched pod.
+        let mut problems = unsupported_features(pod);
+        problems.extend(self.cfg.sizing.spec_problems(pod));
+        if !problems.is_empty() {
+            let message = format!(
+                "Pod cannot run on virtual node {} (provider {}): {}",
+                self.cfg.node_name,
+                self.provider.kind(),
+                problems.join("; ")
+            );
+            return self.reject(entry, pod, UNSUPPORTED_REASON, message).await;
+        }
         let (sized, size) = match self.sized(pod) {
             Ok(sized) => sized,
             Err(message) => {

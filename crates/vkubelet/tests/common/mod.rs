@@ -68,6 +68,14 @@ impl Vk {
         Self::launch(env, "process", "vk", dir, cfg, extra_args)
     }
 
+    /// Start vkubelet with the kube provider (`cfg` is its provider config).
+    pub fn start_kube(env: &TestEnv, cfg: serde_json::Value, extra_args: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("vkubelet-e2e-kube-{}", env.namespace()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        Self::launch(env, "kube", "vk", dir, cfg, extra_args)
+    }
+
     fn launch(
         env: &TestEnv,
         provider: &'static str,
@@ -174,19 +182,25 @@ impl Vk {
 
     /// Run `vkubelet cleanup` for this node's provider config; returns its stdout.
     pub fn cleanup(&self) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_vkubelet"))
-            .arg("cleanup")
-            .args(["--provider", self.provider, "--node-name", &self.node])
-            .arg("--provider-config")
-            .arg(self.dir.join("provider.json"))
-            .output()
-            .expect("run cleanup");
+        let out = self.cleanup_command().output().expect("run cleanup");
         assert!(
             out.status.success(),
             "cleanup failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `vkubelet cleanup` for this node's provider (with the source cluster's kubeconfig).
+    pub fn cleanup_command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vkubelet"));
+        cmd.arg("cleanup")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--provider", self.provider, "--node-name", &self.node])
+            .arg("--provider-config")
+            .arg(self.dir.join("provider.json"));
+        cmd
     }
 
     /// Override the sim backend's behaviour at runtime (see vk-provider-sim's controlFile).
@@ -304,13 +318,11 @@ impl Vk {
 impl Drop for Vk {
     fn drop(&mut self) {
         self.kill9();
-        if self.provider == "process" {
-            // Pods outlive vkubelet by design; never leave a test's processes behind.
-            let _ = Command::new(env!("CARGO_BIN_EXE_vkubelet"))
-                .arg("cleanup")
-                .args(["--provider", "process", "--node-name", &self.node])
-                .arg("--provider-config")
-                .arg(self.dir.join("provider.json"))
+        if self.provider == "process" || self.provider == "kube" {
+            // Pods outlive vkubelet by design; never leave a test's processes (or backend
+            // objects) behind.
+            let _ = self
+                .cleanup_command()
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();

@@ -1,0 +1,1081 @@
+//! The `kube` provider: runs a virtual node's pods in another Kubernetes API — a second cluster,
+//! or a Kubernetes-shaped serverless service such as Huawei CCI, whose API is Kubernetes' own.
+//!
+//! It owns, on the backend: one managed namespace per install (`cce-burst-<cluster-id>`, or the
+//! source namespace's name with `namespaceMapping: sameName`), and in it one pod per source pod
+//! plus that pod's Secrets/ConfigMaps (env, volume contents, pull credentials), owned by the
+//! backend pod so the backend's garbage collector removes them with it. It writes nowhere else.
+//!
+//! Invariants:
+//! - a backend pod's name comes from the source UID (`identity`), so a create after a restart or
+//!   a retry finds the pod it made instead of making a second one;
+//! - what the backend reports comes back through one watch per node (selected by the install's
+//!   labels), pushed to the core as it changes; a backend pod that disappears is reported `Gone`
+//!   and the core applies the pod's restartPolicy;
+//! - nothing secret travels in a backend pod spec: resolved env and file data go in per-pod
+//!   Secrets (`translate`).
+
+pub mod config;
+pub mod identity;
+pub mod status;
+pub mod streams;
+pub mod translate;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event as CoreEvent, Namespace, Pod, ResourceQuota, Secret,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use vk_provider_api::quantity::Amount;
+use vk_provider_api::resolution::ResolvedVolume;
+use vk_provider_api::streams::{
+    AttachRequest, ByteReader, Duplex, ExecRequest, ExecSession, LogRequest,
+};
+use vk_provider_api::{
+    BackendPod, NodeResources, PodKey, PodUpdate, Provider, ProviderError, ProviderSinks,
+    ResolvedPod,
+};
+
+pub use config::{ConfigError, KubeConfig, NamespaceMapping};
+
+use crate::config::CALL_TIMEOUT;
+use crate::translate::{TranslateContext, Translation};
+
+/// How long backend pods may stay Unschedulable (no backend node has room) before the virtual
+/// node declares itself sold out and stops attracting pods.
+const SOLD_OUT_AFTER: Duration = Duration::from_secs(30);
+
+/// A backend API error as the provider contract's kind, which decides the core's reaction.
+pub fn api_error(op: &str, e: kube::Error) -> ProviderError {
+    match e {
+        kube::Error::Api(s) => {
+            let message = format!("{op}: backend API: {} ({})", s.message, s.reason);
+            match s.code {
+                403 if s.message.contains("exceeded quota") => {
+                    ProviderError::QuotaExceeded(message)
+                }
+                404 => ProviderError::NotFound(message),
+                400 | 422 => ProviderError::InvalidInput(message),
+                409 | 429 | 500..=599 => ProviderError::transient(message),
+                _ => ProviderError::Other(message),
+            }
+        }
+        other => ProviderError::transient(format!("{op}: backend API unreachable: {other}")),
+    }
+}
+
+async fn timed<T>(
+    op: &str,
+    f: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ProviderError> {
+    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| api_error(op, e)),
+        Err(_) => Err(ProviderError::transient(format!(
+            "{op}: the backend API gave no answer within {CALL_TIMEOUT:?}"
+        ))),
+    }
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+#[derive(Default)]
+struct State {
+    sinks: OnceLock<ProviderSinks>,
+    /// Backend pods of this node by source UID → (backend namespace, backend name).
+    pods: Mutex<HashMap<String, (String, String)>>,
+    /// Source UID → since when its backend pod cannot be scheduled.
+    unschedulable: Mutex<HashMap<String, (Instant, String)>>,
+    /// Backend namespaces known to exist (sameName mapping creates them on demand).
+    namespaces: Mutex<HashSet<String>>,
+    /// Source UIDs whose backend pod this provider is deleting (on the core's request).
+    deleting: Mutex<HashSet<String>>,
+    /// Event UIDs → count already forwarded.
+    events: Mutex<HashMap<String, i32>>,
+    last_quota_error: Mutex<Option<(Instant, String)>>,
+}
+
+impl State {
+    fn push(&self, uid: &str, update: PodUpdate) {
+        if let Some(s) = self.sinks.get() {
+            s.pod(uid, update);
+        }
+    }
+
+    fn node_changed(&self) {
+        if let Some(s) = self.sinks.get() {
+            s.node_changed();
+        }
+    }
+}
+
+/// The provider: a cheap handle on the shared state its watch tasks also hold.
+#[derive(Clone)]
+pub struct KubeProvider {
+    inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    client: kube::Client,
+    cfg: KubeConfig,
+    node: String,
+    node_ip: String,
+    cluster_id: String,
+    /// The managed namespace (also the home of ResourceQuota-based capacity).
+    namespace: String,
+    state: Arc<State>,
+    cancel: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl KubeProvider {
+    /// `client` talks to the backend; `cluster_id` identifies the source cluster (the config's
+    /// `clusterID`, else the UID of its `kube-system` namespace).
+    pub fn new(
+        client: kube::Client,
+        cfg: KubeConfig,
+        node: impl Into<String>,
+        node_ip: impl Into<String>,
+        cluster_id: impl Into<String>,
+    ) -> Self {
+        let cluster_id = cluster_id.into();
+        let namespace = cfg
+            .namespace
+            .clone()
+            .unwrap_or_else(|| managed_namespace_name(&cluster_id));
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                cfg,
+                node: node.into(),
+                node_ip: node_ip.into(),
+                cluster_id,
+                namespace,
+                state: Arc::new(State::default()),
+                cancel: CancellationToken::new(),
+            }),
+        }
+    }
+
+    pub fn managed_namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.inner.cluster_id
+    }
+
+    /// After [`Provider::cleanup_all`]: wait up to `timeout` until nothing of the install is
+    /// left on the backend; returns what still is (empty: clean).
+    pub async fn wait_until_clean(&self, timeout: Duration) -> Vec<String> {
+        let ns = (self.cfg.namespace_mapping == NamespaceMapping::Managed)
+            .then_some(self.inner.namespace.as_str());
+        leftovers(&self.inner.client, &self.inner.cluster_id, ns, timeout).await
+    }
+}
+
+impl Inner {
+    fn backend_namespace(&self, key: &PodKey) -> String {
+        match self.cfg.namespace_mapping {
+            NamespaceMapping::Managed => self.namespace.clone(),
+            NamespaceMapping::SameName => key.namespace.clone(),
+        }
+    }
+
+    fn pods_api(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// The watch scope: the managed namespace, or every namespace with sameName mapping.
+    fn watched_pods(&self) -> Api<Pod> {
+        match self.cfg.namespace_mapping {
+            NamespaceMapping::Managed => self.pods_api(&self.namespace),
+            NamespaceMapping::SameName => Api::all(self.client.clone()),
+        }
+    }
+
+    fn selector(&self) -> String {
+        identity::node_selector(&self.cluster_id, &self.node)
+    }
+
+    /// Create the backend namespace unless it is known to exist.
+    async fn ensure_namespace(&self, name: &str) -> Result<(), ProviderError> {
+        if self.state.namespaces.lock().contains(name) {
+            return Ok(());
+        }
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                labels: Some(
+                    [
+                        (
+                            identity::MANAGED_BY_LABEL.to_string(),
+                            identity::MANAGED_BY.to_string(),
+                        ),
+                        (
+                            identity::CLUSTER_ID_LABEL.to_string(),
+                            self.cluster_id.clone(),
+                        ),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &ns)).await {
+            Ok(Ok(_)) => info!(namespace = name, "created the backend namespace"),
+            Ok(Err(e)) if is_status(&e, 409) => {}
+            // Allowed to use a namespace made by an administrator, not to create one.
+            Ok(Err(e)) if is_status(&e, 403) => {
+                timed("reading the backend namespace", api.get(name)).await?;
+            }
+            Ok(Err(e)) => return Err(api_error("creating the backend namespace", e)),
+            Err(_) => {
+                return Err(ProviderError::transient(
+                    "creating the backend namespace: no answer",
+                ));
+            }
+        }
+        self.state.namespaces.lock().insert(name.to_string());
+        Ok(())
+    }
+
+    fn context(&self, key: &PodKey, restart_base: i32) -> TranslateContext {
+        TranslateContext {
+            namespace: self.backend_namespace(key),
+            name: identity::backend_name(key),
+            labels: identity::pod_labels(&self.cluster_id, &self.node, key),
+            annotations: identity::pod_annotations(key, restart_base),
+            node_ip: self.node_ip.clone(),
+            pass_through_pvcs: self.cfg.pass_through_pvcs,
+        }
+    }
+
+    /// Create a per-pod object, or bring the one a previous attempt made up to date.
+    async fn put_secret(&self, ns: &str, s: &Secret) -> Result<(), ProviderError> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let name = s.metadata.name.clone().unwrap_or_default();
+        match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), s)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if is_status(&e, 409) => {
+                let patch = serde_json::json!({"data": s.data, "type": s.type_});
+                timed(
+                    "updating a per-pod Secret",
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+                )
+                .await
+                .map(|_| ())
+            }
+            Ok(Err(e)) => Err(api_error("creating a per-pod Secret", e)),
+            Err(_) => Err(ProviderError::transient(
+                "creating a per-pod Secret: no answer",
+            )),
+        }
+    }
+
+    async fn put_config_map(&self, ns: &str, c: &ConfigMap) -> Result<(), ProviderError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        let name = c.metadata.name.clone().unwrap_or_default();
+        match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), c)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if is_status(&e, 409) => {
+                let patch = serde_json::json!({"data": c.data, "binaryData": c.binary_data});
+                timed(
+                    "updating a per-pod ConfigMap",
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+                )
+                .await
+                .map(|_| ())
+            }
+            Ok(Err(e)) => Err(api_error("creating a per-pod ConfigMap", e)),
+            Err(_) => Err(ProviderError::transient(
+                "creating a per-pod ConfigMap: no answer",
+            )),
+        }
+    }
+
+    /// Make the per-pod objects dependents of the backend pod: the backend's garbage collector
+    /// then deletes them with it, whoever deletes the pod.
+    async fn adopt_objects(
+        &self,
+        ns: &str,
+        t: &Translation,
+        pod: &Pod,
+    ) -> Result<(), ProviderError> {
+        let (Some(uid), Some(name)) = (pod.metadata.uid.clone(), pod.metadata.name.clone()) else {
+            return Ok(());
+        };
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name,
+            uid,
+            controller: None,
+            block_owner_deletion: None,
+        };
+        let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
+        let pp = PatchParams::default();
+        for s in &t.secrets {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+            let n = s.metadata.name.clone().unwrap_or_default();
+            timed(
+                "owning a per-pod Secret",
+                api.patch(&n, &pp, &Patch::Merge(&patch)),
+            )
+            .await?;
+        }
+        for c in &t.config_maps {
+            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+            let n = c.metadata.name.clone().unwrap_or_default();
+            timed(
+                "owning a per-pod ConfigMap",
+                api.patch(&n, &pp, &Patch::Merge(&patch)),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// One watch per node: backend pod changes become status pushes, deletions `Gone`.
+    async fn watch_pods(self: Arc<Self>) {
+        let cfg = watcher::Config::default().labels(&self.selector());
+        let mut stream = watcher::watcher(self.watched_pods(), cfg)
+            .default_backoff()
+            .boxed();
+        let mut relist: Option<HashSet<String>> = None;
+        let mut failing = false;
+        loop {
+            let next = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                e = stream.next() => e,
+            };
+            let Some(event) = next else { return };
+            match event {
+                Ok(Event::Init) => relist = Some(HashSet::new()),
+                Ok(Event::InitApply(pod)) => {
+                    if let Some(uid) = self.observe(&pod)
+                        && let Some(seen) = relist.as_mut()
+                    {
+                        seen.insert(uid);
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    if failing {
+                        info!(node = %self.node, "backend pod watch recovered");
+                        failing = false;
+                    }
+                    // Pods that vanished while the watch was down.
+                    if let Some(seen) = relist.take() {
+                        let gone: Vec<String> = self
+                            .state
+                            .pods
+                            .lock()
+                            .keys()
+                            .filter(|uid| !seen.contains(*uid))
+                            .cloned()
+                            .collect();
+                        for uid in gone {
+                            self.forget(&uid);
+                        }
+                    }
+                }
+                Ok(Event::Apply(pod)) => {
+                    self.observe(&pod);
+                }
+                Ok(Event::Delete(pod)) => {
+                    if let Some(key) = identity::source_key(&pod) {
+                        self.forget(&key.uid);
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        warn!(node = %self.node, error = %e, "backend pod watch failed; retrying");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Record a backend pod and push its status; returns its source UID.
+    fn observe(&self, pod: &Pod) -> Option<String> {
+        let key = identity::source_key(pod)?;
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        self.state.pods.lock().insert(key.uid.clone(), (ns, name));
+        {
+            let mut stuck = self.state.unschedulable.lock();
+            let before = stuck.len();
+            match status::unschedulable(pod) {
+                Some(message) => {
+                    stuck
+                        .entry(key.uid.clone())
+                        .or_insert((Instant::now(), message));
+                }
+                None => {
+                    stuck.remove(&key.uid);
+                }
+            }
+            if stuck.len() != before {
+                self.state.node_changed();
+            }
+        }
+        // A backend pod someone else is deleting (by hand, an eviction, a drain) is about to be
+        // lost: its terminating containers are not the source pod's end, whose restartPolicy
+        // decides once the backend pod is gone.
+        let foreign_delete = pod.metadata.deletion_timestamp.is_some()
+            && !self.state.deleting.lock().contains(&key.uid);
+        if !foreign_delete
+            && let Some(s) = status::source_status(pod, &self.node_ip, identity::restart_base(pod))
+        {
+            self.state.push(&key.uid, PodUpdate::Status(Arc::new(s)));
+        }
+        Some(key.uid)
+    }
+
+    fn forget(&self, uid: &str) {
+        self.state.deleting.lock().remove(uid);
+        let known = self.state.pods.lock().remove(uid).is_some();
+        self.state.unschedulable.lock().remove(uid);
+        if known {
+            self.state.push(uid, PodUpdate::Gone);
+        }
+    }
+
+    /// The backend's events about our pods, re-emitted on the source pods.
+    async fn watch_events(self: Arc<Self>) {
+        let api: Api<CoreEvent> = match self.cfg.namespace_mapping {
+            NamespaceMapping::Managed => Api::namespaced(self.client.clone(), &self.namespace),
+            NamespaceMapping::SameName => Api::all(self.client.clone()),
+        };
+        let cfg = watcher::Config::default().fields("involvedObject.kind=Pod");
+        let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+        let mut started = false;
+        loop {
+            let next = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                e = stream.next() => e,
+            };
+            let Some(event) = next else { return };
+            match event {
+                // Events from before this start were forwarded by an earlier one (or are old).
+                Ok(Event::InitApply(e)) => self.remember_event(&e),
+                Ok(Event::InitDone) => started = true,
+                Ok(Event::Apply(e)) if started => self.forward_event(&e),
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "backend event watch failed; retrying"),
+            }
+        }
+    }
+
+    fn remember_event(&self, e: &CoreEvent) {
+        if let Some(uid) = e.metadata.uid.clone() {
+            self.state.events.lock().insert(uid, e.count.unwrap_or(1));
+        }
+    }
+
+    fn forward_event(&self, e: &CoreEvent) {
+        let Some(event_uid) = e.metadata.uid.clone() else {
+            return;
+        };
+        let count = e.count.unwrap_or(1);
+        {
+            let mut seen = self.state.events.lock();
+            if seen.get(&event_uid).is_some_and(|c| *c >= count) {
+                return;
+            }
+            // Bounded: forget the oldest half when it grows large.
+            if seen.len() > 10_000 {
+                seen.clear();
+            }
+            seen.insert(event_uid, count);
+        }
+        let reason = e.reason.clone().unwrap_or_default();
+        // The backend's scheduler placing our pod is not news for the source pod.
+        if reason == "Scheduled" {
+            return;
+        }
+        let backend_name = e.involved_object.name.clone().unwrap_or_default();
+        let uid = self
+            .state
+            .pods
+            .lock()
+            .iter()
+            .find(|(_, (_, n))| *n == backend_name)
+            .map(|(uid, _)| uid.clone());
+        if let Some(uid) = uid {
+            self.state.push(
+                &uid,
+                PodUpdate::Event {
+                    warning: e.type_.as_deref() == Some("Warning"),
+                    reason,
+                    message: e.message.clone().unwrap_or_default(),
+                },
+            );
+        }
+    }
+
+    /// Quota changes move the node's allocatable (and end a sold-out spell).
+    async fn watch_quotas(self: Arc<Self>) {
+        let api: Api<ResourceQuota> = Api::namespaced(self.client.clone(), &self.namespace);
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        loop {
+            let next = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                e = stream.next() => e,
+            };
+            match next {
+                None => return,
+                Some(Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone)) => {
+                    self.state.node_changed();
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    async fn quota_resources(&self) -> Result<Option<NodeResources>, ProviderError> {
+        let api: Api<ResourceQuota> = Api::namespaced(self.client.clone(), &self.namespace);
+        let quotas = timed(
+            "reading the backend quota",
+            api.list(&ListParams::default()),
+        )
+        .await?;
+        if quotas.items.is_empty() {
+            return Ok(None);
+        }
+        let mut capacity: BTreeMap<String, Quantity> = BTreeMap::new();
+        let mut allocatable: BTreeMap<String, Quantity> = BTreeMap::new();
+        let mut exhausted = Vec::new();
+        for (resource, keys) in [
+            ("cpu", &["requests.cpu", "cpu", "limits.cpu"][..]),
+            (
+                "memory",
+                &["requests.memory", "memory", "limits.memory"][..],
+            ),
+            ("pods", &["pods", "count/pods"][..]),
+        ] {
+            let mut best: Option<(Amount, Amount)> = None;
+            for q in &quotas.items {
+                let Some(st) = q.status.as_ref() else {
+                    continue;
+                };
+                for k in keys {
+                    let hard = st
+                        .hard
+                        .as_ref()
+                        .and_then(|h| h.get(*k))
+                        .and_then(|v| Amount::of(v).ok());
+                    let used = st
+                        .used
+                        .as_ref()
+                        .and_then(|u| u.get(*k))
+                        .and_then(|v| Amount::of(v).ok())
+                        .unwrap_or(Amount::ZERO);
+                    if let Some(hard) = hard {
+                        let free = hard.saturating_sub(used);
+                        if best.is_none_or(|(_, f)| free < f) {
+                            best = Some((hard, free));
+                        }
+                    }
+                }
+            }
+            if let Some((hard, free)) = best {
+                capacity.insert(resource.into(), Quantity(hard.to_string()));
+                allocatable.insert(resource.into(), Quantity(free.to_string()));
+                if free.is_zero() {
+                    exhausted.push(resource);
+                }
+            }
+        }
+        let fallback = self.configured_capacity();
+        for (k, v) in fallback {
+            capacity.entry(k.clone()).or_insert_with(|| v.clone());
+            allocatable.entry(k).or_insert(v);
+        }
+        let message = (!exhausted.is_empty()).then(|| {
+            format!(
+                "the backend namespace {}'s ResourceQuota is used up ({})",
+                self.namespace,
+                exhausted.join(", ")
+            )
+        });
+        Ok(Some(NodeResources {
+            capacity,
+            allocatable,
+            accepting_pods: message.is_none(),
+            message,
+            ..Default::default()
+        }))
+    }
+
+    fn configured_capacity(&self) -> BTreeMap<String, Quantity> {
+        self.cfg
+            .capacity
+            .iter()
+            .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+            .collect()
+    }
+
+    /// Backend pods of this node, listed now.
+    async fn list_backend(&self) -> Result<Vec<Pod>, ProviderError> {
+        let lp = ListParams::default().labels(&self.selector());
+        Ok(timed("listing backend pods", self.watched_pods().list(&lp))
+            .await?
+            .items)
+    }
+
+    fn stream_target(&self, key: &PodKey) -> (Api<Pod>, String) {
+        (
+            self.pods_api(&self.backend_namespace(key)),
+            identity::backend_name(key),
+        )
+    }
+}
+
+/// `cce-burst-<cluster-id>`, cut to a valid namespace name.
+pub fn managed_namespace_name(cluster_id: &str) -> String {
+    let id: String = cluster_id
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+        .collect();
+    let mut name = format!("cce-burst-{id}");
+    name.truncate(63);
+    while name.ends_with('-') {
+        name.pop();
+    }
+    name
+}
+
+impl std::ops::Deref for KubeProvider {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl Provider for KubeProvider {
+    fn kind(&self) -> &str {
+        "kube"
+    }
+
+    async fn start(&self, sinks: ProviderSinks) -> Result<(), ProviderError> {
+        let _ = self.state.sinks.set(sinks);
+        if self.cfg.namespace_mapping == NamespaceMapping::Managed {
+            self.ensure_namespace(&self.namespace).await?;
+        }
+        tokio::spawn(self.inner.clone().watch_pods());
+        tokio::spawn(self.inner.clone().watch_events());
+        if self.cfg.namespace_mapping == NamespaceMapping::Managed {
+            tokio::spawn(self.inner.clone().watch_quotas());
+        }
+        Ok(())
+    }
+
+    async fn node_resources(&self) -> Result<NodeResources, ProviderError> {
+        let mut res = match self.quota_resources().await {
+            Ok(Some(r)) => r,
+            Ok(None) => NodeResources {
+                capacity: self.configured_capacity(),
+                accepting_pods: true,
+                ..Default::default()
+            },
+            Err(e) => {
+                // The node must keep heartbeating while the backend is unreachable.
+                debug!(error = %e, "no quota reading; reporting the configured capacity");
+                NodeResources {
+                    capacity: self.configured_capacity(),
+                    accepting_pods: true,
+                    ..Default::default()
+                }
+            }
+        };
+        let stuck = self
+            .state
+            .unschedulable
+            .lock()
+            .values()
+            .filter(|(since, _)| since.elapsed() >= SOLD_OUT_AFTER)
+            .map(|(_, m)| m.clone())
+            .next();
+        if res.accepting_pods
+            && let Some(message) = stuck
+        {
+            res.accepting_pods = false;
+            res.message = Some(format!(
+                "backend pods cannot be scheduled for {SOLD_OUT_AFTER:?}: {message}"
+            ));
+        }
+        Ok(res)
+    }
+
+    async fn create_pod(&self, pod: &ResolvedPod) -> Result<(), ProviderError> {
+        let ctx = self.context(&pod.key, pod.restart_count_base);
+        let ns = ctx.namespace.clone();
+        self.ensure_namespace(&ns).await?;
+        let mut t = translate::translate(pod, &ctx)?;
+        if let Some(spec) = t.pod.spec.as_mut() {
+            if !self.cfg.node_selector.is_empty() {
+                spec.node_selector = Some(self.cfg.node_selector.clone());
+            }
+            if !self.cfg.tolerations.is_empty() {
+                spec.tolerations
+                    .get_or_insert_with(Vec::new)
+                    .extend(self.cfg.tolerations.iter().cloned());
+            }
+        }
+        for s in &t.secrets {
+            self.put_secret(&ns, s).await?;
+        }
+        for c in &t.config_maps {
+            self.put_config_map(&ns, c).await?;
+        }
+        let api = self.pods_api(&ns);
+        self.state
+            .pods
+            .lock()
+            .insert(pod.key.uid.clone(), (ns.clone(), ctx.name.clone()));
+        let created =
+            match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &t.pod))
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) if is_status(&e, 409) => {
+                    // A previous attempt (or a run before a restart) made it: ours if it says so.
+                    let existing = timed("reading the backend pod", api.get(&ctx.name)).await?;
+                    match identity::source_key(&existing) {
+                        Some(k) if k.uid == pod.key.uid => existing,
+                        _ => {
+                            return Err(ProviderError::InvalidInput(format!(
+                                "backend pod {ns}/{} exists and is not this pod's",
+                                ctx.name
+                            )));
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    let err = api_error("creating the backend pod", e);
+                    if let ProviderError::QuotaExceeded(m) = &err {
+                        *self.state.last_quota_error.lock() = Some((Instant::now(), m.clone()));
+                        self.state.node_changed();
+                    }
+                    return Err(err);
+                }
+                Err(_) => {
+                    return Err(ProviderError::transient(
+                        "creating the backend pod: no answer",
+                    ));
+                }
+            };
+        self.adopt_objects(&ns, &t, &created).await?;
+        self.observe(&created);
+        Ok(())
+    }
+
+    async fn update_pod(&self, pod: &ResolvedPod) -> Result<(), ProviderError> {
+        let (api, name) = self.stream_target(&pod.key);
+        let spec = pod.pod.spec.clone().unwrap_or_default();
+        let images = |list: &[k8s_openapi::api::core::v1::Container]| {
+            list.iter()
+                .map(|c| serde_json::json!({"name": c.name, "image": c.image}))
+                .collect::<Vec<_>>()
+        };
+        let patch = serde_json::json!({
+            "spec": {
+                "containers": images(&spec.containers),
+                "initContainers": images(spec.init_containers.as_deref().unwrap_or_default()),
+                "activeDeadlineSeconds": spec.active_deadline_seconds,
+            }
+        });
+        timed(
+            "updating the backend pod",
+            api.patch(&name, &PatchParams::default(), &Patch::Strategic(&patch)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn update_volumes(
+        &self,
+        key: &PodKey,
+        volumes: &[ResolvedVolume],
+    ) -> Result<(), ProviderError> {
+        let ctx = self.context(key, 0);
+        let (secrets, config_maps) = translate::volume_objects(volumes, &ctx);
+        for s in &secrets {
+            self.put_secret(&ctx.namespace, s).await?;
+        }
+        for c in &config_maps {
+            self.put_config_map(&ctx.namespace, c).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_pod(&self, key: &PodKey, grace: Duration) -> Result<(), ProviderError> {
+        let (api, name) = self.stream_target(key);
+        self.state.deleting.lock().insert(key.uid.clone());
+        let dp = DeleteParams {
+            grace_period_seconds: Some(u32::try_from(grace.as_secs()).unwrap_or(u32::MAX)),
+            ..Default::default()
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, api.delete(&name, &dp)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if is_status(&e, 404) => {
+                self.forget(&key.uid);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(api_error("deleting the backend pod", e)),
+            Err(_) => Err(ProviderError::transient(
+                "deleting the backend pod: no answer",
+            )),
+        }
+    }
+
+    async fn list_pods(&self) -> Result<Vec<BackendPod>, ProviderError> {
+        let pods = self.list_backend().await?;
+        let mut out = Vec::new();
+        for p in &pods {
+            let Some(key) = identity::source_key(p) else {
+                continue;
+            };
+            self.state.pods.lock().insert(
+                key.uid.clone(),
+                (
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                ),
+            );
+            let status =
+                status::source_status(p, &self.node_ip, identity::restart_base(p)).map(Arc::new);
+            out.push(BackendPod { key, status });
+        }
+        Ok(out)
+    }
+
+    async fn cleanup_all(&self) -> Result<usize, ProviderError> {
+        let selector = identity::install_selector(&self.cluster_id);
+        let lp = ListParams::default().labels(&selector);
+        let pods = timed("listing backend pods", self.watched_pods().list(&lp))
+            .await?
+            .items;
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        for p in &pods {
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            let name = p.metadata.name.clone().unwrap_or_default();
+            match self.pods_api(&ns).delete(&name, &dp).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => return Err(api_error("deleting a backend pod", e)),
+            }
+        }
+        // Per-pod objects are the pods' dependents; delete them too rather than wait for the
+        // garbage collector, and any that a crash left without an owner.
+        let namespaces: HashSet<String> = match self.cfg.namespace_mapping {
+            NamespaceMapping::Managed => [self.namespace.clone()].into(),
+            NamespaceMapping::SameName => pods
+                .iter()
+                .filter_map(|p| p.metadata.namespace.clone())
+                .collect(),
+        };
+        for ns in &namespaces {
+            let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+            let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+            for r in [
+                secrets
+                    .delete_collection(&DeleteParams::default(), &lp)
+                    .await
+                    .map(|_| ()),
+                cms.delete_collection(&DeleteParams::default(), &lp)
+                    .await
+                    .map(|_| ()),
+            ] {
+                match r {
+                    Ok(()) => {}
+                    Err(e) if is_status(&e, 404) => {}
+                    Err(e) => return Err(api_error("deleting per-pod objects", e)),
+                }
+            }
+        }
+        if self.cfg.namespace_mapping == NamespaceMapping::Managed {
+            let api: Api<Namespace> = Api::all(self.client.clone());
+            match api.delete(&self.namespace, &DeleteParams::default()).await {
+                Ok(_) => info!(namespace = %self.namespace, "deleting the managed namespace"),
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => return Err(api_error("deleting the managed namespace", e)),
+            }
+        }
+        Ok(pods.len())
+    }
+
+    async fn container_logs(
+        &self,
+        key: &PodKey,
+        request: &LogRequest,
+    ) -> Result<ByteReader, ProviderError> {
+        let (api, name) = self.stream_target(key);
+        streams::logs(&api, &name, request).await
+    }
+
+    async fn exec(
+        &self,
+        key: &PodKey,
+        request: &ExecRequest,
+    ) -> Result<ExecSession, ProviderError> {
+        let (api, name) = self.stream_target(key);
+        streams::exec(&api, &name, request).await
+    }
+
+    async fn attach(
+        &self,
+        key: &PodKey,
+        request: &AttachRequest,
+    ) -> Result<ExecSession, ProviderError> {
+        let (api, name) = self.stream_target(key);
+        streams::attach(&api, &name, request).await
+    }
+
+    async fn port_forward(
+        &self,
+        key: &PodKey,
+        port: u16,
+    ) -> Result<Pin<Box<dyn Duplex>>, ProviderError> {
+        let (api, name) = self.stream_target(key);
+        streams::port_forward(&api, &name, port).await
+    }
+}
+
+/// Wait until nothing of the install is left on the backend (pods, per-pod objects, the managed
+/// namespace), up to `timeout`. Returns what is left (empty: clean).
+pub async fn leftovers(
+    client: &kube::Client,
+    cluster_id: &str,
+    namespace: Option<&str>,
+    timeout: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let lp = ListParams::default().labels(&identity::install_selector(cluster_id));
+    loop {
+        let mut left = Vec::new();
+        let pods: Api<Pod> = Api::all(client.clone());
+        if let Ok(l) = pods.list(&lp).await {
+            left.extend(l.items.iter().map(|p| {
+                format!(
+                    "pod {}/{}",
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default()
+                )
+            }));
+        }
+        let secrets: Api<Secret> = Api::all(client.clone());
+        if let Ok(l) = secrets.list(&lp).await {
+            left.extend(l.items.iter().map(|s| {
+                format!(
+                    "secret {}/{}",
+                    s.metadata.namespace.clone().unwrap_or_default(),
+                    s.metadata.name.clone().unwrap_or_default()
+                )
+            }));
+        }
+        let cms: Api<ConfigMap> = Api::all(client.clone());
+        if let Ok(l) = cms.list(&lp).await {
+            left.extend(l.items.iter().map(|c| {
+                format!(
+                    "configmap {}/{}",
+                    c.metadata.namespace.clone().unwrap_or_default(),
+                    c.metadata.name.clone().unwrap_or_default()
+                )
+            }));
+        }
+        if let Some(ns) = namespace {
+            let api: Api<Namespace> = Api::all(client.clone());
+            if let Ok(Some(_)) = api.get_opt(ns).await {
+                left.push(format!("namespace {ns}"));
+            }
+        }
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managed_namespace_is_the_seeds_name() {
+        assert_eq!(
+            managed_namespace_name("0B6F1C2E-3d4a-4b5c-8d9e-0f1a2b3c4d5e"),
+            "cce-burst-0b6f1c2e-3d4a-4b5c-8d9e-0f1a2b3c4d5e"
+        );
+        assert!(managed_namespace_name(&"x".repeat(100)).len() <= 63);
+    }
+
+    #[test]
+    fn api_errors_map_to_the_contract() {
+        let status = |code: u16, message: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure(message, "Reason")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        assert!(matches!(
+            api_error(
+                "create",
+                status(
+                    403,
+                    "pods \"x\" is forbidden: exceeded quota: q, requested: pods=1"
+                )
+            ),
+            ProviderError::QuotaExceeded(_)
+        ));
+        assert!(matches!(
+            api_error("get", status(404, "not found")),
+            ProviderError::NotFound(_)
+        ));
+        assert!(matches!(
+            api_error("create", status(422, "invalid")),
+            ProviderError::InvalidInput(_)
+        ));
+        assert!(matches!(
+            api_error("create", status(503, "busy")),
+            ProviderError::Transient { .. }
+        ));
+        assert!(matches!(
+            api_error("create", status(403, "forbidden")),
+            ProviderError::Other(_)
+        ));
+    }
+}

@@ -1,0 +1,675 @@
+//! Translation of a resolved source pod into the objects the backend Kubernetes API receives: the
+//! backend pod and its per-pod Secrets and ConfigMaps. Pure functions, no I/O: the caller creates
+//! the objects (Secrets and ConfigMaps before the pod) and adds ownerReferences afterwards.
+//!
+//! The backend cannot read the source cluster, so everything the pod references there comes from
+//! the [`Resolution`](vk_provider_api::resolution::Resolution):
+//! - **Env.** Every resolved value goes into one per-pod Secret (`<name>-env`) and is referenced
+//!   with `secretKeyRef`: the resolution does not say which values came from Secrets, so no value
+//!   is ever written in clear into the pod spec. Late-bound addresses become `fieldRef`s
+//!   (`status.podIP[s]`) composed with `$(helper)` references; `status.hostIP[s]` is the virtual
+//!   node's IP, which is what the source pod sees.
+//! - **Volumes.** Every resolved file volume becomes a per-pod Secret or ConfigMap
+//!   (`<name>-vol-<i>`) mounted with the same paths and modes; emptyDir passes; persistent volume
+//!   claims pass only when the node is configured to expect same-named claims in the backend
+//!   namespace; anything else is refused with a reason naming every such volume.
+//! - **Pull credentials.** One per-pod `kubernetes.io/dockerconfigjson` Secret (`<name>-pull`).
+//! - **Spec.** Fields that target the virtual node or the source cluster (node name and selector,
+//!   affinity, scheduler, priority, service account, ...) are dropped; what the workload itself
+//!   declares (containers, restart policy, DNS, hostname, security context, ...) is kept.
+
+use std::collections::{BTreeMap, HashSet};
+
+use base64::Engine as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    KeyToPath, LocalObjectReference, ObjectFieldSelector, Pod, PodSpec, Secret, SecretKeySelector,
+    SecretVolumeSource, Toleration, Volume,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use vk_provider_api::ProviderError;
+use vk_provider_api::ResolvedPod;
+use vk_provider_api::resolution::{
+    AddressField, FilesKind, RegistryCredential, ResolvedContainer, ResolvedVolume,
+    ResolvedVolumeSource, Segment, Template, VolumeFile,
+};
+
+/// Where and under which identity the backend objects of one pod live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TranslateContext {
+    /// The backend namespace.
+    pub namespace: String,
+    /// The backend pod's name; per-pod object names are derived from it, so it must leave room
+    /// for their suffixes (`-env`, `-pull`, `-vol-<i>`) within the 253 characters of an object name.
+    pub name: String,
+    /// Identity labels, put on the pod (winning over the source pod's) and on every per-pod object.
+    pub labels: BTreeMap<String, String>,
+    /// Identity annotations for the pod (winning over the source pod's).
+    pub annotations: BTreeMap<String, String>,
+    /// The virtual node's IP: what `status.hostIP` means to the source pod.
+    pub node_ip: String,
+    /// Whether `persistentVolumeClaim` volumes pass unchanged (a claim of the same name must
+    /// exist in the backend namespace).
+    pub pass_through_pvcs: bool,
+}
+
+/// What the backend receives for one pod.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Translation {
+    /// The backend pod to create.
+    pub pod: Pod,
+    /// Per-pod Secrets (env, volumes, pull credentials), to create before the pod.
+    pub secrets: Vec<Secret>,
+    /// Per-pod ConfigMaps (configMap-kind volumes), to create before the pod.
+    pub config_maps: Vec<ConfigMap>,
+}
+
+/// The annotation `kubectl apply` keeps; it describes the source object and can be large.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// Prefix of the taint keys a virtual node carries; tolerations for them mean nothing elsewhere.
+const VIRTUAL_KUBELET_TAINT_PREFIX: &str = "virtual-kubelet.io/";
+/// Prefix of the helper variables that compose late-bound env values.
+const HELPER_PREFIX: &str = "VKUBELET_E";
+const OPAQUE: &str = "Opaque";
+const DOCKER_CONFIG_JSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
+const DOCKER_CONFIG_JSON_KEY: &str = ".dockerconfigjson";
+
+/// The per-pod Secret holding every resolved env value.
+pub fn env_secret_name(pod_name: &str) -> String {
+    format!("{pod_name}-env")
+}
+
+/// The per-pod Secret or ConfigMap holding the files of the pod's `index`-th volume.
+pub fn volume_object_name(pod_name: &str, index: usize) -> String {
+    format!("{pod_name}-vol-{index}")
+}
+
+/// The per-pod `kubernetes.io/dockerconfigjson` Secret holding the registry credentials.
+pub fn pull_secret_name(pod_name: &str) -> String {
+    format!("{pod_name}-pull")
+}
+
+/// Translates a resolved pod into the backend pod and the per-pod objects it references.
+///
+/// Fails with [`ProviderError::NotSupported`] naming every volume (and host namespace) the
+/// backend cannot receive, and with [`ProviderError::InvalidInput`] when the pod has no spec or a
+/// spec volume has no resolution.
+pub fn translate(pod: &ResolvedPod, ctx: &TranslateContext) -> Result<Translation, ProviderError> {
+    let source = pod.pod.as_ref();
+    let spec = source
+        .spec
+        .as_ref()
+        .ok_or_else(|| ProviderError::InvalidInput(format!("pod {} has no spec", pod.key)))?;
+
+    let mut unsupported = Vec::new();
+    // The core refuses these at admission already; a pod that slipped through must not get the
+    // backend node's namespaces, so refuse rather than drop them silently.
+    for (field, set) in [
+        ("hostNetwork", spec.host_network),
+        ("hostPID", spec.host_pid),
+        ("hostIPC", spec.host_ipc),
+    ] {
+        if set == Some(true) {
+            unsupported.push(format!("{field}: true"));
+        }
+    }
+    let volumes = translate_volumes(spec, &pod.resolution.volumes, ctx, &mut unsupported)?;
+    if !unsupported.is_empty() {
+        return Err(unsupported_error(&unsupported));
+    }
+    let mut secrets = volumes.secrets;
+    let config_maps = volumes.config_maps;
+
+    let mut env = EnvSecret::new(env_secret_name(&ctx.name));
+    let init_containers = spec.init_containers.as_ref().map(|cs| {
+        cs.iter()
+            .map(|c| backend_container(c, &pod.resolution.containers, &mut env, ctx))
+            .collect()
+    });
+    let containers = spec
+        .containers
+        .iter()
+        .map(|c| backend_container(c, &pod.resolution.containers, &mut env, ctx))
+        .collect();
+    if let Some(secret) = env.into_secret(ctx) {
+        secrets.push(secret);
+    }
+
+    // The source's imagePullSecrets name Secrets of the source cluster; the resolved credentials
+    // replace them all.
+    let image_pull_secrets = match pull_secret(&pod.resolution.registry_credentials, ctx) {
+        Some(secret) => {
+            secrets.push(secret);
+            Some(vec![LocalObjectReference {
+                name: pull_secret_name(&ctx.name),
+            }])
+        }
+        None => None,
+    };
+
+    let tolerations: Vec<Toleration> = spec
+        .tolerations
+        .iter()
+        .flatten()
+        .filter(|t| keep_toleration(t))
+        .cloned()
+        .collect();
+
+    // Built field by field rather than cloned and pruned, so a field nobody has judged (new API
+    // versions add scheduling and source-cluster references regularly) is dropped, not sent.
+    // Dropped on purpose: nodeName, nodeSelector, affinity, schedulerName, priority*,
+    // preemptionPolicy, runtimeClassName, overhead, topologySpreadConstraints, schedulingGates
+    // (all about placement in the source cluster), serviceAccount[Name] (no such account on the
+    // backend; the resolved token volume stands in), imagePullSecrets (replaced above),
+    // ephemeralContainers (the API refuses them on create), resourceClaims (claims of the source
+    // cluster).
+    let backend_spec = PodSpec {
+        active_deadline_seconds: spec.active_deadline_seconds,
+        // The source pod's token is among the resolved volumes; the backend's own must not
+        // appear beside it.
+        automount_service_account_token: Some(false),
+        containers,
+        dns_config: spec.dns_config.clone(),
+        dns_policy: spec.dns_policy.clone(),
+        // The resolved env already carries the source cluster's service-link variables.
+        enable_service_links: Some(false),
+        host_aliases: spec.host_aliases.clone(),
+        host_users: spec.host_users,
+        hostname: spec.hostname.clone(),
+        hostname_override: spec.hostname_override.clone(),
+        image_pull_secrets,
+        init_containers,
+        os: spec.os.clone(),
+        readiness_gates: spec.readiness_gates.clone(),
+        resources: spec.resources.clone(),
+        restart_policy: spec.restart_policy.clone(),
+        security_context: spec.security_context.clone(),
+        set_hostname_as_fqdn: spec.set_hostname_as_fqdn,
+        share_process_namespace: spec.share_process_namespace,
+        subdomain: spec.subdomain.clone(),
+        termination_grace_period_seconds: spec.termination_grace_period_seconds,
+        tolerations: non_empty_vec(tolerations),
+        volumes: spec.volumes.as_ref().map(|_| volumes.pod_volumes),
+        ..Default::default()
+    };
+
+    let mut labels = source.metadata.labels.clone().unwrap_or_default();
+    labels.extend(ctx.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut annotations = source.metadata.annotations.clone().unwrap_or_default();
+    annotations.remove(LAST_APPLIED);
+    annotations.extend(ctx.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+
+    Ok(Translation {
+        pod: Pod {
+            // Only identity: uid, resourceVersion, ownerReferences, finalizers and the rest
+            // belong to the source object (the caller sets ownerReferences once it exists).
+            metadata: ObjectMeta {
+                name: Some(ctx.name.clone()),
+                namespace: Some(ctx.namespace.clone()),
+                labels: non_empty_map(labels),
+                annotations: non_empty_map(annotations),
+                ..Default::default()
+            },
+            spec: Some(backend_spec),
+            status: None,
+        },
+        secrets,
+        config_maps,
+    })
+}
+
+/// The per-pod volume objects alone, for a refresh of a running pod: the same names and keys as
+/// [`translate`] makes. `volumes` is the resolved list, one entry per spec volume in spec order
+/// (as the resolver produces it), so an entry's position is its volume's index in the pod.
+pub fn volume_objects(
+    volumes: &[ResolvedVolume],
+    ctx: &TranslateContext,
+) -> (Vec<Secret>, Vec<ConfigMap>) {
+    let mut secrets = Vec::new();
+    let mut config_maps = Vec::new();
+    for (index, volume) in volumes.iter().enumerate() {
+        if let ResolvedVolumeSource::Files { kind, files } = &volume.source {
+            match files_object(index, *kind, files, ctx) {
+                FilesObject::Secret(s) => secrets.push(s),
+                FilesObject::ConfigMap(c) => config_maps.push(c),
+            }
+        }
+    }
+    (secrets, config_maps)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Env
+
+/// The per-pod env Secret being filled, one key per value.
+struct EnvSecret {
+    name: String,
+    data: BTreeMap<String, ByteString>,
+}
+
+impl EnvSecret {
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            data: BTreeMap::new(),
+        }
+    }
+
+    /// Stores `value` under the next key and returns the reference to it.
+    fn put(&mut self, value: String) -> EnvVarSource {
+        // Keys are numbered because variable names may hold characters a Secret key may not.
+        let key = format!("e{}", self.data.len());
+        self.data
+            .insert(key.clone(), ByteString(value.into_bytes()));
+        EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: self.name.clone(),
+                key,
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn into_secret(self, ctx: &TranslateContext) -> Option<Secret> {
+        if self.data.is_empty() {
+            return None;
+        }
+        Some(Secret {
+            metadata: object_meta(self.name, ctx),
+            data: Some(self.data),
+            type_: Some(OPAQUE.to_string()),
+            ..Default::default()
+        })
+    }
+}
+
+/// A piece of an env value as the backend can express it.
+#[derive(Debug, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    /// A `fieldRef` path of the backend pod.
+    Field(&'static str),
+}
+
+/// The value's pieces, host addresses replaced by the node IP and adjacent text merged (so a
+/// value with only host addresses in it needs no helpers).
+fn pieces(value: &Template, node_ip: &str) -> Vec<Piece> {
+    let mut out: Vec<Piece> = Vec::new();
+    let push_text = |out: &mut Vec<Piece>, text: &str| {
+        if text.is_empty() {
+            return;
+        }
+        if let Some(Piece::Text(last)) = out.last_mut() {
+            last.push_str(text);
+        } else {
+            out.push(Piece::Text(text.to_string()));
+        }
+    };
+    for segment in value.segments() {
+        match segment {
+            Segment::Text(t) => push_text(&mut out, t),
+            Segment::Field(AddressField::PodIp) => out.push(Piece::Field("status.podIP")),
+            Segment::Field(AddressField::PodIps) => out.push(Piece::Field("status.podIPs")),
+            // The source pod's host is the virtual node, not the backend's node.
+            Segment::Field(AddressField::HostIp | AddressField::HostIps) => {
+                push_text(&mut out, node_ip)
+            }
+        }
+    }
+    out
+}
+
+fn field_ref(path: &str) -> EnvVarSource {
+    EnvVarSource {
+        field_ref: Some(ObjectFieldSelector {
+            api_version: Some("v1".to_string()),
+            field_path: path.to_string(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn from_source(name: String, source: EnvVarSource) -> EnvVar {
+    EnvVar {
+        name,
+        value: None,
+        value_from: Some(source),
+    }
+}
+
+/// A container's backend env: every variable by reference, none inline.
+fn container_env(
+    resolved: &ResolvedContainer,
+    env: &mut EnvSecret,
+    ctx: &TranslateContext,
+) -> Vec<EnvVar> {
+    // A helper must not shadow a user variable: the backend would keep the later definition.
+    let mut taken: HashSet<String> = resolved.env.iter().map(|e| e.name.clone()).collect();
+    let mut out = Vec::with_capacity(resolved.env.len());
+    for (i, var) in resolved.env.iter().enumerate() {
+        let pieces = pieces(&var.value, &ctx.node_ip);
+        match pieces.as_slice() {
+            [] => out.push(from_source(var.name.clone(), env.put(String::new()))),
+            [Piece::Text(t)] => out.push(from_source(var.name.clone(), env.put(t.clone()))),
+            [Piece::Field(path)] => out.push(from_source(var.name.clone(), field_ref(path))),
+            _ => {
+                // The backend kubelet expands `$(VAR)` in `value` against earlier variables and
+                // does not expand what it substitutes, so helpers defined just before compose
+                // the value exactly, text pieces staying in the Secret.
+                let mut composed = String::new();
+                for (j, piece) in pieces.iter().enumerate() {
+                    let mut helper = format!("{HELPER_PREFIX}{i}_{j}");
+                    while taken.contains(&helper) {
+                        helper.push('_');
+                    }
+                    taken.insert(helper.clone());
+                    let source = match piece {
+                        Piece::Text(t) => env.put(t.clone()),
+                        Piece::Field(path) => field_ref(path),
+                    };
+                    composed.push_str("$(");
+                    composed.push_str(&helper);
+                    composed.push(')');
+                    out.push(from_source(helper, source));
+                }
+                out.push(EnvVar {
+                    name: var.name.clone(),
+                    value: Some(composed),
+                    value_from: None,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The container as the backend runs it: env from the resolution, everything else as declared.
+fn backend_container(
+    container: &Container,
+    resolved: &[ResolvedContainer],
+    env: &mut EnvSecret,
+    ctx: &TranslateContext,
+) -> Container {
+    let mut out = container.clone();
+    // envFrom and the spec's env reference source-cluster objects; their content is in the
+    // resolved env. command/args stay as declared: the backend kubelet expands their `$(VAR)`
+    // against the same env, while the resolution's expanded copies may hold secret values.
+    out.env_from = None;
+    // Container names are unique across init and regular containers of a pod.
+    out.env = resolved
+        .iter()
+        .find(|r| r.name == container.name)
+        .map(|r| container_env(r, env, ctx))
+        .and_then(non_empty_vec);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Volumes
+
+struct Volumes {
+    pod_volumes: Vec<Volume>,
+    secrets: Vec<Secret>,
+    config_maps: Vec<ConfigMap>,
+}
+
+enum FilesObject {
+    Secret(Secret),
+    ConfigMap(ConfigMap),
+}
+
+fn file_key(index: usize) -> String {
+    format!("f{index}")
+}
+
+/// Each file as an item of the backend volume: same path and mode, content under a numbered key
+/// (paths may contain '/', keys may not).
+fn items(files: &[VolumeFile]) -> Vec<KeyToPath> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| KeyToPath {
+            key: file_key(i),
+            path: f.path.clone(),
+            // The resolver keeps permission bits within 0o777, so the cast is lossless; the mask
+            // keeps it so for any input.
+            mode: Some((f.mode & 0o777) as i32),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The per-pod object for a file volume: a ConfigMap for ConfigMap content, a Secret for
+/// everything else (Secret keys, tokens, and downward-API files, which may carry labels or
+/// annotations nobody meant to publish).
+fn files_object(
+    index: usize,
+    kind: FilesKind,
+    files: &[VolumeFile],
+    ctx: &TranslateContext,
+) -> FilesObject {
+    let name = volume_object_name(&ctx.name, index);
+    // A sensitive file never lands in a ConfigMap, whatever the volume's kind says.
+    if kind == FilesKind::ConfigMap && files.iter().all(|f| !f.sensitive) {
+        let mut data = BTreeMap::new();
+        let mut binary_data = BTreeMap::new();
+        for (i, f) in files.iter().enumerate() {
+            match std::str::from_utf8(&f.data) {
+                Ok(text) => {
+                    data.insert(file_key(i), text.to_string());
+                }
+                Err(_) => {
+                    binary_data.insert(file_key(i), ByteString(f.data.to_vec()));
+                }
+            }
+        }
+        FilesObject::ConfigMap(ConfigMap {
+            metadata: object_meta(name, ctx),
+            data: non_empty_map(data),
+            binary_data: non_empty_map(binary_data),
+            ..Default::default()
+        })
+    } else {
+        let data = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (file_key(i), ByteString(f.data.to_vec())))
+            .collect();
+        FilesObject::Secret(Secret {
+            metadata: object_meta(name, ctx),
+            data: non_empty_map(data),
+            type_: Some(OPAQUE.to_string()),
+            ..Default::default()
+        })
+    }
+}
+
+/// The kind of a declared volume (`hostPath`, `csi`, ...), for messages: its one source field.
+fn volume_kind(volume: &Volume) -> String {
+    match serde_json::to_value(volume) {
+        Ok(serde_json::Value::Object(fields)) => fields
+            .keys()
+            .find(|k| k.as_str() != "name")
+            .cloned()
+            .unwrap_or_else(|| "no source".to_string()),
+        _ => "unknown source".to_string(),
+    }
+}
+
+/// The backend's volumes and their objects; problems with volumes the backend cannot receive go
+/// to `unsupported`.
+fn translate_volumes(
+    spec: &PodSpec,
+    resolved: &[ResolvedVolume],
+    ctx: &TranslateContext,
+    unsupported: &mut Vec<String>,
+) -> Result<Volumes, ProviderError> {
+    let mut out = Volumes {
+        pod_volumes: Vec::new(),
+        secrets: Vec::new(),
+        config_maps: Vec::new(),
+    };
+    let mut missing = Vec::new();
+    for volume in spec.volumes.iter().flatten() {
+        // Indexed by position in the resolved list so `volume_objects`, which sees only that
+        // list, names the objects identically (the resolver keeps it in spec order anyway).
+        let Some((index, r)) = resolved
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.name == volume.name)
+        else {
+            missing.push(format!("{:?}", volume.name));
+            continue;
+        };
+        let mut backend = Volume {
+            name: volume.name.clone(),
+            ..Default::default()
+        };
+        match &r.source {
+            ResolvedVolumeSource::Files { kind, files } => {
+                let object_name = volume_object_name(&ctx.name, index);
+                // Every item carries its mode, so defaultMode is left unset.
+                let items = Some(items(files));
+                match files_object(index, *kind, files, ctx) {
+                    FilesObject::ConfigMap(c) => {
+                        out.config_maps.push(c);
+                        backend.config_map = Some(ConfigMapVolumeSource {
+                            name: object_name,
+                            items,
+                            ..Default::default()
+                        });
+                    }
+                    FilesObject::Secret(s) => {
+                        out.secrets.push(s);
+                        backend.secret = Some(SecretVolumeSource {
+                            secret_name: Some(object_name),
+                            items,
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+            ResolvedVolumeSource::EmptyDir { medium, size_limit } => {
+                // The declared source, when there is one, carries fields the resolution does not
+                // (e.g. `mode`).
+                backend.empty_dir =
+                    Some(
+                        volume
+                            .empty_dir
+                            .clone()
+                            .unwrap_or_else(|| EmptyDirVolumeSource {
+                                medium: medium.clone(),
+                                size_limit: size_limit.clone(),
+                                ..Default::default()
+                            }),
+                    );
+            }
+            ResolvedVolumeSource::Passthrough(declared) => {
+                if declared.persistent_volume_claim.is_some() && ctx.pass_through_pvcs {
+                    backend = (**declared).clone();
+                    backend.name = volume.name.clone();
+                } else {
+                    unsupported.push(format!(
+                        "volume {:?} ({})",
+                        volume.name,
+                        volume_kind(declared)
+                    ));
+                    continue;
+                }
+            }
+        }
+        out.pod_volumes.push(backend);
+    }
+    if !missing.is_empty() {
+        return Err(ProviderError::InvalidInput(format!(
+            "no resolution for volume(s) {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(out)
+}
+
+fn unsupported_error(problems: &[String]) -> ProviderError {
+    let mut message = format!("{} cannot be sent to the backend", problems.join(", "));
+    if problems
+        .iter()
+        .any(|p| p.ends_with("(persistentVolumeClaim)"))
+    {
+        message.push_str(
+            "; set passThroughPVCs: true and create a claim of the same name in the backend namespace",
+        );
+    }
+    ProviderError::NotSupported(message)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry credentials, spec and metadata helpers
+
+/// One dockerconfigjson Secret with every registry's credentials; `None` without any.
+fn pull_secret(credentials: &[RegistryCredential], ctx: &TranslateContext) -> Option<Secret> {
+    if credentials.is_empty() {
+        return None;
+    }
+    let mut auths = serde_json::Map::new();
+    for c in credentials {
+        // One entry per registry key: the first wins, as the resolver lists the pod's own pull
+        // secrets before its service account's.
+        if auths.contains_key(&c.registry) {
+            continue;
+        }
+        let auth = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", c.username, c.password));
+        let mut entry = serde_json::Map::new();
+        entry.insert("username".into(), c.username.clone().into());
+        entry.insert("password".into(), c.password.clone().into());
+        entry.insert("auth".into(), auth.into());
+        if let Some(token) = &c.identity_token {
+            entry.insert("identitytoken".into(), token.clone().into());
+        }
+        auths.insert(c.registry.clone(), serde_json::Value::Object(entry));
+    }
+    let config = serde_json::json!({ "auths": auths }).to_string();
+    Some(Secret {
+        metadata: object_meta(pull_secret_name(&ctx.name), ctx),
+        data: Some(BTreeMap::from([(
+            DOCKER_CONFIG_JSON_KEY.to_string(),
+            ByteString(config.into_bytes()),
+        )])),
+        type_: Some(DOCKER_CONFIG_JSON_TYPE.to_string()),
+        ..Default::default()
+    })
+}
+
+/// Tolerations aimed at the virtual node (its own taints, or "tolerate everything", which the
+/// burst policy may inject) are dropped; the rest may matter to the backend's nodes.
+fn keep_toleration(t: &Toleration) -> bool {
+    let key = t.key.as_deref().unwrap_or("");
+    if key.starts_with(VIRTUAL_KUBELET_TAINT_PREFIX) {
+        return false;
+    }
+    !(key.is_empty() && t.operator.as_deref() == Some("Exists"))
+}
+
+/// Metadata of a per-pod object: the backend namespace and the identity labels.
+fn object_meta(name: String, ctx: &TranslateContext) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(ctx.namespace.clone()),
+        labels: non_empty_map(ctx.labels.clone()),
+        ..Default::default()
+    }
+}
+
+fn non_empty_map<V>(m: BTreeMap<String, V>) -> Option<BTreeMap<String, V>> {
+    (!m.is_empty()).then_some(m)
+}
+
+fn non_empty_vec<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,437 @@
+//! The kube provider end to end, cluster → cluster: a source control plane (A, the usual test
+//! cluster) whose virtual node bursts into a second, real control plane (B,
+//! `VKUBELET_TEST_BACKEND_KUBECONFIG`), where a second vkubelet on the `process` provider runs
+//! the pods for real. So `kubectl exec` travels A's API server → vkubelet-A → B's API server →
+//! vkubelet-B → the process.
+//!
+//! Each test has its own managed namespace on B (its own cluster id) and its own vkubelet-B
+//! node, which the backend pods are pinned to (the provider's `nodeSelector`/`tolerations`).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{POLL, Vk, WAIT, phase, wait_event, wait_running};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use serde_json::json;
+use vk_testkit::{TestCluster, TestEnv, cluster_required, wait_for};
+
+const BACKEND_ENV: &str = "VKUBELET_TEST_BACKEND_KUBECONFIG";
+
+/// Cluster B, or `None` (skip) when it is not configured and CI does not require it.
+async fn backend_cluster() -> Option<TestCluster> {
+    match std::env::var(BACKEND_ENV) {
+        Ok(path) if !path.is_empty() => Some(
+            TestCluster::connect_to(&path)
+                .await
+                .unwrap_or_else(|e| panic!("backend cluster {path}: {e}")),
+        ),
+        _ if cluster_required() => panic!(
+            "{BACKEND_ENV} is not set, and CI=true or VKUBELET_TEST_REQUIRE_CLUSTER is set: \
+             run the tests through `make test` (scripts/test.sh starts both control planes)"
+        ),
+        _ => {
+            eprintln!("skipping: no backend cluster ({BACKEND_ENV} unset)");
+            None
+        }
+    }
+}
+
+/// Fields drop in order: vkubelet-A first (its cleanup empties B), then vkubelet-B (whose
+/// cleanup stops the processes), then the namespaces.
+struct Burst {
+    /// The virtual node on A with the kube provider.
+    va: Vk,
+    /// Runs the backend's pods (on B).
+    vb: Vk,
+    a: TestEnv,
+    b: TestEnv,
+    managed: String,
+}
+
+impl Burst {
+    async fn start() -> Option<Self> {
+        let a = vk_testkit::env().await?;
+        let b = backend_cluster().await?.namespace("kube-backend").await;
+        let vb = Vk::start_process(&b, json!({}), &[]);
+        vb.wait_ready(&b).await;
+        let cluster_id = a.namespace().to_string();
+        let managed = vk_provider_kube::managed_namespace_name(&cluster_id);
+        let va = Vk::start_kube(
+            &a,
+            json!({
+                "kubeconfig": b.kubeconfig_path(),
+                "clusterID": cluster_id,
+                "nodeSelector": {"kubernetes.io/hostname": vb.node},
+                "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
+            }),
+            &[],
+        );
+        va.wait_ready(&a).await;
+        Some(Self {
+            va,
+            vb,
+            a,
+            b,
+            managed,
+        })
+    }
+
+    fn backend_pods_api(&self) -> Api<Pod> {
+        Api::namespaced(self.b.client(), &self.managed)
+    }
+
+    async fn backend_pods(&self) -> Vec<Pod> {
+        self.backend_pods_api()
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+    }
+
+    /// A pod for the virtual node on A that runs for real on B.
+    fn pod(&self, name: &str, script: &str) -> vk_testkit::PodBuilder {
+        // `exec sleep` is PID 1 of its sandbox and ignores SIGTERM: keep the kill near.
+        self.va
+            .pod(name)
+            .command(["sh", "-c", script])
+            .termination_grace_period_seconds(2)
+    }
+}
+
+fn uid(p: &Pod) -> String {
+    p.metadata.uid.clone().unwrap_or_default()
+}
+
+fn source_uid(p: &Pod) -> String {
+    p.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("vkubelet.io/pod-uid"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Wait until B holds exactly the backend pods of `sources` (by source UID), all Running.
+async fn wait_backend_running(t: &Burst, sources: &BTreeSet<String>) -> Vec<Pod> {
+    wait_for(WAIT, POLL, async || {
+        let pods = t.backend_pods().await;
+        let got: BTreeSet<String> = pods.iter().map(source_uid).collect();
+        let running = pods
+            .iter()
+            .filter(|p| phase(p).as_deref() == Some("Running"))
+            .count();
+        if &got == sources && pods.len() == sources.len() && running == pods.len() {
+            Ok(pods)
+        } else {
+            Err(format!(
+                "{} backend pods ({running} running) for {} sources",
+                pods.len(),
+                sources.len()
+            ))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn deployment_bursts_into_the_backend_with_env_volumes_logs_exec_and_cleanup_on_delete() {
+    let Some(t) = Burst::start().await else {
+        return;
+    };
+    let secret_value = format!("s3cr3t-{}", t.a.namespace());
+    t.a.create(
+        &serde_json::from_value::<Secret>(json!({
+            "metadata": {"name": "creds"},
+            "stringData": {"password": secret_value},
+        }))
+        .expect("secret"),
+    )
+    .await;
+    t.a.create(
+        &serde_json::from_value::<ConfigMap>(json!({
+            "metadata": {"name": "conf"},
+            "data": {"greeting": "hello from A"},
+        }))
+        .expect("configmap"),
+    )
+    .await;
+    let template = common::pod_with(
+        &t.va,
+        "web",
+        json!({
+            "command": ["sh", "-c", "echo started-$POD_NAME; exec sleep 3600"],
+            "env": [
+                {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "conf", "key": "greeting"}}},
+                {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            ],
+            "volumeMounts": [
+                {"name": "conf", "mountPath": "/etc/conf"},
+                {"name": "creds", "mountPath": "/etc/creds"},
+            ],
+        }),
+        json!({
+            "terminationGracePeriodSeconds": 2,
+            "volumes": [
+                {"name": "conf", "configMap": {"name": "conf"}},
+                {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o400}},
+            ],
+        }),
+    );
+    let mut spec = serde_json::to_value(&template).expect("pod json");
+    let dep: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": spec["spec"].take(),
+            },
+        },
+    }))
+    .expect("deployment");
+    t.a.create(&dep).await;
+    let pods = wait_running(&t.a, "app=web", 3).await;
+    let sources: BTreeSet<String> = pods.iter().map(uid).collect();
+    let backend = wait_backend_running(&t, &sources).await;
+    assert!(
+        backend
+            .iter()
+            .all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                == Some(t.vb.node.as_str())),
+        "backend pods run where the provider's nodeSelector sends them"
+    );
+
+    // Nothing of ours outside the managed namespace on B.
+    let everywhere: Api<Pod> = Api::all(t.b.client());
+    let ours = everywhere
+        .list(&ListParams::default().labels(&format!("vkubelet.io/cluster-id={}", t.a.namespace())))
+        .await
+        .expect("list B");
+    assert!(
+        ours.items
+            .iter()
+            .all(|p| p.metadata.namespace.as_deref() == Some(t.managed.as_str())),
+        "backend pods outside {}",
+        t.managed
+    );
+    assert_eq!(ours.items.len(), 3);
+
+    // The source pods report the backend's pod IPs; the host is the virtual node.
+    for p in &pods {
+        let s = p.status.clone().unwrap_or_default();
+        let b = backend
+            .iter()
+            .find(|b| source_uid(b) == uid(p))
+            .expect("backend pod for source");
+        assert_eq!(
+            s.pod_ip,
+            b.status.as_ref().and_then(|s| s.pod_ip.clone()),
+            "pod IP is the backend's"
+        );
+    }
+
+    // Env and volume contents, seen from inside the container through kubectl on A.
+    let name = pods[0].metadata.name.clone().expect("name");
+    let out = t
+        .a
+        .kubectl_ns([
+            "exec",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING|$PASSWORD|$POD_NAME\"; cat /etc/conf/greeting; echo; cat /etc/creds/password; echo; stat -L -c %a /etc/creds/password",
+        ])
+        .await
+        .assert_success();
+    let lines: Vec<&str> = out.stdout_lines();
+    assert_eq!(
+        lines[0],
+        format!("hello from A|{secret_value}|{name}"),
+        "{out}"
+    );
+    assert_eq!(lines[1], "hello from A", "{out}");
+    assert_eq!(lines[2], secret_value, "{out}");
+    assert_eq!(lines[3], "400", "mode kept: {out}");
+    // Exit codes travel back.
+    let out =
+        t.a.kubectl_ns(["exec", &name, "--", "sh", "-c", "exit 7"])
+            .await;
+    assert_eq!(out.status.code(), Some(7), "{out}");
+    // Logs.
+    let out = t.a.kubectl_ns(["logs", &name]).await.assert_success();
+    assert!(out.stdout.contains(&format!("started-{name}")), "{out}");
+
+    // No Secret value in clear on B.
+    let yaml =
+        t.b.kubectl(["get", "pods", "-n", &t.managed, "-o", "yaml"])
+            .await
+            .assert_success();
+    assert!(
+        !yaml.stdout.contains(&secret_value),
+        "secret in a backend pod spec"
+    );
+
+    // Delete on A → gone on B, with the per-pod objects (the backend's garbage collector).
+    let deps: Api<Deployment> = t.a.api();
+    deps.delete("web", &DeleteParams::foreground())
+        .await
+        .expect("delete deployment");
+    wait_for(WAIT, POLL, async || {
+        let left = t.backend_pods().await.len();
+        let secrets: Api<Secret> = Api::namespaced(t.b.client(), &t.managed);
+        let per_pod = secrets
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=vkubelet"))
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(usize::MAX);
+        if left == 0 && per_pod == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} pods, {per_pod} per-pod secrets left on B"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_backend_pod_deleted_by_hand_follows_the_restart_policy() {
+    let Some(t) = Burst::start().await else {
+        return;
+    };
+    let pod = t.pod("lost", "exec sleep 3600").build();
+    t.a.create(&pod).await;
+    let running = common::wait_pod_phase(&t.a, "lost", "Running").await;
+    let sources: BTreeSet<String> = [uid(&running)].into();
+    let backend = wait_backend_running(&t, &sources).await;
+    let backend_name = backend[0].metadata.name.clone().expect("name");
+    let first_backend_uid = uid(&backend[0]);
+    t.b.kubectl([
+        "delete",
+        "pod",
+        "-n",
+        &t.managed,
+        &backend_name,
+        "--wait=true",
+    ])
+    .await
+    .assert_success();
+    wait_event(&t.a, "lost", "ProviderPodLost").await;
+    // restartPolicy Always: a new backend instance, and the restart is counted.
+    let pods: Api<Pod> = t.a.api();
+    wait_for(WAIT, POLL, async || {
+        let p = pods.get("lost").await.map_err(|e| e.to_string())?;
+        let restarts = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .map(|c| c.restart_count)
+            .unwrap_or(0);
+        let b = t.backend_pods().await;
+        let replaced = b.len() == 1
+            && uid(&b[0]) != first_backend_uid
+            && phase(&b[0]).as_deref() == Some("Running");
+        if phase(&p).as_deref() == Some("Running") && restarts >= 1 && replaced {
+            Ok(())
+        } else {
+            Err(format!(
+                "phase {:?}, restarts {restarts}, backend {}",
+                phase(&p),
+                b.len()
+            ))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kill9_mid_burst_never_duplicates_a_backend_pod() {
+    let Some(mut t) = Burst::start().await else {
+        return;
+    };
+    let template = serde_json::to_value(t.pod("burst", "exec sleep 3600").build()).expect("json");
+    let dep: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "burst"},
+        "spec": {
+            "replicas": 20,
+            "selector": {"matchLabels": {"app": "burst"}},
+            "template": {"metadata": {"labels": {"app": "burst"}}, "spec": template["spec"]},
+        },
+    }))
+    .expect("deployment");
+    t.a.create(&dep).await;
+    // Kill vkubelet-A once some backend pods exist, before all do.
+    wait_for(WAIT, Duration::from_millis(20), async || {
+        let n = t.backend_pods().await.len();
+        if n >= 1 { Ok(()) } else { Err(n) }
+    })
+    .await;
+    t.va.kill9();
+    t.va.resume();
+    let pods = wait_running(&t.a, "app=burst", 20).await;
+    let sources: BTreeSet<String> = pods.iter().map(uid).collect();
+    let backend = wait_backend_running(&t, &sources).await;
+    assert_eq!(
+        backend.len(),
+        20,
+        "one backend pod per source pod, no duplicate"
+    );
+}
+
+#[tokio::test]
+async fn cleanup_leaves_nothing_of_ours_and_touches_nothing_else() {
+    let Some(mut t) = Burst::start().await else {
+        return;
+    };
+    // Someone else's objects on B must survive.
+    let bystander: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "bystander"},
+        "data": {"k": "v"},
+    }))
+    .expect("cm");
+    t.b.create(&bystander).await;
+    let pod = t.pod("doomed", "exec sleep 3600").build();
+    t.a.create(&pod).await;
+    common::wait_pod_phase(&t.a, "doomed", "Running").await;
+    assert!(t.va.terminate(), "vkubelet-A did not stop cleanly");
+    let out = t.va.cleanup_command().output().expect("run cleanup");
+    assert!(
+        out.status.success(),
+        "cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 1 backend pod"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let namespaces: Api<Namespace> = Api::all(t.b.client());
+    assert!(
+        namespaces
+            .get_opt(&t.managed)
+            .await
+            .expect("get ns")
+            .is_none(),
+        "the managed namespace is gone"
+    );
+    let cms: Api<ConfigMap> = t.b.api();
+    assert!(cms.get_opt("bystander").await.expect("get").is_some());
+    // Running it again is harmless.
+    let again = t.va.cleanup_command().output().expect("run cleanup");
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
