@@ -9,7 +9,10 @@
 //!
 //! Each container instance runs under a shim ([`shim`]), a small process that is the
 //! container's parent, so exits are recorded even while vkubelet is down. Each pod is driven by
-//! one task ([`runner`]).
+//! one task ([`runner`]), woken by events (inotify, pidfds), never by a timer of its own.
+//!
+//! No async worker thread blocks: file-system work (pod directories, volumes, plans, cgroups,
+//! cleanup, stats from `/proc`) runs on Tokio's blocking pool ([`blocking`]).
 
 pub mod cgroups;
 pub mod config;
@@ -19,12 +22,14 @@ pub mod plan;
 pub mod probes;
 pub mod procs;
 pub mod pty;
+mod readiness;
 pub mod runner;
 pub mod sandbox;
 pub mod session;
 pub mod shim;
 pub mod stats;
 pub mod volumes;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -86,10 +91,51 @@ impl Entry {
 
 type Pods = Mutex<HashMap<String, Entry>>;
 
+/// Runs `f` on Tokio's blocking pool: file-system work never runs on an async worker thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ProviderError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ProviderError::Other(format!("blocking task failed: {e}")))
+}
+
+/// A pod being created: its entry in [`ProcessProvider::creating`], removed when done (or when
+/// the call is dropped midway).
+struct Creating<'a> {
+    map: &'a Mutex<HashMap<String, Option<Duration>>>,
+    uid: &'a str,
+}
+
+impl Creating<'_> {
+    /// Done: the grace period of a delete that came meanwhile, if one did.
+    fn finish(self) -> Option<Duration> {
+        let pending = self.map.lock().remove(self.uid).flatten();
+        // Removed: dropping it must not remove the entry of a create that came after.
+        std::mem::forget(self);
+        pending
+    }
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.map.lock().remove(self.uid);
+    }
+}
+
+/// What preparing a new pod's files came to.
+enum Prepared {
+    Plan(plan::PodPlan),
+    Rejected(&'static str, String),
+}
+
 pub struct ProcessProvider {
     cfg: Arc<ProcessConfig>,
     node_ip: String,
     pods: Arc<Pods>,
+    /// Pods whose files are being prepared, with the grace period of a delete that came
+    /// meanwhile (applied once the pod exists).
+    creating: Mutex<HashMap<String, Option<Duration>>>,
     env: Mutex<Option<RunnerEnv>>,
     cgroups: Result<cgroups::Cgroups, String>,
 }
@@ -108,6 +154,7 @@ impl ProcessProvider {
             cfg: Arc::new(cfg),
             node_ip,
             pods: Arc::new(Mutex::new(HashMap::new())),
+            creating: Mutex::new(HashMap::new()),
             env: Mutex::new(None),
             cgroups,
         }
@@ -148,25 +195,17 @@ impl ProcessProvider {
 
     /// CPU and memory usage of a pod's running containers, by container name: from their
     /// cgroups when limits are enforced, otherwise from `/proc`.
+    /// Blocking (it reads cgroup files or scans `/proc`); [`Provider::pod_stats`] runs it on
+    /// the blocking pool.
     pub fn container_usage(
         &self,
         uid: &str,
     ) -> std::collections::BTreeMap<String, stats::ContainerUsage> {
-        let mut out = std::collections::BTreeMap::new();
-        for (name, pid) in self.processes(uid).unwrap_or_default() {
-            let from_cgroup = self.cgroups.as_ref().ok().and_then(|cg| {
-                let u = cg.container(uid, &name).usage().ok()?;
-                Some(stats::ContainerUsage {
-                    cpu_usage_nanos: u.cpu_usage_nanos,
-                    memory_working_set_bytes: u.memory_working_set_bytes,
-                    memory_rss_bytes: u.memory_usage_bytes,
-                })
-            });
-            if let Some(u) = from_cgroup.or_else(|| stats::from_proc(pid)) {
-                out.insert(name, u);
-            }
-        }
-        out
+        usage_of(
+            self.cgroups.as_ref().ok(),
+            uid,
+            self.processes(uid).unwrap_or_default(),
+        )
     }
 
     /// A pod's directory and plan (for logs and exec).
@@ -239,30 +278,26 @@ impl ProcessProvider {
         );
     }
 
-    /// Adopt every pod found in the state directory.
-    fn adopt_all(&self, env: &RunnerEnv) -> std::io::Result<usize> {
-        let mut adopted = 0;
-        let Ok(entries) = std::fs::read_dir(self.pods_dir()) else {
-            return Ok(0);
+    /// The pods found in the state directory, to adopt (blocking). Directories of pods whose
+    /// creation was interrupted before the plan was committed are removed: nothing runs there.
+    fn pods_to_adopt(pods_dir: &Path, secrets_dir: &Path) -> Vec<(String, plan::PodPlan, PathBuf)> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(pods_dir) else {
+            return out;
         };
         for entry in entries.flatten() {
             let dir = entry.path();
             let uid = entry.file_name().to_string_lossy().into_owned();
             match plan::load(&dir) {
-                Some(p) if p.uid == uid => {
-                    let handle = runner::spawn(env.clone(), p, dir);
-                    self.pods.lock().insert(uid, Entry::Running(handle));
-                    adopted += 1;
-                }
+                Some(p) if p.uid == uid => out.push((uid, p, dir)),
                 _ => {
-                    // Creation was interrupted before the plan was committed: nothing runs.
                     warn!(dir = %dir.display(), "removing an incomplete pod directory");
                     let _ = std::fs::remove_dir_all(&dir);
-                    let _ = std::fs::remove_dir_all(self.cfg.secrets_dir.join(&uid));
+                    let _ = std::fs::remove_dir_all(secrets_dir.join(&uid));
                 }
             }
         }
-        Ok(adopted)
+        out
     }
 }
 
@@ -297,9 +332,14 @@ impl Provider for ProcessProvider {
                 )));
             }
         }
-        for dir in [self.pods_dir(), self.cfg.secrets_dir.clone()] {
-            std::fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
-        }
+        let (pods_dir, secrets_dir) = (self.pods_dir(), self.cfg.secrets_dir.clone());
+        let found = blocking(move || {
+            for dir in [&pods_dir, &secrets_dir] {
+                std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+            }
+            Ok::<_, ProviderError>(Self::pods_to_adopt(&pods_dir, &secrets_dir))
+        })
+        .await??;
         let shim_command = if self.cfg.shim_command.is_empty() {
             let exe = std::env::current_exe()
                 .map_err(|e| ProviderError::Other(format!("finding this executable: {e}")))?;
@@ -324,17 +364,27 @@ impl Provider for ProcessProvider {
                 move || inner.node_changed()
             },
         );
+        let dirs = match watch::DirWatcher::new() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "no inotify: starting containers are polled every 250 ms");
+                None
+            }
+        };
         let env = RunnerEnv {
             sinks,
             shim_command,
             log: self.cfg.log(),
             cgroups: self.cgroups.as_ref().ok().cloned(),
             secrets_dir: self.cfg.secrets_dir.clone(),
+            dirs,
         };
         *self.env.lock() = Some(env.clone());
-        let adopted = self
-            .adopt_all(&env)
-            .map_err(|e| io_err("reading", &self.pods_dir(), e))?;
+        let adopted = found.len();
+        for (uid, p, dir) in found {
+            let handle = runner::spawn(env.clone(), p, dir);
+            self.pods.lock().insert(uid, Entry::Running(handle));
+        }
         info!(adopted, state_dir = %self.cfg.state_dir.display(), "process provider started");
         Ok(())
     }
@@ -407,35 +457,51 @@ impl Provider for ProcessProvider {
                 }
             }
         }
+        if self.creating.lock().insert(uid.clone(), None).is_some() {
+            // Another call is creating it.
+            return Ok(());
+        }
+        // Should this call be dropped while it waits, a later one may create the pod.
+        let creating = Creating {
+            map: &self.creating,
+            uid,
+        };
         let dir = self.pod_dir(uid);
-        std::fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
+        let (cfg, resolved, vdirs, node_ip) = (
+            self.cfg.clone(),
+            pod.clone(),
+            self.volume_dirs(uid),
+            self.node_ip.clone(),
+        );
+        let secrets = self.cfg.secrets_dir.join(uid);
+        let pod_dir = dir.clone();
         let prepared =
-            match volumes::prepare_pod_volumes(&self.volume_dirs(uid), &pod.resolution.volumes) {
-                Ok(p) => p,
-                Err(e @ volumes::VolumeError::Io { .. }) => {
-                    return Err(ProviderError::Other(e.to_string()));
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    let _ = std::fs::remove_dir_all(self.cfg.secrets_dir.join(uid));
-                    self.reject(pod, "CreateContainerConfigError", e.to_string(), &env.sinks);
-                    return Ok(());
-                }
-            };
-        let plan = match plan::plan(&self.cfg, pod, &dir, &prepared, &self.node_ip) {
-            Ok(p) => p,
+            blocking(move || Self::prepare(&cfg, &resolved, &pod_dir, &vdirs, &secrets, &node_ip))
+                .await;
+        match prepared.and_then(|p| p) {
+            Ok(Prepared::Plan(plan)) => {
+                let handle = runner::spawn(env, plan, dir);
+                self.pods.lock().insert(uid.clone(), Entry::Running(handle));
+            }
+            Ok(Prepared::Rejected(reason, message)) => {
+                self.reject(pod, reason, message, &env.sinks);
+            }
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                let _ = std::fs::remove_dir_all(self.cfg.secrets_dir.join(uid));
-                self.reject(pod, e.reason, e.message, &env.sinks);
+                if creating.finish().is_none() {
+                    return Err(e);
+                }
+                // Deleted while its files were being prepared, and they could not be: it is
+                // gone (a partial directory without a plan is removed at the next start).
+                warn!(pod = %pod.key, error = %e, "a deleted pod could not be created");
+                env.sinks.pod(uid, PodUpdate::Gone);
                 return Ok(());
             }
-        };
-        // Committing the plan makes the pod adoptable after a restart.
-        shim::write_json(&dir, plan::PLAN_FILE, &plan)
-            .map_err(|e| io_err("writing the plan in", &dir, e))?;
-        let handle = runner::spawn(env, plan, dir);
-        self.pods.lock().insert(uid.clone(), Entry::Running(handle));
+        }
+        // Only now that the pod is in `pods` (a second create finds it there), a delete that
+        // came meanwhile applies.
+        if let Some(grace) = creating.finish() {
+            self.delete_pod(&pod.key, grace).await?;
+        }
         Ok(())
     }
 
@@ -453,7 +519,9 @@ impl Provider for ProcessProvider {
         if !matches!(self.pods.lock().get(&key.uid), Some(Entry::Running(_))) {
             return Err(ProviderError::NotFound(key.to_string()));
         }
-        let changed = volumes::update_pod_volumes(&self.volume_dirs(&key.uid), volumes)
+        let (dirs, volumes) = (self.volume_dirs(&key.uid), volumes.to_vec());
+        let changed = blocking(move || volumes::update_pod_volumes(&dirs, &volumes))
+            .await?
             .map_err(|e| ProviderError::Other(e.to_string()))?;
         if !changed.is_empty() {
             info!(pod = %key, volumes = ?changed, "volume content updated");
@@ -462,6 +530,11 @@ impl Provider for ProcessProvider {
     }
 
     async fn delete_pod(&self, key: &PodKey, grace: Duration) -> Result<(), ProviderError> {
+        if let Some(pending) = self.creating.lock().get_mut(&key.uid) {
+            // Its files are being prepared: deleted once it exists.
+            *pending = Some(pending.map_or(grace, |g| g.min(grace)));
+            return Ok(());
+        }
         let mut pods = self.pods.lock();
         match pods.get(&key.uid) {
             Some(Entry::Running(h)) => {
@@ -498,7 +571,8 @@ impl Provider for ProcessProvider {
         request: &LogRequest,
     ) -> Result<ByteReader, ProviderError> {
         let (dir, c) = self.running_container(key, &request.container)?;
-        session::logs(&dir, &c, request)
+        let request = request.clone();
+        blocking(move || session::logs(&dir, &c, &request)).await?
     }
 
     async fn exec(
@@ -513,7 +587,8 @@ impl Provider for ProcessProvider {
             .ok_or_else(|| {
                 ProviderError::NotFound(format!("container {:?} is not running", request.container))
             })?;
-        session::exec(target, &c, request)
+        let request = request.clone();
+        blocking(move || session::exec(target, &c, &request)).await?
     }
 
     async fn attach(
@@ -522,7 +597,8 @@ impl Provider for ProcessProvider {
         request: &AttachRequest,
     ) -> Result<ExecSession, ProviderError> {
         let (dir, c) = self.running_container(key, &request.container)?;
-        session::attach(&dir, &c, request)
+        let request = request.clone();
+        blocking(move || session::attach(&dir, &c, &request)).await?
     }
 
     async fn port_forward(
@@ -554,8 +630,10 @@ impl Provider for ProcessProvider {
                 "pod {key} is not running here"
             )));
         }
-        Ok(self
-            .container_usage(&key.uid)
+        let processes = self.processes(&key.uid).unwrap_or_default();
+        let (cgroups, uid) = (self.cgroups.as_ref().ok().cloned(), key.uid.clone());
+        let usage = blocking(move || usage_of(cgroups.as_ref(), &uid, processes)).await?;
+        Ok(usage
             .into_iter()
             .map(|(name, u)| {
                 (
@@ -576,28 +654,105 @@ impl Provider for ProcessProvider {
                 h.detach();
             }
         }
-        let mut removed = 0;
-        let Ok(entries) = std::fs::read_dir(self.pods_dir()) else {
-            return Ok(0);
-        };
-        for entry in entries.flatten() {
-            let dir = entry.path();
-            let uid = entry.file_name().to_string_lossy().into_owned();
-            kill_pod_processes(&dir);
-            if let Ok(cg) = &self.cgroups
-                && let Err(e) = cg.remove_pod(&uid)
-            {
-                warn!(pod = %uid, error = %e, "removing cgroups");
-            }
-            let _ = std::fs::remove_dir_all(self.cfg.secrets_dir.join(&uid));
-            std::fs::remove_dir_all(&dir).map_err(|e| io_err("removing", &dir, e))?;
-            removed += 1;
-        }
-        Ok(removed)
+        let (pods_dir, secrets_dir) = (self.pods_dir(), self.cfg.secrets_dir.clone());
+        let cgroups = self.cgroups.as_ref().ok().cloned();
+        // Killing waits for the processes to die, removing cgroups too: both block.
+        blocking(move || remove_all_pods(&pods_dir, &secrets_dir, cgroups.as_ref())).await?
     }
 }
 
+/// SIGKILL every pod's processes and remove its files and cgroups (blocking).
+fn remove_all_pods(
+    pods_dir: &Path,
+    secrets_dir: &Path,
+    cgroups: Option<&cgroups::Cgroups>,
+) -> Result<usize, ProviderError> {
+    let mut removed = 0;
+    let Ok(entries) = std::fs::read_dir(pods_dir) else {
+        return Ok(0);
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let uid = entry.file_name().to_string_lossy().into_owned();
+        kill_pod_processes(&dir);
+        if let Some(cg) = cgroups
+            && let Err(e) = cg.remove_pod(&uid)
+        {
+            warn!(pod = %uid, error = %e, "removing cgroups");
+        }
+        let _ = std::fs::remove_dir_all(secrets_dir.join(&uid));
+        std::fs::remove_dir_all(&dir).map_err(|e| io_err("removing", &dir, e))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// CPU and memory usage of a pod's running containers (blocking): from their cgroups when
+/// limits are enforced, otherwise from `/proc`.
+fn usage_of(
+    cgroups: Option<&cgroups::Cgroups>,
+    uid: &str,
+    processes: std::collections::BTreeMap<String, procs::ProcessId>,
+) -> std::collections::BTreeMap<String, stats::ContainerUsage> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, pid) in processes {
+        let from_cgroup = cgroups.and_then(|cg| {
+            let u = cg.container(uid, &name).usage().ok()?;
+            Some(stats::ContainerUsage {
+                cpu_usage_nanos: u.cpu_usage_nanos,
+                memory_working_set_bytes: u.memory_working_set_bytes,
+                memory_rss_bytes: u.memory_usage_bytes,
+            })
+        });
+        if let Some(u) = from_cgroup.or_else(|| stats::from_proc(pid)) {
+            out.insert(name, u);
+        }
+    }
+    out
+}
+
 impl ProcessProvider {
+    /// A new pod's files (blocking): its directory, volumes and plan, committed last so that
+    /// the pod is adoptable after a restart only once complete. A pod this host cannot run
+    /// leaves nothing behind.
+    fn prepare(
+        cfg: &ProcessConfig,
+        pod: &ResolvedPod,
+        dir: &Path,
+        volume_dirs: &VolumeDirs,
+        secrets: &Path,
+        node_ip: &str,
+    ) -> Result<Prepared, ProviderError> {
+        let discard = || {
+            let _ = std::fs::remove_dir_all(dir);
+            let _ = std::fs::remove_dir_all(secrets);
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+        let prepared = match volumes::prepare_pod_volumes(volume_dirs, &pod.resolution.volumes) {
+            Ok(p) => p,
+            Err(e @ volumes::VolumeError::Io { .. }) => {
+                return Err(ProviderError::Other(e.to_string()));
+            }
+            Err(e) => {
+                discard();
+                return Ok(Prepared::Rejected(
+                    "CreateContainerConfigError",
+                    e.to_string(),
+                ));
+            }
+        };
+        let plan = match plan::plan(cfg, pod, dir, &prepared, node_ip) {
+            Ok(p) => p,
+            Err(e) => {
+                discard();
+                return Ok(Prepared::Rejected(e.reason, e.message));
+            }
+        };
+        shim::write_json(dir, plan::PLAN_FILE, &plan)
+            .map_err(|e| io_err("writing the plan in", dir, e))?;
+        Ok(Prepared::Plan(plan))
+    }
+
     /// The plan of a running pod's container (or an error naming what is missing).
     fn running_container(
         &self,
@@ -619,7 +774,7 @@ impl ProcessProvider {
 }
 
 /// SIGKILL every container and shim a pod directory records, and wait (briefly) until they
-/// are gone.
+/// are gone (blocking: up to 2 s).
 fn kill_pod_processes(pod_dir: &Path) {
     let Ok(containers) = std::fs::read_dir(pod_dir.join("containers")) else {
         return;

@@ -1,15 +1,24 @@
 //! Host processes by identity: a pid alone can be recycled, so every process this provider
 //! records is identified by (pid, start time in clock ticks since boot) from `/proc/<pid>/stat`.
 //! Signals go to process groups, so a container's whole process tree is reached.
+//!
+//! Exits are awaited through a pidfd ([`ProcessId::exited`]): the shims are not vkubelet's
+//! children once vkubelet restarted and adopted them, so `waitpid` cannot see them, but a pidfd
+//! works for any process and becomes readable when it exits, with no polling.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+/// How often [`ProcessId::exited`] checks a process where the kernel has no pidfd.
+pub const EXIT_POLL_FALLBACK: Duration = Duration::from_millis(250);
+
 /// A process as recorded in the state directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessId {
     pub pid: u32,
@@ -43,6 +52,48 @@ impl ProcessId {
             Ok(()) => Ok(true),
             Err(nix::Error::ESRCH) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Resolves once this process has exited (at once if it already has, or if its pid now
+    /// belongs to another process). Waits on a pidfd, so an idle wait costs no wake-ups; where
+    /// the kernel offers none (before Linux 5.3, or a seccomp filter refusing `pidfd_open`) it
+    /// checks every [`EXIT_POLL_FALLBACK`] instead.
+    pub async fn exited(self) {
+        match self.pidfd() {
+            Ok(None) => {}
+            Ok(Some(fd)) => {
+                match crate::readiness::register(fd, tokio::io::Interest::READABLE) {
+                    // Readable once the process has exited; nothing is ever read.
+                    Ok(fd) => drop(fd.readable().await),
+                    Err(_) => self.poll_exit().await,
+                }
+            }
+            Err(_) => self.poll_exit().await,
+        }
+    }
+
+    async fn poll_exit(self) {
+        while self.is_alive() {
+            tokio::time::sleep(EXIT_POLL_FALLBACK).await;
+        }
+    }
+
+    /// A pidfd for this very process: `Ok(None)` if it is gone (or its pid was recycled).
+    fn pidfd(&self) -> std::io::Result<Option<OwnedFd>> {
+        let Some(pid) = i32::try_from(self.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            return Ok(None);
+        };
+        match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            // The pid may have been recycled before the open: the descriptor is this process's
+            // only if the process at that pid still has the recorded start time afterwards (a
+            // pidfd keeps referring to the process it was opened for, whatever the pid does).
+            Ok(fd) => Ok(self.is_alive().then_some(fd)),
+            Err(rustix::io::Errno::SRCH) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -137,5 +188,41 @@ mod tests {
         };
         assert!(!recycled.is_alive());
         assert_eq!(recycled.signal_group(Signal::SIGTERM), Ok(false));
+    }
+
+    #[tokio::test]
+    async fn exited_resolves_when_a_process_that_is_not_our_child_exits() {
+        // `sh` forks `sleep` and waits for it: `sleep` is not this process's child.
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.3 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(sh.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let sleep = ProcessId::of(line.trim().parse().unwrap()).unwrap();
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), sleep.exited())
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(!sleep.is_alive());
+        sh.wait().unwrap();
+        // Gone (or recycled) processes resolve at once.
+        tokio::time::timeout(Duration::from_secs(1), sleep.exited())
+            .await
+            .unwrap();
+        let me = ProcessId::of(std::process::id()).unwrap();
+        let recycled = ProcessId {
+            start_ticks: me.start_ticks + 1,
+            ..me
+        };
+        tokio::time::timeout(Duration::from_secs(1), recycled.exited())
+            .await
+            .unwrap();
     }
 }

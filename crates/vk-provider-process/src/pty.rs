@@ -1,6 +1,6 @@
 //! Pseudo-terminals for `kubectl exec -t`: allocation (nix's safe `openpty`) and resizing.
 //!
-//! This is the one module that needs `unsafe`: resizing a terminal is the `TIOCSWINSZ` ioctl,
+//! One of the two modules that need `unsafe` (the other is `readiness`): resizing a terminal is the `TIOCSWINSZ` ioctl,
 //! for which nix offers only an `unsafe` macro-generated wrapper. The call passes a pointer to a
 //! `Winsize` that lives on our stack for the whole call, on a file descriptor we own.
 #![allow(unsafe_code)]

@@ -6,8 +6,15 @@
 //! shims, not vkubelet, are the containers' parents), so a pod adopted after a vkubelet restart
 //! is driven exactly like one it started. Per-container progress that must survive a restart
 //! (instance number, last termination, backoff) is kept in `state.json` next to the shim files.
+//!
+//! The task sleeps until something happens, with no periodic wake-up: a shim's record renamed
+//! into a container directory (an inotify watch, [`crate::watch`]), a shim or container process
+//! exiting (a pidfd, [`ProcessId::exited`]), a probe result, a delete, or the next deadline
+//! (backoff, grace period, start timeout, `activeDeadlineSeconds`). Each pass over the pod reads
+//! and writes files, creates cgroups and may wait for a pod's processes to die, so it runs on
+//! Tokio's blocking pool, never on an async worker thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -35,10 +42,15 @@ use crate::plan::{ContainerPlan, PodPlan, TERMINATION_LOG};
 use crate::probes::{self, ExecRunner, ProbeKind, ProbeOutcome, ProbeResult, ProbeTarget};
 use crate::procs::ProcessId;
 use crate::shim::{EXIT_FILE, ExitRecord, SHIM_FILE, ShimArgs, ShimRecord, read_json, write_json};
+use crate::watch::{DirWatcher, Watch};
 
 const STATE_FILE: &str = "state.json";
 const POD_STATE_FILE: &str = "runner.json";
-const TICK: Duration = Duration::from_millis(250);
+/// How often a starting container's directory is looked at when it cannot be watched (no
+/// inotify); everything else wakes the task by itself.
+const UNWATCHED_POLL: Duration = Duration::from_millis(250);
+/// The shim records whose arrival wakes a pod's task.
+const WATCHED_FILES: &[&str] = &[SHIM_FILE, EXIT_FILE];
 /// How long a shim may take to start its container before the start counts as failed.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
@@ -58,6 +70,8 @@ pub struct RunnerEnv {
     pub cgroups: Option<Cgroups>,
     /// Directory holding the pod's secret volumes (removed with the pod).
     pub secrets_dir: PathBuf,
+    /// Watches the container directories for the shims' records (`None`: no inotify here).
+    pub dirs: Option<DirWatcher>,
 }
 
 /// A termination as the status reports it.
@@ -232,6 +246,14 @@ pub fn instance_exit_code(container_dir: &Path, restart: u32) -> Option<i32> {
         .map(|t| t.exit_code)
 }
 
+/// Sleeps until `t`, or forever without one.
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn instant_at(t: Timestamp) -> Instant {
     let delta = t.as_millisecond() - Timestamp::now().as_millisecond();
     Instant::now() + Duration::from_millis(u64::try_from(delta).unwrap_or(0))
@@ -293,16 +315,29 @@ pub fn spawn(env: RunnerEnv, plan: PodPlan, dir: PathBuf) -> PodHandle {
     let control = Arc::new(Mutex::new(Control::default()));
     let wake = Arc::new(Notify::new());
     let processes = Arc::new(Mutex::new(BTreeMap::new()));
-    let runner = Runner::new(
-        env,
-        plan.clone(),
-        dir.clone(),
-        status.clone(),
-        control.clone(),
-        wake.clone(),
-        processes.clone(),
-    );
-    let task = tokio::spawn(runner.run()).abort_handle();
+    let task = tokio::spawn({
+        let (plan, dir, status, control, wake, processes) = (
+            plan.clone(),
+            dir.clone(),
+            status.clone(),
+            control.clone(),
+            wake.clone(),
+            processes.clone(),
+        );
+        async move {
+            // Reading the pod's records is file work: off the async workers.
+            let uid = plan.uid.clone();
+            let runner = tokio::task::spawn_blocking(move || {
+                Runner::new(env, plan, dir, status, control, wake, processes)
+            })
+            .await;
+            match runner {
+                Ok(runner) => runner.run().await,
+                Err(e) => warn!(pod = %uid, error = %e, "the pod's task failed to start"),
+            }
+        }
+    })
+    .abort_handle();
     PodHandle {
         plan,
         dir,
@@ -320,6 +355,60 @@ struct ProbeMsg {
     result: ProbeResult,
 }
 
+/// The processes a pod task waits for (by pidfd, each in a small task of its own).
+struct ExitWatches {
+    /// `Some`: being waited for; `None`: has exited (and is not waited for again).
+    watching: HashMap<ProcessId, Option<AbortHandle>>,
+    tx: mpsc::UnboundedSender<ProcessId>,
+    rx: mpsc::UnboundedReceiver<ProcessId>,
+}
+
+impl ExitWatches {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            watching: HashMap::new(),
+            tx,
+            rx,
+        }
+    }
+
+    /// Wait for exactly the processes in `wanted` (those not known to have exited yet).
+    fn set(&mut self, wanted: &[ProcessId]) {
+        self.watching.retain(|p, task| {
+            let keep = wanted.contains(p);
+            if !keep && let Some(t) = task.take() {
+                t.abort();
+            }
+            keep
+        });
+        for &p in wanted {
+            self.watching.entry(p).or_insert_with(|| {
+                let tx = self.tx.clone();
+                let task = tokio::spawn(async move {
+                    p.exited().await;
+                    let _ = tx.send(p);
+                });
+                Some(task.abort_handle())
+            });
+        }
+    }
+
+    fn exited(&mut self, p: ProcessId) {
+        if let Some(task) = self.watching.get_mut(&p) {
+            *task = None;
+        }
+    }
+}
+
+impl Drop for ExitWatches {
+    fn drop(&mut self) {
+        for t in self.watching.values_mut().filter_map(Option::take) {
+            t.abort();
+        }
+    }
+}
+
 struct Runner {
     env: RunnerEnv,
     plan: Arc<PodPlan>,
@@ -335,6 +424,11 @@ struct Runner {
     deleting: bool,
     /// Conditions' last transition times, kept while their status does not change.
     transitions: BTreeMap<&'static str, (bool, Timestamp)>,
+    exits: ExitWatches,
+    /// The inotify watches on the container directories; `false` when one could not be set up
+    /// (then a starting container's directory is polled).
+    dirs_watched: bool,
+    _dir_watches: Vec<Watch>,
 }
 
 impl Runner {
@@ -347,7 +441,7 @@ impl Runner {
         wake: Arc<Notify>,
         processes: Arc<Mutex<BTreeMap<String, ProcessId>>>,
     ) -> Self {
-        let ctrs = plan
+        let ctrs: Vec<Ctr> = plan
             .init_containers
             .iter()
             .map(|c| Ctr::new(c.clone(), true, &dir))
@@ -359,6 +453,20 @@ impl Runner {
             .collect();
         let pod = read_json(&dir, POD_STATE_FILE).unwrap_or_default();
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
+        // Watching before the first look at the files: no record can slip in between.
+        let mut dir_watches = Vec::new();
+        let mut dirs_watched = env.dirs.is_some();
+        if let Some(w) = &env.dirs {
+            for c in &ctrs {
+                match w.watch(&c.dir, WATCHED_FILES, &wake) {
+                    Ok(guard) => dir_watches.push(guard),
+                    Err(e) => {
+                        debug!(dir = %c.dir.display(), error = %e, "cannot watch a container directory; polling it while the container starts");
+                        dirs_watched = false;
+                    }
+                }
+            }
+        }
         Self {
             env,
             plan,
@@ -373,23 +481,121 @@ impl Runner {
             probe_rx,
             deleting: false,
             transitions: BTreeMap::new(),
+            exits: ExitWatches::new(),
+            dirs_watched,
+            _dir_watches: dir_watches,
         }
     }
 
     #[tracing::instrument(name = "pod", skip_all, fields(pod = %format!("{}/{}", self.plan.namespace, self.plan.name)))]
     async fn run(mut self) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let span = tracing::Span::current();
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = self.wake.notified() => {}
-                Some(msg) = self.probe_rx.recv() => self.on_probe(msg).await,
-            }
-            if self.step().await {
+            let began = Instant::now();
+            let span = span.clone();
+            let passed = tokio::task::spawn_blocking(move || {
+                let _entered = span.enter();
+                let done = self.step();
+                let waits = if done {
+                    Vec::new()
+                } else {
+                    self.awaited_exits()
+                };
+                (self, done, waits)
+            })
+            .await;
+            let (runner, done, waits) = match passed {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %e, "the pod's task failed");
+                    return;
+                }
+            };
+            self = runner;
+            if done {
                 return;
             }
+            self.exits.set(&waits);
+            let next = self.next_deadline(began);
+            tokio::select! {
+                () = sleep_until(next) => {}
+                () = self.wake.notified() => {}
+                Some(p) = self.exits.rx.recv() => self.exits.exited(p),
+                Some(msg) = self.probe_rx.recv() => self.on_probe(msg).await,
+            }
         }
+    }
+
+    /// The processes whose exit changes what [`Self::step`] does: the shims of starting and
+    /// running containers, a running container whose shim is gone (killed from outside), and
+    /// while the pod is deleted, every shim it waits for.
+    fn awaited_exits(&self) -> Vec<ProcessId> {
+        let mut out = Vec::new();
+        for c in &self.ctrs {
+            match &c.now {
+                Now::Starting { shim: Some(s), .. } => out.push(*s),
+                Now::Running(rec) => {
+                    out.push(rec.shim);
+                    if !rec.shim.is_alive() {
+                        out.push(rec.container);
+                    }
+                }
+                _ => {}
+            }
+            if self.deleting
+                && let Some(rec) = read_json::<ShimRecord>(&c.dir, SHIM_FILE)
+                && !out.contains(&rec.shim)
+            {
+                out.push(rec.shim);
+            }
+        }
+        out
+    }
+
+    /// The earliest deadline after `after` (when the last pass began) at which a pass acts:
+    /// a start timeout, a restart after backoff, a SIGKILL at the end of a grace period, or
+    /// `activeDeadlineSeconds`. A deadline that had passed by then was acted on by that pass if
+    /// it could be, so it is not waited for again.
+    fn next_deadline(&self, after: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| {
+            if t > after && next.is_none_or(|n| t < n) {
+                next = Some(t);
+            }
+        };
+        for c in &self.ctrs {
+            match &c.now {
+                Now::Starting { since, .. } => {
+                    at(*since + START_TIMEOUT);
+                    if !self.dirs_watched {
+                        at(Instant::now() + UNWATCHED_POLL);
+                    }
+                }
+                Now::Backoff { until } => at(*until),
+                _ => {}
+            }
+            if let Some(k) = c.kill_at {
+                at(k);
+            }
+        }
+        let delete_deadline = self.control.lock().delete_deadline;
+        match delete_deadline {
+            Some(d) => at(d),
+            None => {
+                if let Some(secs) = self.plan.active_deadline_seconds
+                    && !self.pod.deadline_exceeded
+                    && !self.terminal()
+                    && let Ok(end) = self
+                        .plan
+                        .created_at
+                        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(secs))
+                {
+                    // A millisecond late rather than early: the check counts whole seconds.
+                    at(instant_at(end) + Duration::from_millis(1));
+                }
+            }
+        }
+        next
     }
 
     fn event(&self, warning: bool, reason: &str, message: String) {
@@ -403,8 +609,9 @@ impl Runner {
         );
     }
 
-    /// One pass over the pod. Returns `true` once the pod is deleted and cleaned up.
-    async fn step(&mut self) -> bool {
+    /// One pass over the pod (blocking: run it on the blocking pool). Returns `true` once the
+    /// pod is deleted and cleaned up.
+    fn step(&mut self) -> bool {
         for i in 0..self.ctrs.len() {
             self.observe(i);
         }
@@ -450,7 +657,7 @@ impl Runner {
                     read_json::<ShimRecord>(&c.dir, SHIM_FILE).filter(|r| r.restart == restart)
                 {
                     self.on_running(i, rec);
-                } else if since.elapsed() > START_TIMEOUT && !shim.is_some_and(|s| s.is_alive()) {
+                } else if since.elapsed() >= START_TIMEOUT && !shim.is_some_and(|s| s.is_alive()) {
                     let tail = std::fs::read_to_string(c.dir.join("shim.err")).unwrap_or_default();
                     let now = Timestamp::now();
                     self.on_exit(

@@ -21,7 +21,7 @@ use crate::plan::ContainerPlan;
 use crate::procs::ProcessId;
 use crate::pty;
 use crate::runner::{instance_exit_code, instance_exited, latest_instance};
-use crate::shim::{CONTROL_FIFO, STDIN_FIFO};
+use crate::shim::{CONTROL_FIFO, SHIM_FILE, STDIN_FIFO, ShimRecord, read_json};
 
 /// Buffer between the log reader task and the consumer.
 const LOG_PIPE_BYTES: usize = 64 * 1024;
@@ -76,7 +76,9 @@ fn read_in_background(dir: PathBuf, instance: u32, opts: LogOptions) -> ByteRead
     Box::pin(reader)
 }
 
-/// How often an attach session looks for the end of the instance it is attached to.
+/// How often an attach session looks for the end of the instance it is attached to while it
+/// cannot wait for the instance's shim to exit (the shim has not recorded itself yet, or died
+/// without recording the exit).
 const EXIT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Attach to the running instance of `container`: its output from now on (read from its log,
@@ -191,23 +193,46 @@ async fn relay_resizes(
 }
 
 /// Resolves the session's exit with the instance's exit code once it ends; stops watching when
-/// the session is dropped.
+/// the session is dropped. It waits for the instance's shim to exit (a pidfd: the shim records
+/// the exit just before), so the session ends at once; the files are read on the blocking pool.
 async fn report_instance_exit(
     dir: PathBuf,
     instance: u32,
     mut exit_tx: oneshot::Sender<ExitResult>,
 ) {
-    let mut tick = tokio::time::interval(EXIT_POLL);
+    let mut shim_gone = false;
     loop {
+        let d = dir.clone();
+        let looked = tokio::task::spawn_blocking(move || {
+            if instance_exited(&d, instance) {
+                return Err(instance_exit_code(&d, instance));
+            }
+            Ok(read_json::<ShimRecord>(&d, SHIM_FILE)
+                .filter(|r| r.restart == instance)
+                .map(|r| r.shim))
+        })
+        .await;
+        let shim = match looked {
+            Ok(Ok(shim)) => shim.filter(|_| !shim_gone),
+            Ok(Err(code)) => {
+                let result = code.ok_or_else(|| {
+                    "the container instance ended; its exit was not recorded".into()
+                });
+                let _ = exit_tx.send(result);
+                return;
+            }
+            Err(_) => return,
+        };
+        let wait = async move {
+            match shim {
+                Some(s) => s.exited().await,
+                None => tokio::time::sleep(EXIT_POLL).await,
+            }
+            shim.is_some()
+        };
         tokio::select! {
-            _ = tick.tick() => {}
+            gone = wait => shim_gone |= gone,
             () = exit_tx.closed() => return,
-        }
-        if instance_exited(&dir, instance) {
-            let result = instance_exit_code(&dir, instance)
-                .ok_or_else(|| "the container instance ended; its exit was not recorded".into());
-            let _ = exit_tx.send(result);
-            return;
         }
     }
 }
