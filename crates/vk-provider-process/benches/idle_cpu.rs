@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use vk_core::{PodKey, PodUpdate, Provider, ProviderSinks, ResolvedPod};
+use vk_provider_api::{PodKey, PodUpdate, Provider, ProviderSinks, ResolvedPod};
 use vk_provider_process::{ProcessConfig, ProcessProvider};
 
 fn env_num(name: &str, default: u64) -> u64 {

@@ -42,6 +42,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tracing::{debug, warn};
+use vk_provider_api::quantity::Amount;
 
 /// The CFS period the kubelet uses, in microseconds.
 const CFS_PERIOD_US: u64 = 100_000;
@@ -135,77 +136,17 @@ pub fn parse_bytes(q: &str) -> Option<u64> {
     parse_quantity(q, 0)
 }
 
-/// `ceil(q * 10^scale)` for a non-negative quantity: a decimal number followed by a binary
-/// (`Ki`..`Ei`) or decimal (`n u m k M G T P E`) suffix or a decimal exponent (`e3`, `E-2`).
-/// Exact integer arithmetic, so `0.1Gi` and `1.5m` round the way the API server's do.
+/// `ceil(q * 10^scale)` (scale 0 or 3) for a non-negative quantity, through the contract's one
+/// quantity parser, so `0.1Gi` and `1.5m` round the way the API server's do.
 fn parse_quantity(q: &str, scale: u32) -> Option<u64> {
-    let s = q.trim();
-    let (negative, s) = match s.as_bytes().first()? {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let num_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(num_end);
-    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
-    if frac_part.contains('.') || (int_part.is_empty() && frac_part.is_empty()) {
+    let amount = Amount::parse(q).ok()?;
+    if amount < Amount::ZERO {
         return None;
     }
-    let digits = format!("{int_part}{frac_part}");
-    let digits = digits.trim_start_matches('0');
-    let mut mantissa: u128 = if digits.is_empty() {
-        0
-    } else {
-        digits.parse().ok()?
-    };
-    if negative && mantissa != 0 {
-        return None;
-    }
-    let (exp10, exp2): (i64, u32) = match suffix {
-        "" => (0, 0),
-        "n" => (-9, 0),
-        "u" => (-6, 0),
-        "m" => (-3, 0),
-        "k" => (3, 0),
-        "M" => (6, 0),
-        "G" => (9, 0),
-        "T" => (12, 0),
-        "P" => (15, 0),
-        "E" => (18, 0),
-        "Ki" => (0, 10),
-        "Mi" => (0, 20),
-        "Gi" => (0, 30),
-        "Ti" => (0, 40),
-        "Pi" => (0, 50),
-        "Ei" => (0, 60),
-        _ => {
-            let exp = suffix.strip_prefix(['e', 'E'])?;
-            let body = exp.strip_prefix(['+', '-']).unwrap_or(exp);
-            if body.is_empty() || !body.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            (exp.parse::<i32>().ok()?.into(), 0)
-        }
-    };
-    if mantissa != 0 {
-        mantissa = mantissa.checked_mul(1u128.checked_shl(exp2)?)?;
-    }
-    let frac_len = i64::try_from(frac_part.len()).ok()?;
-    let exp = exp10 - frac_len + i64::from(scale);
-    let value = if exp >= 0 {
-        if mantissa == 0 {
-            0
-        } else {
-            mantissa.checked_mul(10u128.checked_pow(u32::try_from(exp).ok()?)?)?
-        }
-    } else {
-        match u32::try_from(-exp).ok().and_then(|e| 10u128.checked_pow(e)) {
-            Some(div) => mantissa.div_ceil(div),
-            // The divisor exceeds any u128 mantissa: anything non-zero rounds up to 1.
-            None => u128::from(mantissa != 0),
-        }
+    let value = match scale {
+        0 => amount.value(),
+        3 => amount.milli_value(),
+        _ => return None,
     };
     u64::try_from(value).ok()
 }

@@ -46,11 +46,11 @@ use k8s_openapi::jiff::Timestamp;
 use nix::sys::signal::Signal;
 use parking_lot::Mutex;
 use tracing::{info, warn};
-use vk_core::resolve::ResolvedVolume;
-use vk_core::streams::{
+use vk_provider_api::resolution::ResolvedVolume;
+use vk_provider_api::streams::{
     AttachRequest, ByteReader, ContainerStats, Duplex, ExecRequest, ExecSession, LogRequest,
 };
-use vk_core::{
+use vk_provider_api::{
     BackendPod, NodeResources, PodKey, PodUpdate, Provider, ProviderError, ProviderSinks,
     ResolvedPod,
 };

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use vk_core::resolve::{PodAddresses, Template};
-use vk_core::{PodKey, ResolvedPod};
+use vk_provider_api::resolution::{PodAddresses, Template};
+use vk_provider_api::{PodKey, ResolvedPod};
 
 use crate::config::ProcessConfig;
 use crate::sandbox::{Mount, RootFs, SandboxSpec, User, bwrap_args, mounts_for_container};

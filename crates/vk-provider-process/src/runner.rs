@@ -33,7 +33,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use vk_core::{PodUpdate, ProviderSinks};
+use vk_provider_api::{PodUpdate, ProviderSinks};
 
 use crate::cgroups::{Cgroups, Limits};
 use crate::exec::ContainerExec;

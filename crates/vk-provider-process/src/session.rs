@@ -10,8 +10,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
-use vk_core::ProviderError;
-use vk_core::streams::{
+use vk_provider_api::ProviderError;
+use vk_provider_api::streams::{
     AttachRequest, ByteReader, ExecRequest, ExecSession, ExitResult, LogRequest, TerminalSize,
 };
 
@@ -27,7 +27,7 @@ use crate::shim::{CONTROL_FIFO, SHIM_FILE, STDIN_FIFO, ShimRecord, read_json};
 const LOG_PIPE_BYTES: usize = 64 * 1024;
 const DEFAULT_TERMINAL: (u16, u16) = (80, 24);
 
-/// A container's log as a byte stream (see [`vk_core::Provider::container_logs`]).
+/// A container's log as a byte stream (see [`vk_provider_api::Provider::container_logs`]).
 pub fn logs(
     pod_dir: &Path,
     container: &ContainerPlan,
@@ -344,7 +344,8 @@ fn exec_tty(
     let writer = master.try_clone().map_err(|e| io_err("terminal", &e))?;
     let read_half = tokio::fs::File::from_std(std::fs::File::from(master));
     let write_half = tokio::fs::File::from_std(std::fs::File::from(writer));
-    let (resize_tx, mut resize_rx) = mpsc::unbounded_channel::<vk_core::streams::TerminalSize>();
+    let (resize_tx, mut resize_rx) =
+        mpsc::unbounded_channel::<vk_provider_api::streams::TerminalSize>();
     tokio::spawn(async move {
         while let Some(size) = resize_rx.recv().await {
             if let Err(e) = pty::resize(&control, size.width, size.height) {

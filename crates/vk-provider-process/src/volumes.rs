@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use vk_core::resolve::{ResolvedVolume, ResolvedVolumeSource, VolumeFile};
+use vk_provider_api::resolution::{ResolvedVolume, ResolvedVolumeSource, VolumeFile};
 
 const DATA_LINK: &str = "..data";
 const EMPTY_DIR_MODE: u32 = 0o777;
@@ -246,7 +246,7 @@ fn count_files(dir: &Path) -> Option<usize> {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use vk_core::resolve::FilesKind;
+    use vk_provider_api::resolution::FilesKind;
 
     fn file(path: &str, data: &str, sensitive: bool) -> VolumeFile {
         VolumeFile {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 use parking_lot::Mutex;
-use vk_core::{PodKey, PodUpdate, Provider, ProviderSinks, ResolvedPod};
+use vk_provider_api::{PodKey, PodUpdate, Provider, ProviderSinks, ResolvedPod};
 use vk_provider_process::{ProcessConfig, ProcessProvider};
 
 /// The latest status per pod UID (`None` once gone).

@@ -10,8 +10,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vk_core::streams::{AttachRequest, ExecRequest, LogRequest, TerminalSize};
-use vk_core::{PodKey, PodUpdate, Provider, ProviderSinks, ResolvedPod};
+use vk_provider_api::streams::{AttachRequest, ExecRequest, LogRequest, TerminalSize};
+use vk_provider_api::{PodKey, PodUpdate, Provider, ProviderSinks, ResolvedPod};
 use vk_provider_process::{ProcessConfig, ProcessProvider};
 
 /// Status updates the provider pushed, by pod UID (`None`: gone).
@@ -341,7 +341,7 @@ fn attach_pod(uid: &str, container: serde_json::Value) -> ResolvedPod {
 }
 
 /// Collects a stream into a shared string, so a test can wait for content while it keeps coming.
-fn collect(mut r: vk_core::streams::ByteReader) -> Arc<Mutex<String>> {
+fn collect(mut r: vk_provider_api::streams::ByteReader) -> Arc<Mutex<String>> {
     let out = Arc::new(Mutex::new(String::new()));
     let sink = out.clone();
     tokio::spawn(async move {

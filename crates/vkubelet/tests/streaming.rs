@@ -8,81 +8,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Vk, pod_with, wait_pod_phase};
+use common::{Vk, kubectls, pod_with, wait_pod_phase};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use vk_testkit::TestEnv;
-
-/// A kubectl a test runs with, and the wire protocol it makes the kubelet speak.
-#[derive(Debug, Clone)]
-struct Kubectl {
-    label: &'static str,
-    path: PathBuf,
-}
-
-/// The installed kubectl, and kubectl 1.20 when available (required under CI).
-fn kubectls() -> Vec<Kubectl> {
-    let mut all = vec![Kubectl {
-        label: "websocket (installed kubectl)",
-        path: std::env::var_os("VKUBELET_KUBECTL")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| "kubectl".into()),
-    }];
-    match std::env::var_os("VKUBELET_KUBECTL_LEGACY") {
-        Some(p) => all.push(Kubectl {
-            label: "spdy (kubectl 1.20)",
-            path: p.into(),
-        }),
-        None => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "VKUBELET_KUBECTL_LEGACY (kubectl 1.20) is required under CI; \
-                 see `scripts/cluster.sh legacy-kubectl`"
-            );
-            eprintln!("VKUBELET_KUBECTL_LEGACY not set: testing the WebSocket path only");
-        }
-    }
-    all
-}
-
-impl Kubectl {
-    fn command(&self, env: &TestEnv, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&self.path);
-        cmd.arg("--kubeconfig")
-            .arg(env.kubeconfig_path())
-            .args(["-n", env.namespace()])
-            .args(args)
-            .kill_on_drop(true);
-        cmd
-    }
-
-    /// Run to completion with `input` on stdin: (exit code, stdout, stderr).
-    async fn run(&self, env: &TestEnv, args: &[&str], input: &[u8]) -> (i32, String, String) {
-        let mut child = self
-            .command(env, args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kubectl");
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input).await.unwrap();
-        drop(stdin);
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("[{}] kubectl {args:?} did not finish", self.label))
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
 
 async fn running_pod(env: &TestEnv, vk: &Vk, name: &str, container: serde_json::Value) {
     env.create(&pod_with(vk, name, container, json!({}))).await;
