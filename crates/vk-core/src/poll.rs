@@ -13,7 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ProviderError;
 use crate::provider::{
-    BackendPod, NodeResources, PodKey, PodUpdate, Provider, ProviderSinks, ResolvedPod,
+    BackendPod, NodeResources, PodKey, PodUpdate, Provider, ProviderLimits, ProviderSinks,
+    ResolvedPod,
+};
+use crate::resolve::ResolvedVolume;
+use crate::streams::{
+    AttachRequest, ByteReader, ContainerStats, Duplex, ExecRequest, ExecSession, LogRequest,
 };
 
 /// Wraps a provider whose `start` does not push status; see the module documentation.
@@ -111,6 +116,59 @@ impl<P: Provider> Provider for PollingAdapter<P> {
     async fn cleanup_all(&self) -> Result<usize, ProviderError> {
         self.inner.cleanup_all().await
     }
+
+    // Everything else goes straight to the backend: polling changes how status arrives, not
+    // what the backend can do.
+    async fn update_volumes(
+        &self,
+        key: &PodKey,
+        volumes: &[ResolvedVolume],
+    ) -> Result<(), ProviderError> {
+        self.inner.update_volumes(key, volumes).await
+    }
+
+    fn limits(&self) -> ProviderLimits {
+        self.inner.limits()
+    }
+
+    async fn container_logs(
+        &self,
+        key: &PodKey,
+        request: &LogRequest,
+    ) -> Result<ByteReader, ProviderError> {
+        self.inner.container_logs(key, request).await
+    }
+
+    async fn exec(
+        &self,
+        key: &PodKey,
+        request: &ExecRequest,
+    ) -> Result<ExecSession, ProviderError> {
+        self.inner.exec(key, request).await
+    }
+
+    async fn attach(
+        &self,
+        key: &PodKey,
+        request: &AttachRequest,
+    ) -> Result<ExecSession, ProviderError> {
+        self.inner.attach(key, request).await
+    }
+
+    async fn port_forward(
+        &self,
+        key: &PodKey,
+        port: u16,
+    ) -> Result<std::pin::Pin<Box<dyn Duplex>>, ProviderError> {
+        self.inner.port_forward(key, port).await
+    }
+
+    async fn pod_stats(
+        &self,
+        key: &PodKey,
+    ) -> Result<std::collections::BTreeMap<String, ContainerStats>, ProviderError> {
+        self.inner.pod_stats(key).await
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +183,109 @@ mod tests {
                 ..Default::default()
             })),
         }
+    }
+
+    /// A backend that answers every optional call in its own recognisable way.
+    struct Capable;
+
+    #[async_trait]
+    impl Provider for Capable {
+        fn kind(&self) -> &str {
+            "capable"
+        }
+        async fn start(&self, _: ProviderSinks) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn node_resources(&self) -> Result<NodeResources, ProviderError> {
+            Ok(NodeResources::default())
+        }
+        async fn create_pod(&self, _: &ResolvedPod) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn update_pod(&self, _: &ResolvedPod) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn delete_pod(&self, _: &PodKey, _: Duration) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn list_pods(&self) -> Result<Vec<BackendPod>, ProviderError> {
+            Ok(Vec::new())
+        }
+        async fn cleanup_all(&self) -> Result<usize, ProviderError> {
+            Ok(0)
+        }
+        fn limits(&self) -> ProviderLimits {
+            ProviderLimits::default().with_max_volume_bytes(Some(7))
+        }
+        async fn update_volumes(
+            &self,
+            _: &PodKey,
+            _: &[ResolvedVolume],
+        ) -> Result<(), ProviderError> {
+            Err(ProviderError::Other("volumes reached the backend".into()))
+        }
+        async fn container_logs(
+            &self,
+            _: &PodKey,
+            _: &LogRequest,
+        ) -> Result<ByteReader, ProviderError> {
+            Err(ProviderError::Other("logs reached the backend".into()))
+        }
+        async fn exec(&self, _: &PodKey, _: &ExecRequest) -> Result<ExecSession, ProviderError> {
+            Err(ProviderError::Other("exec reached the backend".into()))
+        }
+        async fn attach(
+            &self,
+            _: &PodKey,
+            _: &AttachRequest,
+        ) -> Result<ExecSession, ProviderError> {
+            Err(ProviderError::Other("attach reached the backend".into()))
+        }
+        async fn port_forward(
+            &self,
+            _: &PodKey,
+            _: u16,
+        ) -> Result<std::pin::Pin<Box<dyn Duplex>>, ProviderError> {
+            Err(ProviderError::Other(
+                "port-forward reached the backend".into(),
+            ))
+        }
+        async fn pod_stats(
+            &self,
+            _: &PodKey,
+        ) -> Result<std::collections::BTreeMap<String, ContainerStats>, ProviderError> {
+            Ok([("app".to_string(), ContainerStats::default())].into())
+        }
+    }
+
+    #[tokio::test]
+    async fn forwards_every_capability() {
+        let p = PollingAdapter::new(Capable, Duration::from_secs(60));
+        let key = PodKey::new("u", "ns", "p");
+        let reached = |r: Result<(), ProviderError>, what: &str| {
+            assert_eq!(
+                r,
+                Err(ProviderError::Other(format!("{what} reached the backend")))
+            );
+        };
+        assert_eq!(p.limits().max_volume_bytes, Some(7));
+        reached(p.update_volumes(&key, &[]).await, "volumes");
+        reached(
+            p.container_logs(&key, &LogRequest::default())
+                .await
+                .map(|_| ()),
+            "logs",
+        );
+        reached(
+            p.exec(&key, &ExecRequest::default()).await.map(|_| ()),
+            "exec",
+        );
+        reached(
+            p.attach(&key, &AttachRequest::default()).await.map(|_| ()),
+            "attach",
+        );
+        reached(p.port_forward(&key, 80).await.map(|_| ()), "port-forward");
+        assert_eq!(p.pod_stats(&key).await.map(|m| m.len()), Ok(1));
     }
 
     #[test]

@@ -506,9 +506,10 @@ impl Provider for ProcessProvider {
     }
 
     async fn update_pod(&self, _pod: &ResolvedPod) -> Result<(), ProviderError> {
-        // Running containers keep their spec; a changed image takes effect at the next restart
-        // of a re-created pod.
-        Ok(())
+        // Running containers keep their spec: saying so is honest, pretending it applied is not.
+        Err(ProviderError::NotSupported(
+            "images, labels and annotations of running containers".into(),
+        ))
     }
 
     async fn update_volumes(

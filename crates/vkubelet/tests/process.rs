@@ -688,6 +688,47 @@ async fn a_pod_without_a_runnable_command_gets_a_clear_reason() {
 }
 
 #[tokio::test]
+async fn an_image_change_is_refused_honestly() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let vk = start(&env);
+    vk.wait_ready(&env).await;
+    let pod = pod_with(
+        &vk,
+        "steady",
+        json!({"command": ["sleep", "3600"]}),
+        json!({}),
+    );
+    env.create(&pod).await;
+    wait_pod(&env, "steady", "running", |p| {
+        phase(p).as_deref() == Some("Running")
+    })
+    .await;
+    env.kubectl_ns(["set", "image", "pod/steady", "main=busybox:1.36"])
+        .await
+        .assert_success();
+    let ev = wait_event(&env, "steady", "ProviderUpdateUnsupported").await;
+    assert_eq!(ev.type_.as_deref(), Some("Normal"));
+    assert!(
+        ev.message
+            .unwrap_or_default()
+            .contains("does not change a running pod"),
+        "the event says what happened"
+    );
+    // No success was claimed for the change.
+    let reasons: Vec<String> = events_for(&env, "steady")
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        !reasons.iter().any(|r| r == "ProviderUpdateSuccess"),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
 async fn hooks_run_and_active_deadline_fails_the_pod() {
     let Some(env) = vk_testkit::env().await else {
         return;

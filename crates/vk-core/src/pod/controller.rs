@@ -923,6 +923,21 @@ impl PodController {
                 self.update_entry(&entry.key.uid, |e| e.backend = Backend::Gone);
                 Ok(Some(Next::After(Duration::ZERO)))
             }
+            // An honest "cannot": say so once; the running pod keeps its spec.
+            Err(ProviderError::NotSupported(what)) => {
+                self.events.pod(
+                    &entry.key,
+                    false,
+                    "ProviderUpdateUnsupported",
+                    format!(
+                        "the {} backend does not change a running pod ({what}); the new spec applies when the pod is re-created",
+                        self.provider.kind()
+                    ),
+                );
+                let hash = spec_hash(pod);
+                self.update_entry(&entry.key.uid, |e| e.applied_spec = Some(hash));
+                Ok(None)
+            }
             Err(e) => {
                 self.events
                     .pod(&entry.key, true, "ProviderUpdateFailed", e.to_string());
