@@ -182,7 +182,7 @@ up() {
     --service-account-issuer https://kubernetes.default.svc --api-audiences https://kubernetes.default.svc \
     --authorization-mode Node,RBAC \
     --kubelet-client-certificate pki/kubelet-client.crt --kubelet-client-key pki/kubelet-client.key \
-    --kubelet-preferred-address-types InternalIP,Hostname \
+    `# default --kubelet-preferred-address-types (Hostname first), as in most clusters` \
     --service-cluster-ip-range 10.0.0.0/24 --allow-privileged \
     --enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota \
     --max-requests-inflight "${MAX_INFLIGHT:-400}" --max-mutating-requests-inflight "${MAX_MUT_INFLIGHT:-200}" \

@@ -148,6 +148,10 @@ struct RunArgs {
     /// Address the API server uses to reach this kubelet (node InternalIP).
     #[arg(long, env = "VKUBELET_NODE_IP", default_value = "127.0.0.1")]
     node_ip: String,
+    /// The node's Hostname address (API servers with default --kubelet-preferred-address-types
+    /// dial it first, so it must resolve); default: the node IP.
+    #[arg(long)]
+    node_hostname: Option<String>,
     /// Port of the kubelet API; with several nodes, node N uses this + N unless it sets its own.
     /// 0 gives every node a free port (advertised in its status).
     #[arg(long, default_value_t = 10250)]
@@ -443,6 +447,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("node {}: kubelet API TLS", spec.name))?;
         let mut node_cfg = NodeConfig::new(&spec.name);
         node_cfg.node_ip = node_ip;
+        node_cfg.hostname = args.node_hostname.clone();
         node_cfg.kubelet_port = served_port;
         node_cfg.labels = spec.labels.clone();
         node_cfg.labels.extend(args.node_labels.iter().cloned());

@@ -27,6 +27,10 @@ pub struct NodeConfig {
     pub name: String,
     /// The address the API server uses to reach our kubelet API.
     pub node_ip: String,
+    /// The node's `Hostname` address. API servers with default
+    /// `--kubelet-preferred-address-types` dial it first, so it must resolve: by default it is
+    /// `node_ip` (a virtual node's name is rarely a DNS name).
+    pub hostname: Option<String>,
     pub kubelet_port: u16,
     /// Extra labels on top of the standard virtual-kubelet ones.
     pub labels: BTreeMap<String, String>,
@@ -52,6 +56,7 @@ impl NodeConfig {
         Self {
             name: name.into(),
             node_ip: "127.0.0.1".into(),
+            hostname: None,
             kubelet_port: 10250,
             labels: BTreeMap::new(),
             disable_taint: false,

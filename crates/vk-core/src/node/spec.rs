@@ -189,7 +189,7 @@ pub fn status(
             },
             NodeAddress {
                 type_: "Hostname".into(),
-                address: cfg.name.clone(),
+                address: cfg.hostname.clone().unwrap_or_else(|| cfg.node_ip.clone()),
             },
         ]),
         daemon_endpoints: Some(NodeDaemonEndpoints {
@@ -335,6 +335,33 @@ mod tests {
             taints(&c, "kube", true)
                 .iter()
                 .all(|t| t.key == SOLD_OUT_TAINT_KEY)
+        );
+    }
+
+    #[test]
+    fn every_published_address_resolves() {
+        let mut c = cfg();
+        c.node_ip = "10.1.2.3".into();
+        let s = status(&c, "sim", &resources(true), &[], Timestamp::UNIX_EPOCH);
+        let addrs: Vec<(String, String)> = s
+            .addresses
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| (a.type_, a.address))
+            .collect();
+        // Not the node name: an API server dialling Hostname first would fail to look it up.
+        assert_eq!(
+            addrs,
+            vec![
+                ("InternalIP".to_string(), "10.1.2.3".to_string()),
+                ("Hostname".to_string(), "10.1.2.3".to_string())
+            ]
+        );
+        c.hostname = Some("vk.example.internal".into());
+        let s = status(&c, "sim", &resources(true), &[], Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            s.addresses.unwrap_or_default()[1].address,
+            "vk.example.internal"
         );
     }
 
