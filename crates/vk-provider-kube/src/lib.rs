@@ -429,9 +429,15 @@ impl Inner {
             let before = stuck.len();
             match status::unschedulable(pod) {
                 Some(message) => {
-                    stuck
-                        .entry(key.uid.clone())
-                        .or_insert((Instant::now(), message));
+                    if !stuck.contains_key(&key.uid) {
+                        stuck.insert(key.uid.clone(), (Instant::now(), message));
+                        // Look again once the pod has been stuck long enough to count.
+                        let state = self.state.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(SOLD_OUT_AFTER + Duration::from_secs(1)).await;
+                            state.node_changed();
+                        });
+                    }
                 }
                 None => {
                     stuck.remove(&key.uid);
@@ -516,14 +522,20 @@ impl Inner {
         if reason == "Scheduled" {
             return;
         }
+        // Backend names end with the source UID (`identity::backend_name`): no scan of every pod.
         let backend_name = e.involved_object.name.clone().unwrap_or_default();
-        let uid = self
-            .state
-            .pods
-            .lock()
-            .iter()
-            .find(|(_, (_, n))| *n == backend_name)
-            .map(|(uid, _)| uid.clone());
+        let uid = backend_name
+            .char_indices()
+            .rev()
+            .nth(35)
+            .map(|(i, _)| backend_name[i..].to_string())
+            .filter(|uid| {
+                self.state
+                    .pods
+                    .lock()
+                    .get(uid)
+                    .is_some_and(|(_, n)| *n == backend_name)
+            });
         if let Some(uid) = uid {
             self.state.push(
                 &uid,
@@ -757,10 +769,6 @@ impl Provider for KubeProvider {
             self.put_config_map(&ns, c).await?;
         }
         let api = self.pods_api(&ns);
-        self.state
-            .pods
-            .lock()
-            .insert(pod.key.uid.clone(), (ns.clone(), ctx.name.clone()));
         let created =
             match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &t.pod))
                 .await

@@ -242,6 +242,13 @@ async fn deployment_bursts_into_the_backend_with_env_volumes_logs_exec_and_clean
 
     // Env and volume contents, seen from inside the container through kubectl on A.
     let name = pods[0].metadata.name.clone().expect("name");
+    // The backend's own events about the pod (B's kubelet started the container) show on A.
+    let started = wait_event(&t.a, &name, "Started").await;
+    assert_eq!(
+        started.message.as_deref(),
+        Some("Started container main"),
+        "re-emitted from B"
+    );
     let out = t
         .a
         .kubectl_ns([
