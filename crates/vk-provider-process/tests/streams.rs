@@ -384,6 +384,15 @@ async fn attach_feeds_stdin_once_and_separates_output() {
         h.provider.processes("uid-a")?.get("main").copied()
     })
     .await;
+    // Attach only once the container's first output is logged: what the test claims is that
+    // output from before the attach is not replayed, so there must be some.
+    until("the first output in the log", || {
+        let log = h.dir.join("state/pods/uid-a/containers/main/0.log");
+        std::fs::read_to_string(log)
+            .ok()
+            .filter(|t| t.contains("started"))
+    })
+    .await;
     let req = AttachRequest {
         container: "main".into(),
         stdin: true,
