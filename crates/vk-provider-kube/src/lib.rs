@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod identity;
+pub mod stats;
 pub mod status;
 pub mod streams;
 pub mod translate;
@@ -42,7 +43,7 @@ use tracing::{debug, info, warn};
 use vk_provider_api::quantity::Amount;
 use vk_provider_api::resolution::ResolvedVolume;
 use vk_provider_api::streams::{
-    AttachRequest, ByteReader, Duplex, ExecRequest, ExecSession, LogRequest,
+    AttachRequest, ByteReader, ContainerStats, Duplex, ExecRequest, ExecSession, LogRequest,
 };
 use vk_provider_api::{
     BackendPod, NodeResources, PodKey, PodUpdate, Provider, ProviderError, ProviderSinks,
@@ -53,6 +54,9 @@ pub use config::{ConfigError, KubeConfig, NamespaceMapping};
 
 use crate::config::CALL_TIMEOUT;
 use crate::translate::{TranslateContext, Translation};
+
+/// How long one backend node summary serves stats requests.
+const SUMMARY_REUSE: Duration = Duration::from_secs(2);
 
 /// How long backend pods may stay Unschedulable (no backend node has room) before the virtual
 /// node declares itself sold out and stops attracting pods.
@@ -102,6 +106,11 @@ struct State {
     unschedulable: Mutex<HashMap<String, (Instant, String)>>,
     /// Backend namespaces known to exist (sameName mapping creates them on demand).
     namespaces: Mutex<HashSet<String>>,
+    /// Source UID → the backend node its pod runs on (for stats).
+    nodes: Mutex<HashMap<String, String>>,
+    /// Backend node → its `/stats/summary`, briefly kept: one summary serves every pod of the
+    /// node in one stats request, instead of one fetch per pod.
+    summaries: Mutex<HashMap<String, (Instant, Arc<serde_json::Value>)>>,
     /// Source UIDs whose backend pod this provider is deleting (on the core's request).
     deleting: Mutex<HashSet<String>>,
     /// Event UIDs → count already forwarded.
@@ -424,6 +433,9 @@ impl Inner {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         self.state.pods.lock().insert(key.uid.clone(), (ns, name));
+        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            self.state.nodes.lock().insert(key.uid.clone(), node);
+        }
         {
             let mut stuck = self.state.unschedulable.lock();
             let before = stuck.len();
@@ -462,6 +474,7 @@ impl Inner {
 
     fn forget(&self, uid: &str) {
         self.state.deleting.lock().remove(uid);
+        self.state.nodes.lock().remove(uid);
         let known = self.state.pods.lock().remove(uid).is_some();
         self.state.unschedulable.lock().remove(uid);
         if known {
@@ -658,6 +671,40 @@ impl Inner {
         Ok(timed("listing backend pods", self.watched_pods().list(&lp))
             .await?
             .items)
+    }
+
+    /// The backend node's kubelet summary, through the backend API's `nodes/proxy`.
+    async fn node_summary(&self, node: &str) -> Result<Arc<serde_json::Value>, ProviderError> {
+        if let Some((at, s)) = self.state.summaries.lock().get(node)
+            && at.elapsed() < SUMMARY_REUSE
+        {
+            return Ok(s.clone());
+        }
+        let path = format!("/api/v1/nodes/{node}/proxy/stats/summary");
+        let req = http::Request::get(&path)
+            .body(Vec::new())
+            .map_err(|e| ProviderError::Other(format!("stats request: {e}")))?;
+        let text = match tokio::time::timeout(CALL_TIMEOUT, self.client.request_text(req)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) if is_status(&e, 403) => {
+                return Err(ProviderError::NotSupported(format!(
+                    "stats: the backend identity may not get nodes/proxy ({e})"
+                )));
+            }
+            Ok(Err(e)) => return Err(api_error("reading backend node stats", e)),
+            Err(_) => {
+                return Err(ProviderError::transient(
+                    "reading backend node stats: no answer",
+                ));
+            }
+        };
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ProviderError::Other(format!("backend node {node} stats: {e}")))?;
+        let value = Arc::new(value);
+        let mut all = self.state.summaries.lock();
+        all.retain(|_, (at, _)| at.elapsed() < SUMMARY_REUSE);
+        all.insert(node.to_string(), (Instant::now(), value.clone()));
+        Ok(value)
     }
 
     fn stream_target(&self, key: &PodKey) -> (Api<Pod>, String) {
@@ -978,6 +1025,24 @@ impl Provider for KubeProvider {
     ) -> Result<Pin<Box<dyn Duplex>>, ProviderError> {
         let (api, name) = self.stream_target(key);
         streams::port_forward(&api, &name, port).await
+    }
+
+    async fn pod_stats(
+        &self,
+        key: &PodKey,
+    ) -> Result<BTreeMap<String, ContainerStats>, ProviderError> {
+        let node = self
+            .state
+            .nodes
+            .lock()
+            .get(&key.uid)
+            .cloned()
+            .ok_or_else(|| ProviderError::NotFound(format!("pod {key} runs on no backend node")))?;
+        let summary = self.node_summary(&node).await?;
+        let ns = self.backend_namespace(key);
+        let name = identity::backend_name(key);
+        stats::pod_stats(&summary, &ns, &name)
+            .ok_or_else(|| ProviderError::NotFound(format!("no stats for pod {key} on {node} yet")))
     }
 }
 

@@ -275,6 +275,27 @@ async fn deployment_bursts_into_the_backend_with_env_volumes_logs_exec_and_clean
         t.a.kubectl_ns(["exec", &name, "--", "sh", "-c", "exit 7"])
             .await;
     assert_eq!(out.status.code(), Some(7), "{out}");
+    // Stats: A's node summary carries the pod, measured by B's kubelet.
+    let raw = t
+        .a
+        .kubectl([
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{}/proxy/stats/summary", t.va.node),
+        ])
+        .await
+        .assert_success();
+    let summary: serde_json::Value = serde_json::from_str(&raw.stdout).expect("summary json");
+    let ours = summary["pods"]
+        .as_array()
+        .and_then(|pods| pods.iter().find(|p| p["podRef"]["name"] == name.as_str()))
+        .unwrap_or_else(|| panic!("{name} missing from A's node summary: {summary}"));
+    let memory = &ours["containers"][0]["memory"];
+    assert!(
+        memory["rssBytes"].as_u64().unwrap_or(0) > 0
+            || memory["workingSetBytes"].as_u64().unwrap_or(0) > 0,
+        "memory measured on B: {ours}"
+    );
     // Logs.
     let out = t.a.kubectl_ns(["logs", &name]).await.assert_success();
     assert!(out.stdout.contains(&format!("started-{name}")), "{out}");
