@@ -402,5 +402,25 @@ async fn seed_003_vendor_taint_value_and_cube_flavour() {
     let pod = common::wait_pod_phase(&env, "nginx", "Running").await;
     assert_eq!(node_of(&pod).as_deref(), Some(virt.node.as_str()));
     assert_eq!(annotation(&pod, SIZE_ANNOTATION).as_deref(), Some("2_2"));
+
+    // A size no Cube flavour holds fails on the node with the reason and the rule quoted.
+    let big = SEED_003
+        .replace("name: nginx", "name: too-big")
+        .replace("cpu: \"2\"", "cpu: \"16\"");
+    assert!(big.contains("cpu: \"16\""));
+    let manifest = write_manifest(&env, "too-big.yaml", &big);
+    env.kubectl_ns(["apply", "-f", &manifest.to_string_lossy()])
+        .await
+        .assert_success();
+    let failed = common::wait_pod_phase(&env, "too-big", "Failed").await;
+    assert_eq!(
+        failed.status.and_then(|s| s.reason).as_deref(),
+        Some("ResourceNormalizationFailed")
+    );
+    let event = common::wait_event(&env, "too-big", "ResourceNormalizationFailed").await;
+    assert!(
+        event.message.as_deref().unwrap_or_default().contains("profile cube"),
+        "{event:?}"
+    );
     env.cleanup().await;
 }
