@@ -858,3 +858,125 @@ mod tests {
         );
     }
 }
+
+/// Injection on arbitrary existing tolerations and affinity: applying a policy twice equals
+/// applying it once, and nothing the user wrote is ever removed.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use proptest::prelude::*;
+
+    fn toleration() -> impl Strategy<Value = Toleration> {
+        (
+            proptest::option::of(prop_oneof![
+                Just(PROVIDER_TAINT_KEY.to_string()),
+                Just(String::new()),
+                Just("dedicated".to_string())
+            ]),
+            proptest::option::of(prop_oneof![
+                Just("Exists".to_string()),
+                Just("Equal".to_string())
+            ]),
+            proptest::option::of(prop_oneof![
+                Just("sim".to_string()),
+                Just("other".to_string())
+            ]),
+            proptest::option::of(prop_oneof![
+                Just("NoSchedule".to_string()),
+                Just("NoExecute".to_string())
+            ]),
+        )
+            .prop_map(|(key, operator, value, effect)| Toleration {
+                key,
+                operator,
+                value,
+                effect,
+                ..Default::default()
+            })
+    }
+
+    fn term() -> impl Strategy<Value = NodeSelectorTerm> {
+        proptest::collection::vec(
+            (
+                prop_oneof![
+                    Just("zone".to_string()),
+                    Just(VIRTUAL_NODE_LABEL_KEY.to_string())
+                ],
+                prop_oneof![Just("In".to_string()), Just("NotIn".to_string())],
+            ),
+            0..3,
+        )
+        .prop_map(|exprs| NodeSelectorTerm {
+            match_expressions: Some(
+                exprs
+                    .into_iter()
+                    .map(|(key, operator)| NodeSelectorRequirement {
+                        key,
+                        operator,
+                        values: Some(vec![VIRTUAL_NODE_LABEL_VALUE.into()]),
+                    })
+                    .collect(),
+            ),
+            match_fields: None,
+        })
+    }
+
+    fn policy() -> impl Strategy<Value = BurstPolicy> {
+        prop_oneof![
+            Just(BurstPolicy::Off),
+            Just(BurstPolicy::Auto),
+            Just(BurstPolicy::LocalPrefer),
+            Just(BurstPolicy::Enforce)
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn idempotent_and_additive(
+            tolerations in proptest::collection::vec(toleration(), 0..4),
+            terms in proptest::option::of(proptest::collection::vec(term(), 0..3)),
+            policy in policy(),
+            burstable in any::<bool>(),
+            values in proptest::collection::vec(prop_oneof![Just("sim".to_string()), Just("kube".to_string())], 0..3),
+        ) {
+            let mut pod = Pod {
+                spec: Some(PodSpec {
+                    containers: vec![Container { name: "c".into(), ..Default::default() }],
+                    tolerations: Some(tolerations.clone()),
+                    affinity: terms.clone().map(|node_selector_terms| Affinity {
+                        node_affinity: Some(NodeAffinity {
+                            required_during_scheduling_ignored_during_execution: Some(NodeSelector { node_selector_terms }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            inject(&mut pod, policy, burstable, &values);
+            let once = pod.clone();
+            let again = inject(&mut pod, policy, burstable, &values);
+            prop_assert!(again.added.is_empty(), "{:?}", again);
+            prop_assert_eq!(&pod, &once);
+            let spec = once.spec.clone().unwrap_or_default();
+            // The user's tolerations come first and unchanged.
+            let now = spec.tolerations.unwrap_or_default();
+            prop_assert_eq!(&now[..tolerations.len()], &tolerations[..]);
+            // Every original term keeps its requirements (the policy only adds to them).
+            if let Some(terms) = terms {
+                let have = spec.affinity.and_then(|a| a.node_affinity)
+                    .and_then(|n| n.required_during_scheduling_ignored_during_execution)
+                    .map(|r| r.node_selector_terms).unwrap_or_default();
+                for (orig, now) in terms.iter().zip(have.iter()) {
+                    let o = orig.match_expressions.clone().unwrap_or_default();
+                    let n = now.match_expressions.clone().unwrap_or_default();
+                    prop_assert_eq!(&n[..o.len()], &o[..]);
+                }
+            }
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! The Kubernetes API client every controller shares: a token-bucket rate limit (QPS/burst), retries
-//! of throttled and failed requests with backoff, and per-verb/code request metrics — each a small
-//! tower layer over kube's default HTTP stack.
+//! of throttled and failed requests with backoff, per-verb/code request metrics, and one warning
+//! per API server outage — each a small tower layer over kube's default HTTP stack.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -49,6 +49,8 @@ pub fn build_client(
     Ok(builder
         .with_layer(&tower::buffer::BufferLayer::new(4096))
         .with_layer(&MetricsLayer { metrics })
+        // Inside the retries: every attempt counts, so an outage is seen at its first failure.
+        .with_layer(&ReachabilityLayer::default())
         .with_layer(&RateLimitLayer::new(options.qps, options.burst))
         .with_layer(&tower::retry::RetryLayer::new(RetryPolicy::new(
             options.max_retries,
@@ -208,6 +210,218 @@ where
     }
 }
 
+/// How long after one outage warning another outage is logged at debug only (and its end too):
+/// an API server that flaps (one of several behind a load balancer failing, say) would otherwise
+/// log a warning and an info line per flap. An outage still going on when this has passed since
+/// the last warning gets its own warning.
+pub const OUTAGE_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Whether the API server answers, judged from every request's outcome: the state machine
+/// behind "one warning per outage". Pure (the caller passes the clock), so it is tested without
+/// a server or sleeps.
+#[derive(Debug, Default)]
+pub struct Reachability {
+    outage: Option<Outage>,
+    /// When reachability last changed. A request sent before says nothing about the new state:
+    /// a request that was stuck while the server was away can fail after others already
+    /// succeed again, and must not open a second outage.
+    changed_at: Option<Instant>,
+    last_warning: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    since: Instant,
+    failures: u64,
+    warned: bool,
+}
+
+/// What to log after an outcome, besides the per-request debug line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    Nothing,
+    /// Requests started failing: warn, once.
+    Unreachable,
+    /// Requests succeed again; `warned`: the outage was warned about (so its end is worth info).
+    Reachable {
+        after: Duration,
+        failures: u64,
+        warned: bool,
+    },
+}
+
+impl Reachability {
+    /// A request sent at `started` got no answer (or a gateway's 502/504) at `now`.
+    pub fn failed(&mut self, started: Instant, now: Instant) -> Report {
+        let outage = match &mut self.outage {
+            Some(outage) => {
+                outage.failures += 1;
+                outage
+            }
+            None if self.changed_at.is_some_and(|t| started < t) => return Report::Nothing,
+            None => {
+                self.changed_at = Some(now);
+                self.outage.insert(Outage {
+                    since: now,
+                    failures: 1,
+                    warned: false,
+                })
+            }
+        };
+        let due = self
+            .last_warning
+            .is_none_or(|t| now.saturating_duration_since(t) >= OUTAGE_WARNING_INTERVAL);
+        if outage.warned || !due {
+            return Report::Nothing;
+        }
+        outage.warned = true;
+        self.last_warning = Some(now);
+        Report::Unreachable
+    }
+
+    /// The API server answered a request sent at `started`, at `now`.
+    pub fn answered(&mut self, started: Instant, now: Instant) -> Report {
+        match self.outage {
+            Some(_) if self.changed_at.is_some_and(|t| started < t) => Report::Nothing,
+            Some(outage) => {
+                self.outage = None;
+                self.changed_at = Some(now);
+                Report::Reachable {
+                    after: now.saturating_duration_since(outage.since),
+                    failures: outage.failures,
+                    warned: outage.warned,
+                }
+            }
+            None => Report::Nothing,
+        }
+    }
+
+    pub fn is_reachable(&self) -> bool {
+        self.outage.is_none()
+    }
+}
+
+/// Logs one warning when API requests start failing and one info line when they succeed again;
+/// each failed request at debug. kube's own HTTP trace layer logs every failed request at ERROR
+/// (hundreds while the API server restarts); the binary drops those lines, since these say the
+/// same.
+#[derive(Clone, Default)]
+pub struct ReachabilityLayer {
+    state: Arc<Mutex<Reachability>>,
+}
+
+impl ReachabilityLayer {
+    pub fn is_reachable(&self) -> bool {
+        self.state.lock().is_reachable()
+    }
+}
+
+impl<S> Layer<S> for ReachabilityLayer {
+    type Service = ReachabilityService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ReachabilityService {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ReachabilityService<S> {
+    inner: S,
+    state: Arc<Mutex<Reachability>>,
+}
+
+impl<S, B> Service<Request<Body>> for ReachabilityService<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<B>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let inner = self.inner.clone();
+        let state = self.state.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let res = inner.oneshot(req).await.map_err(Into::into);
+            let failure = match &res {
+                Err(e) => Some(error_chain(e.as_ref())),
+                Ok(r) if is_gateway_error(r.status()) => Some(format!("HTTP {}", r.status())),
+                Ok(r) => {
+                    if r.status().is_server_error() {
+                        tracing::debug!(%method, %uri, status = %r.status(), "API request failed");
+                    }
+                    None
+                }
+            };
+            let now = Instant::now();
+            match failure {
+                Some(error) => {
+                    tracing::debug!(%method, %uri, %error, "API request failed");
+                    let report = state.lock().failed(started, now);
+                    if report == Report::Unreachable {
+                        tracing::warn!(
+                            %error,
+                            "API server unreachable: {error} (failed requests are logged at debug until it answers again)"
+                        );
+                    }
+                }
+                None => {
+                    let report = state.lock().answered(started, now);
+                    if let Report::Reachable {
+                        after,
+                        failures,
+                        warned,
+                    } = report
+                    {
+                        if warned {
+                            tracing::info!(?after, failures, "API server reachable again");
+                        } else {
+                            tracing::debug!(?after, failures, "API server reachable again");
+                        }
+                    }
+                }
+            }
+            res
+        })
+    }
+}
+
+/// A gateway in front of the API server could not reach it.
+fn is_gateway_error(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// An error with its causes: hyper's top-level message ("client error (Connect)") alone does not
+/// say what went wrong.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 fn verb_of<B>(req: &Request<B>) -> &'static str {
     let watch = req
         .uri()
@@ -362,6 +576,135 @@ mod tests {
             p.attempt += 1;
         }
         assert_eq!(seen, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    }
+
+    fn at(t0: Instant, secs: f64) -> Instant {
+        t0 + Duration::from_secs_f64(secs)
+    }
+
+    #[test]
+    fn one_warning_per_outage_and_one_report_when_it_ends() {
+        let mut r = Reachability::default();
+        let t0 = Instant::now();
+        assert_eq!(r.answered(t0, at(t0, 0.1)), Report::Nothing);
+        // The API server goes away for a second: hundreds of failures, one warning.
+        assert_eq!(r.failed(at(t0, 1.0), at(t0, 1.0)), Report::Unreachable);
+        for i in 0..300 {
+            let t = at(t0, 1.0 + f64::from(i) / 300.0);
+            assert_eq!(r.failed(t, t), Report::Nothing);
+        }
+        assert!(!r.is_reachable());
+        assert_eq!(
+            r.answered(at(t0, 2.0), at(t0, 2.0)),
+            Report::Reachable {
+                after: Duration::from_secs(1),
+                failures: 301,
+                warned: true
+            }
+        );
+        assert!(r.is_reachable());
+        assert_eq!(r.answered(at(t0, 2.1), at(t0, 2.1)), Report::Nothing);
+    }
+
+    #[test]
+    fn stale_outcomes_do_not_open_or_close_an_outage() {
+        let mut r = Reachability::default();
+        let t0 = Instant::now();
+        assert_eq!(r.failed(at(t0, 1.0), at(t0, 1.0)), Report::Unreachable);
+        // Sent before the outage was noticed, answered during it: says nothing about now.
+        assert_eq!(r.answered(at(t0, 0.5), at(t0, 1.5)), Report::Nothing);
+        assert!(!r.is_reachable());
+        assert!(matches!(
+            r.answered(at(t0, 2.0), at(t0, 2.0)),
+            Report::Reachable { .. }
+        ));
+        // A request stuck during the outage fails after the recovery: no second outage.
+        assert_eq!(r.failed(at(t0, 1.8), at(t0, 2.5)), Report::Nothing);
+        assert!(r.is_reachable());
+    }
+
+    #[test]
+    fn a_flapping_server_warns_at_most_once_per_interval() {
+        let mut r = Reachability::default();
+        let t0 = Instant::now();
+        assert_eq!(r.failed(t0, t0), Report::Unreachable);
+        assert!(matches!(
+            r.answered(at(t0, 1.0), at(t0, 1.0)),
+            Report::Reachable { warned: true, .. }
+        ));
+        // A second, short outage right after: debug only, start and end.
+        assert_eq!(r.failed(at(t0, 5.0), at(t0, 5.0)), Report::Nothing);
+        assert_eq!(
+            r.answered(at(t0, 6.0), at(t0, 6.0)),
+            Report::Reachable {
+                after: Duration::from_secs(1),
+                failures: 1,
+                warned: false
+            }
+        );
+        // A third that lasts: warned once the interval since the last warning is over.
+        assert_eq!(r.failed(at(t0, 10.0), at(t0, 10.0)), Report::Nothing);
+        assert_eq!(r.failed(at(t0, 30.0), at(t0, 30.0)), Report::Nothing);
+        assert_eq!(r.failed(at(t0, 60.0), at(t0, 60.0)), Report::Unreachable);
+        assert_eq!(r.failed(at(t0, 61.0), at(t0, 61.0)), Report::Nothing);
+        assert!(matches!(
+            r.answered(at(t0, 70.0), at(t0, 70.0)),
+            Report::Reachable {
+                failures: 4,
+                warned: true,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn layer_tracks_every_attempt() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = calls.clone();
+        // Fails twice in transit, then a gateway error, then answers.
+        let inner = tower::service_fn(move |_req: Request<Body>| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    0 | 1 => Err::<Response<()>, BoxError>("connection refused".into()),
+                    2 => Ok(Response::builder()
+                        .status(StatusCode::BAD_GATEWAY)
+                        .body(())
+                        .unwrap_or_default()),
+                    _ => Ok(Response::new(())),
+                }
+            }
+        });
+        let layer = ReachabilityLayer::default();
+        let svc = layer.layer(inner);
+        let get = || Request::get("/api/v1/pods").body(Body::empty()).unwrap();
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            let _ = svc.clone().oneshot(get()).await;
+            assert!(!layer.is_reachable());
+        }
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let res = svc.clone().oneshot(get()).await;
+        assert!(res.is_ok());
+        assert!(layer.is_reachable());
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn error_chain_names_the_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = kube::Error::Service(Box::new(io));
+        assert_eq!(
+            error_chain(&e),
+            "ServiceError: connection refused",
+            "a cause already in the message is not repeated"
+        );
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Top(#[source] std::io::Error);
+        let e = Top(std::io::Error::other("tcp connect error"));
+        assert_eq!(error_chain(&e), "client error (Connect): tcp connect error");
     }
 
     #[test]

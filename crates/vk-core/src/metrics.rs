@@ -1,5 +1,6 @@
 //! vkubelet's self-metrics in Prometheus text format: pods by phase, provider call latency,
-//! API requests by verb and code, work-queue depth, status writes per pod, errors by label.
+//! API requests by verb and code, work-queue depth and latency, reconcile duration, status writes
+//! per pod, errors by label.
 
 use std::sync::Arc;
 
@@ -37,6 +38,17 @@ pub struct ApiRequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub node: String,
+    /// `done`, `requeue` (come back after a delay), `retry` (a handled failure, with backoff) or
+    /// `error`.
+    pub outcome: &'static str,
+    /// The error's metric label when `outcome` is `error`, else empty: both come from fixed sets,
+    /// so the series stay bounded whatever fails.
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub node: String,
     pub operation: &'static str,
@@ -53,6 +65,10 @@ pub struct Metrics {
     pub provider_call_seconds: Family<ProviderCallLabels, Histogram>,
     pub api_requests: Family<ApiRequestLabels, Counter>,
     pub queue_depth: Family<NodeLabels, Gauge>,
+    /// From a key becoming due (added, or its delay or backoff over) to a worker taking it.
+    pub queue_latency_seconds: Family<NodeLabels, Histogram>,
+    /// One pod's reconcile, by outcome.
+    pub reconcile_seconds: Family<ReconcileLabels, Histogram>,
     pub status_patches: Family<NodeLabels, Counter>,
     pub status_writes_per_pod: Family<NodeLabels, Histogram>,
     pub pods_created: Family<NodeLabels, Counter>,
@@ -97,6 +113,22 @@ impl Metrics {
             "workqueue_depth",
             "Pods waiting in the pod work queue",
             queue_depth.clone(),
+        );
+        let queue_latency_seconds = Family::<NodeLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "workqueue_queue_duration_seconds",
+            "Time a pod key waits in the work queue, from when it is due until a worker takes it",
+            queue_latency_seconds.clone(),
+        );
+        let reconcile_seconds = Family::<ReconcileLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one pod's reconcile by outcome (done, requeue, retry, error) and error kind",
+            reconcile_seconds.clone(),
         );
         let status_patches = Family::<NodeLabels, Counter>::default();
         registry.register(
@@ -161,6 +193,8 @@ impl Metrics {
             provider_call_seconds,
             api_requests,
             queue_depth,
+            queue_latency_seconds,
+            reconcile_seconds,
             status_patches,
             status_writes_per_pod,
             pods_created,
@@ -242,6 +276,34 @@ mod tests {
         );
         assert!(
             text.contains(r#"vkubelet_workqueue_depth{node="vk-1"} 7"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn encodes_reconcile_and_queue_latency_histograms() {
+        let m = Metrics::new();
+        m.reconcile_seconds
+            .get_or_create(&ReconcileLabels {
+                node: "vk-1".into(),
+                outcome: "error",
+                error: "api_transport",
+            })
+            .observe(0.2);
+        m.queue_latency_seconds
+            .get_or_create(&NodeLabels {
+                node: "vk-1".into(),
+            })
+            .observe(0.001);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"vkubelet_reconcile_duration_seconds_count{node="vk-1",outcome="error",error="api_transport"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"vkubelet_workqueue_queue_duration_seconds_count{node="vk-1"} 1"#),
             "{text}"
         );
     }

@@ -293,3 +293,50 @@ mod tests {
         assert_eq!(Amount::parse("5n").unwrap_or_default().to_string(), "5n");
     }
 }
+
+/// The parser against arbitrary text and against quantities made from their parts.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SUFFIXES: [(&str, i128); 12] = [
+        ("", 1_000_000_000),
+        ("m", 1_000_000),
+        ("k", 1_000_000_000_000),
+        ("M", 1_000_000_000_000_000),
+        ("G", 1_000_000_000_000_000_000),
+        ("Ki", 1024 * 1_000_000_000),
+        ("Mi", 1024 * 1024 * 1_000_000_000),
+        ("Gi", 1024 * 1024 * 1024 * 1_000_000_000),
+        ("Ti", 1024 * 1024 * 1024 * 1024 * 1_000_000_000),
+        ("n", 1),
+        ("u", 1000),
+        ("e3", 1_000_000_000_000),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn never_panics(input in "\\PC{0,64}") {
+            let _ = Amount::parse(&input).map(|a| (a.value(), a.milli_value(), a.to_string()));
+        }
+
+        #[test]
+        fn integer_quantities_are_exact(n in 0i64..1_000_000, s in 0usize..SUFFIXES.len()) {
+            let (suffix, nanos) = SUFFIXES[s];
+            let a = Amount::parse(&format!("{n}{suffix}")).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(a.nanos, i128::from(n) * nanos);
+            // What it prints parses back to the same amount.
+            prop_assert_eq!(Amount::parse(&a.to_string()).ok(), Some(a));
+        }
+
+        #[test]
+        fn order_and_subtraction_agree(a in 0i64..1_000_000, b in 0i64..1_000_000) {
+            let (x, y) = (Amount::from_units(a), Amount::from_units(b));
+            prop_assert_eq!(x < y, a < b);
+            prop_assert_eq!(x.saturating_sub(y), Amount::from_units((a - b).max(0)));
+        }
+    }
+}

@@ -115,7 +115,6 @@ struct State {
     deleting: Mutex<HashSet<String>>,
     /// Event UIDs → count already forwarded.
     events: Mutex<HashMap<String, i32>>,
-    last_quota_error: Mutex<Option<(Instant, String)>>,
 }
 
 impl State {
@@ -372,7 +371,7 @@ impl Inner {
         let mut stream = watcher::watcher(self.watched_pods(), cfg)
             .default_backoff()
             .boxed();
-        let mut relist: Option<HashSet<String>> = None;
+        let mut relist: Option<(HashSet<String>, HashSet<String>)> = None;
         let mut failing = false;
         loop {
             let next = tokio::select! {
@@ -381,10 +380,15 @@ impl Inner {
             };
             let Some(event) = next else { return };
             match event {
-                Ok(Event::Init) => relist = Some(HashSet::new()),
+                // Only pods known when the relist began can be missing from it: one created
+                // meanwhile (by `create_pod`) is simply not in the list yet.
+                Ok(Event::Init) => {
+                    let known: HashSet<String> = self.state.pods.lock().keys().cloned().collect();
+                    relist = Some((known, HashSet::new()));
+                }
                 Ok(Event::InitApply(pod)) => {
                     if let Some(uid) = self.observe(&pod)
-                        && let Some(seen) = relist.as_mut()
+                        && let Some((_, seen)) = relist.as_mut()
                     {
                         seen.insert(uid);
                     }
@@ -395,15 +399,8 @@ impl Inner {
                         failing = false;
                     }
                     // Pods that vanished while the watch was down.
-                    if let Some(seen) = relist.take() {
-                        let gone: Vec<String> = self
-                            .state
-                            .pods
-                            .lock()
-                            .keys()
-                            .filter(|uid| !seen.contains(*uid))
-                            .cloned()
-                            .collect();
+                    if let Some((known, seen)) = relist.take() {
+                        let gone: Vec<String> = known.difference(&seen).cloned().collect();
                         for uid in gone {
                             self.forget(&uid);
                         }
@@ -524,7 +521,7 @@ impl Inner {
             if seen.get(&event_uid).is_some_and(|c| *c >= count) {
                 return;
             }
-            // Bounded: forget the oldest half when it grows large.
+            // Bounded: start over when it grows large (a repeat may then be forwarded again).
             if seen.len() > 10_000 {
                 seen.clear();
             }
@@ -671,6 +668,28 @@ impl Inner {
         Ok(timed("listing backend pods", self.watched_pods().list(&lp))
             .await?
             .items)
+    }
+
+    /// Delete one source pod's per-pod Secrets and ConfigMaps (best effort: cleanup and the
+    /// backend's garbage collector catch what this misses).
+    async fn delete_pod_objects(&self, ns: &str, uid: &str) {
+        let lp = ListParams::default().labels(&format!(
+            "{},{}={}",
+            identity::node_selector(&self.cluster_id, &self.node),
+            identity::SOURCE_UID_LABEL,
+            uid
+        ));
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        if let Err(e) = secrets
+            .delete_collection(&DeleteParams::default(), &lp)
+            .await
+        {
+            debug!(error = %e, uid, "deleting per-pod Secrets");
+        }
+        if let Err(e) = cms.delete_collection(&DeleteParams::default(), &lp).await {
+            debug!(error = %e, uid, "deleting per-pod ConfigMaps");
+        }
     }
 
     /// The backend node's kubelet summary, through the backend API's `nodes/proxy`.
@@ -825,6 +844,16 @@ impl Provider for KubeProvider {
                     // A previous attempt (or a run before a restart) made it: ours if it says so.
                     let existing = timed("reading the backend pod", api.get(&ctx.name)).await?;
                     match identity::source_key(&existing) {
+                        // Still terminating from an earlier instance: not a created pod.
+                        Some(k)
+                            if k.uid == pod.key.uid
+                                && existing.metadata.deletion_timestamp.is_some() =>
+                        {
+                            return Err(ProviderError::transient(format!(
+                                "backend pod {ns}/{} is still terminating",
+                                ctx.name
+                            )));
+                        }
                         Some(k) if k.uid == pod.key.uid => existing,
                         _ => {
                             return Err(ProviderError::InvalidInput(format!(
@@ -836,9 +865,12 @@ impl Provider for KubeProvider {
                 }
                 Ok(Err(e)) => {
                     let err = api_error("creating the backend pod", e);
-                    if let ProviderError::QuotaExceeded(m) = &err {
-                        *self.state.last_quota_error.lock() = Some((Instant::now(), m.clone()));
+                    if matches!(err, ProviderError::QuotaExceeded(_)) {
                         self.state.node_changed();
+                    }
+                    if err.is_permanent() {
+                        // No pod will ever own them: take the per-pod objects back now.
+                        self.delete_pod_objects(&ns, &pod.key.uid).await;
                     }
                     return Err(err);
                 }
@@ -902,6 +934,9 @@ impl Provider for KubeProvider {
         match tokio::time::timeout(CALL_TIMEOUT, api.delete(&name, &dp)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) if is_status(&e, 404) => {
+                // Never created (or gone already): what a failed create left is ours to remove.
+                self.delete_pod_objects(&self.backend_namespace(key), &key.uid)
+                    .await;
                 self.forget(&key.uid);
                 Ok(())
             }
@@ -954,16 +989,17 @@ impl Provider for KubeProvider {
         }
         // Per-pod objects are the pods' dependents; delete them too rather than wait for the
         // garbage collector, and any that a crash left without an owner.
-        let namespaces: HashSet<String> = match self.cfg.namespace_mapping {
-            NamespaceMapping::Managed => [self.namespace.clone()].into(),
-            NamespaceMapping::SameName => pods
-                .iter()
-                .filter_map(|p| p.metadata.namespace.clone())
-                .collect(),
-        };
-        for ns in &namespaces {
-            let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-            let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        // Everywhere the install may have written, including objects whose pod is long gone.
+        {
+            let (secrets, cms): (Api<Secret>, Api<ConfigMap>) = match self.cfg.namespace_mapping {
+                NamespaceMapping::Managed => (
+                    Api::namespaced(self.client.clone(), &self.namespace),
+                    Api::namespaced(self.client.clone(), &self.namespace),
+                ),
+                NamespaceMapping::SameName => {
+                    (Api::all(self.client.clone()), Api::all(self.client.clone()))
+                }
+            };
             for r in [
                 secrets
                     .delete_collection(&DeleteParams::default(), &lp)
@@ -980,8 +1016,18 @@ impl Provider for KubeProvider {
                 }
             }
         }
-        if self.cfg.namespace_mapping == NamespaceMapping::Managed {
-            let api: Api<Namespace> = Api::all(self.client.clone());
+        // Only a namespace this install made: one an administrator provided stays.
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let managed = match self.cfg.namespace_mapping {
+            NamespaceMapping::Managed => api.get_opt(&self.namespace).await.ok().flatten(),
+            NamespaceMapping::SameName => None,
+        };
+        let ours = managed.as_ref().is_some_and(|ns| {
+            let l = ns.metadata.labels.clone().unwrap_or_default();
+            l.get(identity::MANAGED_BY_LABEL).map(String::as_str) == Some(identity::MANAGED_BY)
+                && l.get(identity::CLUSTER_ID_LABEL) == Some(&self.cluster_id)
+        });
+        if ours {
             match api.delete(&self.namespace, &DeleteParams::default()).await {
                 Ok(_) => info!(namespace = %self.namespace, "deleting the managed namespace"),
                 Err(e) if is_status(&e, 404) => {}

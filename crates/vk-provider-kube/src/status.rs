@@ -41,7 +41,11 @@ pub fn unschedulable(backend: &Pod) -> Option<String> {
         .as_ref()?
         .iter()
         .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
-    (c.reason.as_deref() == Some("Unschedulable")).then(|| c.message.clone().unwrap_or_default())
+    let message = c.message.clone().unwrap_or_default();
+    // Only a lack of room says the pool is sold out; a pod stuck for its own reasons (a
+    // selector nothing matches, an unbound claim) must not shield the whole node.
+    let no_room = message.contains("Insufficient") || message.contains("Too many pods");
+    (c.reason.as_deref() == Some("Unschedulable") && no_room).then_some(message)
 }
 
 #[cfg(test)]
@@ -110,5 +114,8 @@ mod tests {
             unschedulable(&p).as_deref(),
             Some("0/3 nodes are available: 3 Insufficient cpu.")
         );
+        p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].message =
+            Some("0/3 nodes are available: 3 node(s) didn't match node selector.".into());
+        assert_eq!(unschedulable(&p), None, "not a lack of room");
     }
 }

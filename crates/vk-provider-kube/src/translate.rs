@@ -420,18 +420,26 @@ enum FilesObject {
     ConfigMap(ConfigMap),
 }
 
-fn file_key(index: usize) -> String {
-    format!("f{index}")
+/// A file's key in its per-pod object: derived from its path (FNV-1a, stable across versions and
+/// restarts), never from its position, because the backend pod's `items` are fixed at creation
+/// while a refresh may add or remove files: a position-based key would put one file's content
+/// under another's path.
+fn file_key(path: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("f{h:016x}")
 }
 
-/// Each file as an item of the backend volume: same path and mode, content under a numbered key
-/// (paths may contain '/', keys may not).
+/// Each file as an item of the backend volume: same path and mode, content under a key derived
+/// from the path (paths may contain '/', keys may not).
 fn items(files: &[VolumeFile]) -> Vec<KeyToPath> {
     files
         .iter()
-        .enumerate()
-        .map(|(i, f)| KeyToPath {
-            key: file_key(i),
+        .map(|f| KeyToPath {
+            key: file_key(&f.path),
             path: f.path.clone(),
             // The resolver keeps permission bits within 0o777, so the cast is lossless; the mask
             // keeps it so for any input.
@@ -455,13 +463,13 @@ fn files_object(
     if kind == FilesKind::ConfigMap && files.iter().all(|f| !f.sensitive) {
         let mut data = BTreeMap::new();
         let mut binary_data = BTreeMap::new();
-        for (i, f) in files.iter().enumerate() {
+        for f in files {
             match std::str::from_utf8(&f.data) {
                 Ok(text) => {
-                    data.insert(file_key(i), text.to_string());
+                    data.insert(file_key(&f.path), text.to_string());
                 }
                 Err(_) => {
-                    binary_data.insert(file_key(i), ByteString(f.data.to_vec()));
+                    binary_data.insert(file_key(&f.path), ByteString(f.data.to_vec()));
                 }
             }
         }
@@ -474,8 +482,7 @@ fn files_object(
     } else {
         let data = files
             .iter()
-            .enumerate()
-            .map(|(i, f)| (file_key(i), ByteString(f.data.to_vec())))
+            .map(|f| (file_key(&f.path), ByteString(f.data.to_vec())))
             .collect();
         FilesObject::Secret(Secret {
             metadata: object_meta(name, ctx),

@@ -97,15 +97,24 @@ pub async fn review<L: Lookup>(
     let Some(object) = req.object.as_ref() else {
         return (allow.deny("pod CREATE without an object"), Outcome::Invalid);
     };
+    // The webhook fails open: what it cannot read it admits unchanged, with a warning.
     let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
         Ok(p) => p,
         Err(e) => {
-            return (
-                allow.deny(format!("cannot decode the pod: {e}")),
-                Outcome::Invalid,
-            );
+            let warning = format!("vkubelet burst policy skipped: cannot decode the pod: {e}");
+            return (with_warnings(allow, vec![warning]), Outcome::Invalid);
         }
     };
+    // DaemonSet pods run on every real node by design: refusing them would stop the DaemonSet.
+    let daemonset = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
+    if daemonset {
+        return (allow, Outcome::Skipped);
+    }
     // A pod bound by hand (seed 004's `nodeName: virtual-kubelet`) skips the scheduler, which
     // is all the injection talks to.
     if pod
@@ -197,10 +206,8 @@ pub async fn review<L: Lookup>(
     let patch = match (serde_json::to_value(&pod), serde_json::to_value(&mutated)) {
         (Ok(before), Ok(after)) => json_patch::diff(&before, &after),
         (Err(e), _) | (_, Err(e)) => {
-            return (
-                allow.deny(format!("cannot encode the pod: {e}")),
-                Outcome::Invalid,
-            );
+            let warning = format!("vkubelet burst policy skipped: cannot encode the pod: {e}");
+            return (with_warnings(allow, vec![warning]), Outcome::Invalid);
         }
     };
     if patch.0.is_empty() {
@@ -209,10 +216,10 @@ pub async fn review<L: Lookup>(
     debug!(namespace, pod = %pod_name, policy = %decision.policy, source = %decision.source, added = ?injection.added, "mutating");
     match with_warnings(allow.clone(), warnings).with_patch(patch) {
         Ok(resp) => (resp, Outcome::Mutated),
-        Err(e) => (
-            allow.deny(format!("cannot encode the patch: {e}")),
-            Outcome::Invalid,
-        ),
+        Err(e) => {
+            let warning = format!("vkubelet burst policy skipped: cannot encode the patch: {e}");
+            (with_warnings(allow, vec![warning]), Outcome::Invalid)
+        }
     }
 }
 
@@ -523,15 +530,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn undecodable_pod_is_refused_clearly() {
+    async fn undecodable_pod_is_admitted_unchanged_with_a_warning() {
         let bad = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": "not-a-list"}});
         let (resp, outcome) = review(&cfg(), &seed_001_cluster(), &request("default", bad)).await;
         assert_eq!(outcome, Outcome::Invalid);
-        assert!(!resp.allowed);
+        // Fail open, as the registration does: never a refusal for the webhook's own trouble.
+        assert!(resp.allowed && resp.patch.is_none());
+        let w = resp.warnings.unwrap_or_default();
         assert!(
-            resp.result.message.contains("cannot decode the pod"),
-            "{}",
-            resp.result.message
+            w.iter().any(|w| w.contains("cannot decode the pod")),
+            "{w:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn daemonset_pods_are_never_touched() {
+        let mut pod = rs_pod(serde_json::json!({"hostNetwork": true}));
+        pod["metadata"]["ownerReferences"][0]["kind"] = "DaemonSet".into();
+        let cluster = Fake::default().with(
+            Kind::Namespace,
+            "",
+            "vk",
+            &[(NAMESPACE_INJECTION_LABEL, "enabled")],
+            None,
+        );
+        let (resp, outcome) = review(&cfg(), &cluster, &request("vk", pod)).await;
+        assert_eq!(outcome, Outcome::Skipped);
+        assert!(
+            resp.allowed && resp.patch.is_none(),
+            "an enforcing namespace must not stop a DaemonSet"
         );
     }
 }

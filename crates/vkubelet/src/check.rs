@@ -179,7 +179,7 @@ fn cpu_text(millis: i64) -> String {
 }
 
 fn memory_text(bytes: i64) -> String {
-    const UNITS: [(i64, &str); 3] = [(1 << 30, "Gi"), (1 << 20, "Mi"), (1 << 10, "Ki")];
+    const UNITS: [(i64, &str); 4] = [(1 << 40, "Ti"), (1 << 30, "Gi"), (1 << 20, "Mi"), (1 << 10, "Ki")];
     for (size, suffix) in UNITS {
         if bytes != 0 && bytes % size == 0 {
             return format!("{}{suffix}", bytes / size);
@@ -442,6 +442,7 @@ spec:
         assert_eq!(cpu_text(2000), "2");
         assert_eq!(cpu_text(250), "250m");
         assert_eq!(memory_text(1 << 30), "1Gi");
+        assert_eq!(memory_text(1 << 40), "1Ti");
         assert_eq!(memory_text(512 << 20), "512Mi");
         assert_eq!(memory_text(214748365), "214748365");
     }

@@ -19,7 +19,8 @@ use vk_core::client::{ClientOptions, build_client};
 use vk_core::events::EventOptions;
 use vk_core::metrics::Metrics;
 use vk_core::node::NodeConfig;
-use vk_core::pod::PodControllerConfig;
+use vk_core::pod::{PodController, PodControllerConfig};
+use vk_core::virtual_node::{NodeHealth, health_verdict};
 use vk_core::{Provider, VirtualNode};
 use vk_kubelet_api::{
     ApiMetrics, Auth, AuthConfig, ControllerPods, KubeletServer, NodeApi,
@@ -255,16 +256,27 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 }
 
 fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("VKUBELET_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,kube_runtime=warn,kube_client=warn")
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Whatever VKUBELET_LOG says: vk_core::client reports the same failures (one warning per
+    // outage, each request at debug).
+    let quiet = tracing_subscriber::filter::filter_fn(|meta| !is_kube_request_failure(meta));
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(quiet).init(),
+        LogFormat::Json => builder.json().finish().with(quiet).init(),
     }
+}
+
+/// kube's HTTP trace layer logs every failed request at ERROR: hundreds of lines while the API
+/// server restarts for a second.
+fn is_kube_request_failure(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() == tracing::Level::ERROR && meta.target() == "kube_client::client::builder"
 }
 
 /// The hidden subcommand the process provider runs its per-container shims with.
@@ -529,7 +541,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     if !args.metrics_addr.is_empty() {
-        start_metrics(&args.metrics_addr, metrics.clone(), cancel.clone()).await?;
+        let controllers = nodes.iter().map(|n| n.pods.clone()).collect();
+        start_node_metrics(
+            &args.metrics_addr,
+            metrics.clone(),
+            controllers,
+            cancel.clone(),
+        )
+        .await?;
     }
     tokio::spawn(stop_on_signal(cancel.clone()));
 
@@ -559,10 +578,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Serve /metrics and /healthz on `addr` until `cancel`.
+/// Serve /metrics and /healthz on `addr` until `cancel`, without virtual nodes (the webhook alone):
+/// `/healthz` is always `ok`.
 async fn start_metrics(
     addr: &str,
     metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    start_node_metrics(addr, metrics, Vec::new(), cancel).await
+}
+
+/// Serve /metrics and /healthz (over the nodes' pod controllers) on `addr` until `cancel`.
+async fn start_node_metrics(
+    addr: &str,
+    metrics: Arc<Metrics>,
+    controllers: Vec<Arc<PodController>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let parsed: SocketAddr = addr
@@ -572,7 +602,7 @@ async fn start_metrics(
         .await
         .with_context(|| format!("binding metrics address {parsed}"))?;
     info!(addr = %listener.local_addr().unwrap_or(parsed), "serving /metrics and /healthz");
-    tokio::spawn(serve_metrics(listener, metrics, cancel));
+    tokio::spawn(serve_metrics(listener, metrics, controllers, cancel));
     Ok(())
 }
 
@@ -592,12 +622,23 @@ async fn stop_on_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
+/// `/healthz`: 200 `ok`, or 503 with why not (a node not synced yet, a pod watch failing for over
+/// a minute).
+fn healthz(nodes: &[NodeHealth], now: tokio::time::Instant) -> (axum::http::StatusCode, String) {
+    match health_verdict(nodes, now) {
+        Ok(()) => (axum::http::StatusCode::OK, "ok".to_string()),
+        Err(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
 async fn serve_metrics(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    controllers: Vec<Arc<PodController>>,
     cancel: CancellationToken,
 ) {
     use axum::http::header::CONTENT_TYPE;
+    let controllers = Arc::new(controllers);
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -611,7 +652,16 @@ async fn serve_metrics(
                 }
             }),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+        .route(
+            "/healthz",
+            axum::routing::get(move || {
+                let controllers = controllers.clone();
+                async move {
+                    let nodes: Vec<NodeHealth> = controllers.iter().map(|c| c.health()).collect();
+                    healthz(&nodes, tokio::time::Instant::now())
+                }
+            }),
+        );
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
@@ -705,6 +755,63 @@ mod tests {
         // 0: every node gets a free port of its own.
         assert_eq!(kubelet_port(0, None, 3).unwrap(), 0);
         assert!(kubelet_port(65535, None, 1).is_err());
+    }
+
+    #[test]
+    fn healthz_answers_503_with_the_reason_until_healthy() {
+        let now = tokio::time::Instant::now();
+        let node = |synced, failing: Option<u64>| NodeHealth {
+            node: "vk-1".into(),
+            synced,
+            watch_failing_since: failing.map(|s| now - Duration::from_secs(s)),
+        };
+        let (code, body) = healthz(&[node(false, None)], now);
+        assert_eq!(code, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            "node vk-1: pod controller has not finished its first sync"
+        );
+        assert_eq!(
+            healthz(&[node(true, Some(10))], now),
+            (axum::http::StatusCode::OK, "ok".to_string()),
+            "a watch failing for seconds (an API server restart) is tolerated"
+        );
+        let (code, body) = healthz(&[node(true, Some(90))], now);
+        assert_eq!(code, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "node vk-1: pod watch failing for 90s");
+        assert_eq!(
+            healthz(&[node(true, None)], now),
+            (axum::http::StatusCode::OK, "ok".to_string())
+        );
+    }
+
+    #[test]
+    fn kube_per_request_errors_are_dropped_but_nothing_else() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tracing_subscriber::layer::SubscriberExt as _;
+        struct Count(Arc<AtomicUsize>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+            fn on_event(
+                &self,
+                _event: &tracing::Event<'_>,
+                _ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let seen = Arc::new(AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::filter_fn(|m| {
+                !is_kube_request_failure(m)
+            }))
+            .with(Count(seen.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "kube_client::client::builder", "failed with error x");
+            tracing::debug!(target: "kube_client::client::builder", "requesting");
+            tracing::error!(target: "kube_client::client", "other kube error");
+            tracing::warn!(target: "vk_core::client", "API server unreachable: x");
+        });
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -812,9 +812,24 @@ async fn metrics_report_pods_by_phase_provider_latency_and_api_requests() {
         "vkubelet_pod_status_patches_total{",
         "vkubelet_workqueue_depth{",
         "vkubelet_node_lease_renewals_total{",
+        "vkubelet_reconcile_duration_seconds_bucket{",
+        "outcome=\"done\",error=\"\"",
+        "vkubelet_workqueue_queue_duration_seconds_bucket{",
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
+    // A pod ran, so the node's pod controller has synced and its watch works: healthy.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{addr}/healthz"),
+        ])
+        .output()
+        .expect("curl /healthz");
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out, "ok\n200", "/healthz");
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use kube::runtime::watcher;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use super::{lease, spec};
 use crate::error::{Error, api_status_code};
@@ -125,6 +125,9 @@ impl NodeController {
     ) {
         let mut registered = registered;
         let mut failures = 0u32;
+        // Only the first failure of a run, or one of another kind, is a warning: the sync is
+        // retried for as long as it fails (through a whole API server outage).
+        let mut last_error: Option<&'static str> = None;
         let mut tasks = tokio::task::JoinSet::new();
         let deleted = Arc::new(Notify::new());
         tasks.spawn(self.clone().watch_node(deleted.clone(), cancel.clone()));
@@ -133,7 +136,11 @@ impl NodeController {
         loop {
             match self.sync(force).await {
                 Ok(()) => {
+                    if failures > 0 {
+                        info!(node = %self.cfg.name, failures, "node status sync recovered");
+                    }
                     failures = 0;
+                    last_error = None;
                     if let Some(tx) = registered.take() {
                         let _ = tx.send(());
                         self.events.node(
@@ -149,12 +156,16 @@ impl NodeController {
                 }
                 Err(e) => {
                     failures += 1;
-                    self.metrics
-                        .error(&self.cfg.name, "node_status", e.metric_label());
+                    let kind = e.metric_label();
+                    self.metrics.error(&self.cfg.name, "node_status", kind);
                     let delay = Duration::from_millis(500)
                         .saturating_mul(1 << failures.min(6))
                         .min(Duration::from_secs(30));
-                    warn!(node = %self.cfg.name, error = %e, ?delay, "node status sync failed");
+                    if last_error.replace(kind) == Some(kind) {
+                        debug!(node = %self.cfg.name, error = %e, failures, ?delay, "node status sync failed again");
+                    } else {
+                        warn!(node = %self.cfg.name, error = %e, ?delay, "node status sync failed (repeats are logged at debug)");
+                    }
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -275,22 +286,40 @@ impl NodeController {
         let stream = watcher::watch_object(api, &self.cfg.name);
         futures::pin_mut!(stream);
         let mut seen = false;
+        // While the API server is away the watch fails again every few seconds (a second's pause
+        // plus the client's retries): warn at the first failure of a run, debug for the rest.
+        // Our own status writes (at least every status interval) show when it works again.
+        let mut failing = false;
         loop {
             let ev = tokio::select! {
                 _ = cancel.cancelled() => return,
                 ev = stream.next() => ev,
             };
+            let Some(ev) = ev else { return };
             match ev {
-                None => return,
-                Some(Ok(Some(_))) => seen = true,
-                Some(Ok(None)) => {
-                    if seen {
-                        seen = false;
-                        deleted.notify_one();
+                Ok(node) => {
+                    if std::mem::take(&mut failing) {
+                        info!(node = %self.cfg.name, "node watch recovered");
+                    }
+                    match node {
+                        Some(_) => seen = true,
+                        None => {
+                            if seen {
+                                seen = false;
+                                deleted.notify_one();
+                            }
+                        }
                     }
                 }
-                Some(Err(e)) => {
-                    warn!(node = %self.cfg.name, error = %e, "node watch failed; retrying");
+                Err(e) => {
+                    if is_expired(&e) {
+                        // Routine after a long disconnect: the watcher lists again.
+                        debug!(node = %self.cfg.name, error = %e, "node watch expired; listing again");
+                    } else if std::mem::replace(&mut failing, true) {
+                        debug!(node = %self.cfg.name, error = %e, "node watch failed again; retrying");
+                    } else {
+                        warn!(node = %self.cfg.name, error = %e, "node watch failed; retrying (repeats are logged at debug until it recovers)");
+                    }
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -318,6 +347,9 @@ impl NodeController {
                 .await
                 {
                     Ok(()) => {
+                        if failures > 0 {
+                            info!(node = %self.cfg.name, failures, "lease renewal recovered");
+                        }
                         failures = 0;
                         self.metrics.lease_renewals.get_or_create(&labels).inc();
                         self.cfg.lease_renew_interval
@@ -325,7 +357,13 @@ impl NodeController {
                     Err(e) => {
                         failures += 1;
                         self.metrics.error(&self.cfg.name, "lease", "api");
-                        warn!(node = %self.cfg.name, error = %e, "lease renewal failed");
+                        // The first failure of a run warns; renewal is retried every few
+                        // hundred milliseconds to seconds while it fails.
+                        if failures == 1 {
+                            warn!(node = %self.cfg.name, error = %e, "lease renewal failed (repeats are logged at debug)");
+                        } else {
+                            debug!(node = %self.cfg.name, error = %e, failures, "lease renewal failed again");
+                        }
                         Duration::from_millis(200)
                             .saturating_mul(1 << failures.min(5))
                             .min(self.cfg.lease_renew_interval)
@@ -338,6 +376,12 @@ impl NodeController {
             }
         }
     }
+}
+
+/// The API server no longer has the resource version a watch resumed from (410, after a long
+/// disconnect or compaction): kube's watcher lists again, nothing is wrong.
+fn is_expired(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchError(s) if s.code == 410)
 }
 
 /// Whether the node's status already says everything we own (ignoring heartbeats and fields

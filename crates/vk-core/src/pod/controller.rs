@@ -25,9 +25,11 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use parking_lot::Mutex;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::field::Empty;
+use tracing::{Span, debug, info, instrument, warn};
 
 use super::admission::{UNSUPPORTED_REASON, unsupported_features};
 use super::status::{
@@ -36,11 +38,12 @@ use super::status::{
 };
 use crate::error::{Error, ProviderError, api_status_code};
 use crate::events::EventRecorder;
-use crate::metrics::{Metrics, NodeLabels, PhaseLabels, ProviderCallLabels};
+use crate::metrics::{Metrics, NodeLabels, PhaseLabels, ProviderCallLabels, ReconcileLabels};
 use crate::provider::{DynProvider, PodKey, PodUpdate, ResolvedPod};
 use crate::queue::{Backoff, WorkQueue};
 use crate::resolve::{ResolveError, Resolver, volumes_fingerprint};
 use crate::sizing::{NORMALIZATION_FAILED_REASON, PodSize, SIZE_ANNOTATION, SizingProfile};
+use crate::virtual_node::NodeHealth;
 
 /// Reason for a pod whose backend instance disappeared without being asked to.
 pub const LOST_REASON: &str = "ProviderPodLost";
@@ -122,6 +125,10 @@ struct Entry {
     refresh_at: Option<std::time::SystemTime>,
     /// The resolver knows the pod's references (set at create, or on adoption after a restart).
     tracked: bool,
+    /// The kind of the error the last reconcile failed with, until one succeeds: a pod that
+    /// keeps failing the same way is retried for as long as it exists, so only the first failure
+    /// (and a change of kind) is worth a warning; repeats go to debug.
+    last_error: Option<&'static str>,
 }
 
 impl Entry {
@@ -147,6 +154,7 @@ impl Entry {
             volumes_stale: false,
             refresh_at: None,
             tracked: false,
+            last_error: None,
         }
     }
 }
@@ -184,8 +192,10 @@ pub struct PodController {
     events: EventRecorder,
     metrics: Arc<Metrics>,
     pods: Mutex<HashMap<String, Entry>>,
-    queue: WorkQueue<String>,
+    queue: TimedQueue,
     synced: AtomicBool,
+    /// When the current run of pod-watch errors began; `None` while the watch works.
+    watch_failing_since: Mutex<Option<Instant>>,
     api_listed: tokio::sync::Notify,
     node_label: NodeLabels,
 }
@@ -201,6 +211,10 @@ impl PodController {
         let node_label = NodeLabels {
             node: cfg.node_name.clone(),
         };
+        let queue_latency = metrics
+            .queue_latency_seconds
+            .get_or_create(&node_label)
+            .clone();
         Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
             let weak = weak.clone();
             let wake = Arc::new(move |uid: &str, volume: bool| {
@@ -209,7 +223,7 @@ impl PodController {
                 }
             });
             Self {
-                queue: WorkQueue::new(cfg.backoff),
+                queue: TimedQueue::new(cfg.backoff, queue_latency),
                 resolver: Resolver::new(client.clone(), wake),
                 cfg,
                 client,
@@ -218,6 +232,7 @@ impl PodController {
                 metrics,
                 pods: Mutex::new(HashMap::new()),
                 synced: AtomicBool::new(false),
+                watch_failing_since: Mutex::new(None),
                 api_listed: tokio::sync::Notify::new(),
                 node_label,
             }
@@ -301,6 +316,15 @@ impl PodController {
     /// Whether the first API and backend lists are done.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
+    }
+
+    /// What `/healthz` needs to know: synced yet, and since when the pod watch fails, if it does.
+    pub fn health(&self) -> NodeHealth {
+        NodeHealth {
+            node: self.cfg.node_name.clone(),
+            synced: self.is_synced(),
+            watch_failing_since: *self.watch_failing_since.lock(),
+        }
     }
 
     fn register_metrics(self: &Arc<Self>) {
@@ -424,8 +448,64 @@ impl PodController {
         self.queue.add(uid.to_string());
     }
 
+    /// A watch error: the first of a run is a warning and starts the clock `/healthz` reads; the
+    /// rest (the watcher retries with backoff for as long as the API server is away) go to debug.
+    fn watch_failed(&self, error: &watcher::Error) {
+        self.metrics
+            .error(&self.cfg.node_name, "watch_pods", "watch");
+        if is_expired(error) {
+            // The watcher lists again (soon, or after its grown backoff); a watch that stays
+            // broken shows up as other errors.
+            debug!(node = %self.cfg.node_name, error = %error, "pod watch expired; listing again");
+            return;
+        }
+        let first = {
+            let mut since = self.watch_failing_since.lock();
+            let first = since.is_none();
+            since.get_or_insert_with(Instant::now);
+            first
+        };
+        if first {
+            warn!(node = %self.cfg.node_name, error = %error, "pod watch failed; retrying (repeats are logged at debug until it recovers)");
+        } else {
+            debug!(node = %self.cfg.node_name, error = %error, "pod watch failed again; retrying");
+        }
+    }
+
+    /// The watch delivered, or the API server answered one of its requests.
+    fn watch_healthy(&self) {
+        let since = self.watch_failing_since.lock().take();
+        if let Some(since) = since {
+            info!(node = %self.cfg.node_name, failed_for = ?since.elapsed(), "pod watch recovered");
+        }
+    }
+
+    /// The client the pod watch runs on: the shared one, with every successful answer reported
+    /// to [`Self::watch_healthy`]. kube's watcher resumes a broken watch without emitting
+    /// anything, so on a node where no pod changes, a recovered watch would otherwise look
+    /// broken (and `/healthz` fail) until the next pod event.
+    fn watch_client(self: &Arc<Self>) -> kube::Client {
+        let inner = self.client.clone();
+        let namespace = inner.default_namespace().to_string();
+        let weak = Arc::downgrade(self);
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let inner = inner.clone();
+            let weak = weak.clone();
+            async move {
+                let res = inner.send(req).await;
+                if res.as_ref().is_ok_and(|r| r.status().is_success())
+                    && let Some(this) = weak.upgrade()
+                {
+                    this.watch_healthy();
+                }
+                res
+            }
+        });
+        kube::Client::new(service, namespace)
+    }
+
     async fn watch_pods(self: Arc<Self>, cancel: CancellationToken) {
-        let api: Api<Pod> = Api::all(self.client.clone());
+        let api: Api<Pod> = Api::all(self.watch_client());
         let cfg =
             watcher::Config::default().fields(&format!("spec.nodeName={}", self.cfg.node_name));
         let stream = watcher::watcher(api, cfg).default_backoff();
@@ -437,6 +517,10 @@ impl PodController {
                 ev = stream.next() => ev,
             };
             let Some(ev) = ev else { return };
+            // `Init` comes before the list is even requested: it proves nothing.
+            if ev.as_ref().is_ok_and(|e| !matches!(e, Event::Init)) {
+                self.watch_healthy();
+            }
             match ev {
                 Ok(Event::Init) => relist = Some(HashSet::new()),
                 Ok(Event::InitApply(pod)) => {
@@ -472,11 +556,7 @@ impl PodController {
                         self.api_pod_deleted(uid);
                     }
                 }
-                Err(e) => {
-                    warn!(node = %self.cfg.node_name, error = %e, "pod watch failed; retrying");
-                    self.metrics
-                        .error(&self.cfg.node_name, "watch_pods", "watch");
-                }
+                Err(e) => self.watch_failed(&e),
             }
         }
     }
@@ -564,26 +644,76 @@ impl PodController {
 
     async fn worker(self: Arc<Self>) {
         while let Some(uid) = self.queue.next().await {
-            let span = info_span!("reconcile_pod", node = %self.cfg.node_name, uid = %uid);
-            let result = self.reconcile(&uid).instrument(span).await;
-            match result {
-                Ok(Next::Done) => self.queue.forget(&uid),
-                Ok(Next::After(d)) => {
-                    self.queue.forget(&uid);
-                    self.queue.add_after(uid.clone(), d);
-                }
-                Ok(Next::Retry(min)) => {
-                    self.queue.retry_at_least(uid.clone(), min);
-                }
-                Err(e) => {
-                    self.metrics
-                        .error(&self.cfg.node_name, "reconcile", e.metric_label());
-                    let delay = self.queue.retry(uid.clone());
-                    debug!(uid = %uid, error = %e, ?delay, "reconcile failed; will retry");
-                }
-            }
+            self.process(&uid).await;
             self.queue.done(&uid);
         }
+    }
+
+    /// Reconcile one pod, time it, and schedule what comes next.
+    #[instrument(
+        name = "reconcile_pod",
+        skip_all,
+        fields(node = %self.cfg.node_name, namespace = Empty, name = Empty, uid = %uid)
+    )]
+    async fn process(&self, uid: &str) {
+        if let Some(key) = self.pods.lock().get(uid).map(|e| e.key.clone())
+            && !key.name.is_empty()
+        {
+            let span = Span::current();
+            span.record("namespace", key.namespace.as_str());
+            span.record("name", key.name.as_str());
+        }
+        let start = Instant::now();
+        let result = self.reconcile(uid).await;
+        let (outcome, error) = match &result {
+            Ok(Next::Done) => ("done", ""),
+            Ok(Next::After(_)) => ("requeue", ""),
+            Ok(Next::Retry(_)) => ("retry", ""),
+            Err(e) => ("error", e.metric_label()),
+        };
+        self.metrics
+            .reconcile_seconds
+            .get_or_create(&ReconcileLabels {
+                node: self.cfg.node_name.clone(),
+                outcome,
+                error,
+            })
+            .observe(start.elapsed().as_secs_f64());
+        let key = uid.to_string();
+        match result {
+            Ok(Next::Done) => {
+                self.queue.forget(&key);
+                self.update_entry(uid, |e| e.last_error = None);
+            }
+            Ok(Next::After(d)) => {
+                self.queue.forget(&key);
+                self.queue.add_after(key, d);
+                self.update_entry(uid, |e| e.last_error = None);
+            }
+            Ok(Next::Retry(min)) => {
+                self.queue.retry_at_least(key, min);
+            }
+            Err(e) => {
+                let kind = e.metric_label();
+                self.metrics.error(&self.cfg.node_name, "reconcile", kind);
+                let delay = self.queue.retry(key.clone());
+                let attempt = self.queue.failures(&key);
+                let repeat = self.note_reconcile_error(uid, kind);
+                if repeat || is_api_unreachable(&e) {
+                    debug!(error = %e, error_kind = kind, attempt, ?delay, "reconcile failed; will retry");
+                } else {
+                    warn!(error = %e, error_kind = kind, attempt, ?delay, "reconcile failed; will retry (repeats of this error are logged at debug)");
+                }
+            }
+        }
+    }
+
+    /// Remember that the pod's reconcile failed with `kind`; whether it failed that way last time.
+    fn note_reconcile_error(&self, uid: &str, kind: &'static str) -> bool {
+        self.pods
+            .lock()
+            .get_mut(uid)
+            .is_some_and(|e| e.last_error.replace(kind) == Some(kind))
     }
 
     fn entry(&self, uid: &str) -> Option<Entry> {
@@ -1294,6 +1424,155 @@ impl PodController {
     }
 }
 
+/// The pod work queue, timed for `vkubelet_workqueue_queue_duration_seconds`. [`WorkQueue`] keeps
+/// no timestamps, so when each key became due is tracked here, around every queue call.
+struct TimedQueue {
+    queue: WorkQueue<String>,
+    clock: Mutex<QueueClock>,
+    latency: Histogram,
+}
+
+impl TimedQueue {
+    fn new(backoff: Backoff, latency: Histogram) -> Self {
+        Self {
+            queue: WorkQueue::new(backoff),
+            clock: Mutex::new(QueueClock::default()),
+            latency,
+        }
+    }
+
+    // Adds are timed before the queue sees them, so a worker that takes the key at once finds
+    // its time.
+
+    fn add(&self, key: String) {
+        self.clock
+            .lock()
+            .added(&key, Instant::now(), Duration::ZERO);
+        self.queue.add(key);
+    }
+
+    fn add_after(&self, key: String, delay: Duration) {
+        self.clock.lock().added(&key, Instant::now(), delay);
+        self.queue.add_after(key, delay);
+    }
+
+    fn retry(&self, key: String) -> Duration {
+        self.retry_at_least(key, Duration::ZERO)
+    }
+
+    /// Only the worker holding `key` retries it, and nobody else can take it until that worker
+    /// is done: timing it after the queue chose the delay is safe.
+    fn retry_at_least(&self, key: String, min: Duration) -> Duration {
+        let delay = self.queue.retry_at_least(key.clone(), min);
+        self.clock.lock().added(&key, Instant::now(), delay);
+        delay
+    }
+
+    fn failures(&self, key: &String) -> u32 {
+        self.queue.failures(key)
+    }
+
+    fn forget(&self, key: &String) {
+        self.queue.forget(key);
+    }
+
+    fn remove(&self, key: &String) {
+        self.clock.lock().removed(key);
+        self.queue.remove(key);
+    }
+
+    /// Timed before the queue re-queues a key added meanwhile, for the same reason as adds.
+    fn done(&self, key: &String) {
+        self.clock.lock().done(key, Instant::now());
+        self.queue.done(key);
+    }
+
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn shutdown(&self) {
+        self.queue.shutdown();
+    }
+
+    async fn next(&self) -> Option<String> {
+        let key = self.queue.next().await?;
+        let waited = self.clock.lock().taken(&key, Instant::now());
+        if let Some(waited) = waited {
+            self.latency.observe(waited.as_secs_f64());
+        }
+        Some(key)
+    }
+}
+
+/// When each queued key became (or becomes) due, mirroring the queue's rules: a key is queued
+/// once at its earliest time; a key a worker holds is not handed out again before that worker is
+/// done, so what is asked for it meanwhile counts from then at the earliest. Time spent waiting
+/// for its own previous reconcile, or for a delay or backoff asked for, is not queue latency.
+#[derive(Debug, Default)]
+struct QueueClock {
+    due: HashMap<String, Instant>,
+    held: HashMap<String, Held>,
+}
+
+/// What was asked for a key while a worker held it.
+#[derive(Debug, Default)]
+struct Held {
+    now: bool,
+    at: Option<Instant>,
+}
+
+impl QueueClock {
+    fn added(&mut self, key: &str, now: Instant, delay: Duration) {
+        let at = now + delay;
+        if let Some(held) = self.held.get_mut(key) {
+            if delay.is_zero() {
+                held.now = true;
+            } else {
+                held.at = Some(held.at.map_or(at, |t| t.min(at)));
+            }
+            return;
+        }
+        match self.due.get_mut(key) {
+            Some(t) => *t = (*t).min(at),
+            None => {
+                self.due.insert(key.to_string(), at);
+            }
+        }
+    }
+
+    /// A worker took `key`: how long it waited since it was due.
+    fn taken(&mut self, key: &str, now: Instant) -> Option<Duration> {
+        self.held.insert(key.to_string(), Held::default());
+        self.due
+            .remove(key)
+            .map(|t| now.saturating_duration_since(t))
+    }
+
+    fn done(&mut self, key: &str, now: Instant) {
+        let Some(held) = self.held.remove(key) else {
+            return;
+        };
+        // Added meanwhile: due right now (the queue drops a delayed re-add then). Only delayed:
+        // due when the delay ends, but not before this worker finished.
+        let at = if held.now {
+            Some(now)
+        } else {
+            held.at.map(|t| t.max(now))
+        };
+        if let Some(at) = at {
+            self.added(key, at, Duration::ZERO);
+        }
+    }
+
+    fn removed(&mut self, key: &str) {
+        self.due.remove(key);
+        if let Some(held) = self.held.get_mut(key) {
+            *held = Held::default();
+        }
+    }
+}
+
 /// Adopted pods' tokens are refreshed within this long after a restart.
 const ADOPTED_TOKEN_REFRESH_SPREAD: Duration = Duration::from_secs(300);
 
@@ -1310,6 +1589,23 @@ async fn node_allocatable(provider: &DynProvider) -> crate::resolve::fields::Nod
         Ok(r) if r.allocatable.is_empty() => r.capacity,
         Ok(r) => r.allocatable,
         Err(_) => Default::default(),
+    }
+}
+
+/// The API server no longer has the resource version a watch resumed from (410, after a long
+/// disconnect or an etcd compaction): kube's watcher lists again; routine, not a failure.
+fn is_expired(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchError(s) if s.code == 410)
+}
+
+/// An API request that never got an answer from the API server (in transit, or a gateway's
+/// 502/504). The API client warns once per outage for all of these (`crate::client`), so a
+/// warning per pod would only repeat it, a thousand times in a burst.
+fn is_api_unreachable(e: &Error) -> bool {
+    match e {
+        Error::Kube(kube::Error::Service(_) | kube::Error::HyperError(_)) => true,
+        Error::Kube(kube::Error::Api(s)) => matches!(s.code, 502 | 504),
+        _ => false,
     }
 }
 
@@ -1448,6 +1744,124 @@ mod tests {
         };
         assert_eq!(max_restart_count(Some(&s)), 5);
         assert_eq!(max_restart_count(None), 0);
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn queue_latency_counts_from_the_earliest_add() {
+        let mut c = QueueClock::default();
+        let t0 = Instant::now();
+        c.added("a", t0, Duration::ZERO);
+        c.added("a", t0 + secs(1), Duration::ZERO); // a no-op in the queue: still due at t0
+        assert_eq!(c.taken("a", t0 + secs(3)), Some(secs(3)));
+        c.done("a", t0 + secs(4));
+        assert!(
+            c.due.is_empty() && c.held.is_empty(),
+            "nothing kept per key"
+        );
+    }
+
+    #[test]
+    fn queue_latency_of_a_delayed_key_counts_from_its_deadline() {
+        let mut c = QueueClock::default();
+        let t0 = Instant::now();
+        c.added("a", t0, secs(10));
+        c.added("a", t0, secs(60)); // never later
+        assert_eq!(c.taken("a", t0 + secs(12)), Some(secs(2)));
+        // An add moves a delayed key earlier, as in the queue.
+        c.done("a", t0 + secs(12));
+        c.added("b", t0, secs(30));
+        c.added("b", t0 + secs(1), Duration::ZERO);
+        assert_eq!(c.taken("b", t0 + secs(2)), Some(secs(1)));
+    }
+
+    #[test]
+    fn queue_latency_of_a_key_added_while_held_counts_from_done() {
+        let mut c = QueueClock::default();
+        let t0 = Instant::now();
+        c.added("a", t0, Duration::ZERO);
+        assert_eq!(c.taken("a", t0), Some(Duration::ZERO));
+        // An event arrives while the worker runs, then the worker plans a late re-check: the
+        // event wins, and the wait for the running reconcile is not queue latency.
+        c.added("a", t0 + secs(1), Duration::ZERO);
+        c.added("a", t0 + secs(1), secs(30));
+        c.done("a", t0 + secs(5));
+        assert_eq!(c.taken("a", t0 + secs(6)), Some(secs(1)));
+        // Only a retry: due when its backoff ends, or when the worker is done if later.
+        c.added("a", t0 + secs(6), secs(2));
+        c.done("a", t0 + secs(7));
+        assert_eq!(c.taken("a", t0 + secs(8)), Some(Duration::ZERO));
+        c.added("a", t0 + secs(8), secs(1));
+        c.done("a", t0 + secs(20));
+        assert_eq!(c.taken("a", t0 + secs(21)), Some(secs(1)));
+        c.done("a", t0 + secs(21));
+    }
+
+    #[test]
+    fn removed_key_leaves_no_time_behind() {
+        let mut c = QueueClock::default();
+        let t0 = Instant::now();
+        c.added("a", t0, Duration::ZERO);
+        c.removed("a");
+        assert!(c.due.is_empty());
+        c.added("b", t0, Duration::ZERO);
+        c.taken("b", t0);
+        c.added("b", t0, secs(5));
+        c.removed("b"); // removed by its own worker (an orphan dropped)
+        c.done("b", t0 + secs(1));
+        assert!(c.due.is_empty() && c.held.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timed_queue_observes_the_wait_of_each_taken_key() {
+        let latency = Histogram::new([0.5, 1.5, 10.0]);
+        let q = TimedQueue::new(Backoff::default(), latency.clone());
+        q.add("a".into());
+        tokio::time::advance(secs(1)).await;
+        let key = q.next().await;
+        assert_eq!(key.as_deref(), Some("a"));
+        q.done(&"a".to_string());
+        let m = crate::metrics::Metrics::new_with(|r| {
+            r.register("t", "test", latency.clone());
+        });
+        let text = m.encode();
+        assert!(text.contains("vkubelet_t_count 1"), "{text}");
+        assert!(text.contains("vkubelet_t_sum 1.0"), "{text}");
+    }
+
+    #[test]
+    fn an_expired_watch_is_routine() {
+        let status = |code| {
+            watcher::Error::WatchError(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            }))
+        };
+        assert!(is_expired(&status(410)));
+        assert!(!is_expired(&status(500)));
+        assert!(!is_expired(&watcher::Error::NoResourceVersion));
+    }
+
+    #[test]
+    fn unreachable_api_errors_are_the_clients_to_report() {
+        let status = |code| {
+            Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            })))
+        };
+        assert!(is_api_unreachable(&Error::Kube(kube::Error::Service(
+            "connection refused".into()
+        ))));
+        assert!(is_api_unreachable(&status(504)));
+        assert!(!is_api_unreachable(&status(409)));
+        assert!(!is_api_unreachable(&status(500)));
+        assert!(!is_api_unreachable(&Error::Provider(ProviderError::Other(
+            "x".into()
+        ))));
     }
 
     #[test]

@@ -495,3 +495,77 @@ mod tests {
         ));
     }
 }
+
+/// `$(VAR)` expansion against an independent model of Kubernetes' own (the Go expansion
+/// package's rules: `$$` escapes, `$(name)` resolves or stays, an unclosed `$(` and a lone `$`
+/// stay as written), on inputs made of exactly the characters that matter.
+#[cfg(test)]
+mod expansion_props {
+    use super::*;
+    use crate::resolve::PodAddresses;
+    use proptest::prelude::*;
+
+    fn lookup(name: &str) -> Option<String> {
+        match name {
+            "A" => Some("va".into()),
+            "EMPTY" => Some(String::new()),
+            // A value that itself looks like a reference: never expanded again.
+            "REF" => Some("$(A)".into()),
+            _ => None,
+        }
+    }
+
+    fn model(input: &str) -> String {
+        let b: Vec<char> = input.chars().collect();
+        let mut out = String::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == '$' && i + 1 < b.len() {
+                match b[i + 1] {
+                    '$' => {
+                        out.push('$');
+                        i += 2;
+                    }
+                    '(' => match b[i + 2..].iter().position(|c| *c == ')') {
+                        Some(off) => {
+                            let name: String = b[i + 2..i + 2 + off].iter().collect();
+                            match lookup(&name) {
+                                Some(v) => out.push_str(&v),
+                                None => out.push_str(&format!("$({name})")),
+                            }
+                            i += 3 + off;
+                        }
+                        None => {
+                            out.push_str("$(");
+                            i += 2;
+                        }
+                    },
+                    c => {
+                        out.push('$');
+                        out.push(c);
+                        i += 2;
+                    }
+                }
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn matches_the_kubernetes_rules(input in "[$()AEMPTYREFxé ]{0,40}") {
+            let got = expand(&input, |n| lookup(n).map(Template::text)).render(&PodAddresses::default());
+            prop_assert_eq!(got, model(&input));
+        }
+
+        #[test]
+        fn never_panics_on_any_text(input in "\\PC{0,200}") {
+            let _ = expand(&input, |n| lookup(n).map(Template::text));
+        }
+    }
+}

@@ -23,6 +23,9 @@ mod volumes;
 #[cfg(test)]
 mod test_support;
 
+#[cfg(test)]
+mod props;
+
 use std::fmt;
 
 use k8s_openapi::api::core::v1::Pod;

@@ -578,13 +578,13 @@ fn file_volumes_become_per_pod_objects_with_the_same_paths_and_modes() {
     assert_eq!(volumes.len(), cases.len());
     let want_items = vec![
         KeyToPath {
-            key: "f0".into(),
+            key: super::file_key("app.conf"),
             path: "app.conf".into(),
             mode: Some(0o644),
             ..Default::default()
         },
         KeyToPath {
-            key: "f1".into(),
+            key: super::file_key("nested/dir/key"),
             path: "nested/dir/key".into(),
             mode: Some(0o400),
             ..Default::default()
@@ -604,8 +604,8 @@ fn file_volumes_become_per_pod_objects_with_the_same_paths_and_modes() {
                 .find(|c| c.metadata.name.as_deref() == Some(object.as_str()))
                 .unwrap();
             let data = cm.data.as_ref().unwrap();
-            assert_eq!(data["f0"], "a=1");
-            assert_eq!(data["f1"], "k");
+            assert_eq!(data[&super::file_key("app.conf")], "a=1");
+            assert_eq!(data[&super::file_key("nested/dir/key")], "k");
             assert_eq!(cm.binary_data, None);
         } else {
             let src = backend.secret.as_ref().unwrap();
@@ -617,8 +617,14 @@ fn file_volumes_become_per_pod_objects_with_the_same_paths_and_modes() {
             assert_eq!(src.items.as_ref(), Some(&want_items), "{kind:?}");
             assert!(backend.config_map.is_none());
             assert_eq!(secret(&t, &object).type_.as_deref(), Some("Opaque"));
-            assert_eq!(secret_value(&t, &object, "f0"), "a=1");
-            assert_eq!(secret_value(&t, &object, "f1"), "k");
+            assert_eq!(
+                secret_value(&t, &object, &super::file_key("app.conf")),
+                "a=1"
+            );
+            assert_eq!(
+                secret_value(&t, &object, &super::file_key("nested/dir/key")),
+                "k"
+            );
         }
     }
     assert_eq!(t.config_maps.len(), 1);
@@ -643,10 +649,15 @@ fn binary_config_map_content_goes_to_binary_data() {
         .build();
     let t = translate(&pod, &ctx()).unwrap();
     let cm = &t.config_maps[0];
-    assert_eq!(cm.data.as_ref().unwrap()["f0"], "hello");
-    assert!(!cm.data.as_ref().unwrap().contains_key("f1"));
+    assert_eq!(cm.data.as_ref().unwrap()[&super::file_key("text")], "hello");
+    assert!(
+        !cm.data
+            .as_ref()
+            .unwrap()
+            .contains_key(&super::file_key("blob"))
+    );
     assert_eq!(
-        cm.binary_data.as_ref().unwrap()["f1"].0,
+        cm.binary_data.as_ref().unwrap()[&super::file_key("blob")].0,
         vec![0xff, 0x00, 0xfe]
     );
 }
@@ -664,7 +675,10 @@ fn sensitive_files_never_land_in_a_config_map() {
         .build();
     let t = translate(&pod, &ctx()).unwrap();
     assert!(t.config_maps.is_empty());
-    assert_eq!(secret_value(&t, "web-b-vol-0", "f0"), "tok");
+    assert_eq!(
+        secret_value(&t, "web-b-vol-0", &super::file_key("token")),
+        "tok"
+    );
 }
 
 #[test]
@@ -1048,4 +1062,16 @@ fn object_names_derive_from_the_backend_pod_name() {
     assert_eq!(env_secret_name("p"), "p-env");
     assert_eq!(pull_secret_name("p"), "p-pull");
     assert_eq!(volume_object_name("p", 3), "p-vol-3");
+}
+
+#[test]
+fn file_keys_follow_paths_not_positions() {
+    // A refresh that adds a file before another keeps every existing path's key.
+    assert_eq!(super::file_key("b"), super::file_key("b"));
+    assert_ne!(super::file_key("a"), super::file_key("b"));
+    let k = super::file_key("nested/dir/key");
+    assert!(
+        k.len() == 17 && k.bytes().all(|c| c.is_ascii_alphanumeric()),
+        "{k}"
+    );
 }
