@@ -179,7 +179,12 @@ fn cpu_text(millis: i64) -> String {
 }
 
 fn memory_text(bytes: i64) -> String {
-    const UNITS: [(i64, &str); 4] = [(1 << 40, "Ti"), (1 << 30, "Gi"), (1 << 20, "Mi"), (1 << 10, "Ki")];
+    const UNITS: [(i64, &str); 4] = [
+        (1 << 40, "Ti"),
+        (1 << 30, "Gi"),
+        (1 << 20, "Mi"),
+        (1 << 10, "Ki"),
+    ];
     for (size, suffix) in UNITS {
         if bytes != 0 && bytes % size == 0 {
             return format!("{}{suffix}", bytes / size);

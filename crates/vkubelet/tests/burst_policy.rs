@@ -419,7 +419,11 @@ async fn seed_003_vendor_taint_value_and_cube_flavour() {
     );
     let event = common::wait_event(&env, "too-big", "ResourceNormalizationFailed").await;
     assert!(
-        event.message.as_deref().unwrap_or_default().contains("profile cube"),
+        event
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("profile cube"),
         "{event:?}"
     );
     env.cleanup().await;

@@ -276,9 +276,8 @@ async fn deployment_bursts_into_the_backend_with_env_volumes_logs_exec_and_clean
             .await;
     assert_eq!(out.status.code(), Some(7), "{out}");
     // Stats: A's node summary carries the pod, measured by B's kubelet.
-    let raw = t
-        .a
-        .kubectl([
+    let raw =
+        t.a.kubectl([
             "get",
             "--raw",
             &format!("/api/v1/nodes/{}/proxy/stats/summary", t.va.node),
