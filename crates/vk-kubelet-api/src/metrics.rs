@@ -18,6 +18,19 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpgradeLabels {
+    pub node: String,
+    /// `exec`, `attach` or `portForward`.
+    pub route: &'static str,
+    /// What the `101` answered in `Upgrade`: `websocket` or `spdy`.
+    pub transport: &'static str,
+    /// The sub-protocol the `101` confirmed (`Sec-WebSocket-Protocol` or
+    /// `X-Stream-Protocol-Version`), `none` when it named none. Always one of the server's own
+    /// supported protocols, so the label set stays bounded.
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthnLabels {
     pub node: String,
     /// `x509`, `token`, `anonymous` or `none`.
@@ -40,6 +53,8 @@ pub struct AuthzLabels {
 #[derive(Clone, Default)]
 pub struct ApiMetrics {
     pub requests: Family<RequestLabels, Counter>,
+    /// Streaming upgrades served (`101 Switching Protocols`), by transport and sub-protocol.
+    pub upgrades: Family<UpgradeLabels, Counter>,
     pub authn: Family<AuthnLabels, Counter>,
     pub authz: Family<AuthzLabels, Counter>,
     /// The process-wide metrics, for `vkubelet_errors_total` (absent in unit tests).
@@ -53,6 +68,11 @@ impl ApiMetrics {
             "kubelet_api_requests",
             "Kubelet API requests by node, route and HTTP code",
             self.requests.clone(),
+        );
+        registry.register(
+            "kubelet_api_stream_upgrades",
+            "Kubelet API streaming upgrades served (exec, attach, portForward) by transport and negotiated sub-protocol",
+            self.upgrades.clone(),
         );
         registry.register(
             "kubelet_api_authentications",
@@ -78,6 +98,29 @@ impl ApiMetrics {
                 node: node.to_string(),
                 route,
                 code,
+            })
+            .inc();
+    }
+
+    /// One `101` served on a streaming route.
+    pub fn upgrade(
+        &self,
+        node: &str,
+        route: &'static str,
+        transport: &'static str,
+        protocol: &str,
+    ) {
+        self.upgrades
+            .get_or_create(&UpgradeLabels {
+                node: node.to_string(),
+                route,
+                transport,
+                protocol: if protocol.is_empty() {
+                    "none"
+                } else {
+                    protocol
+                }
+                .to_string(),
             })
             .inc();
     }
@@ -128,12 +171,17 @@ mod tests {
         let core = Metrics::new_with(|r| api.register(r));
         let api = api.with_core(core.clone());
         api.request("vk-1", "containerLogs", 200);
+        api.upgrade("vk-1", "exec", "websocket", "v5.channel.k8s.io");
+        api.upgrade("vk-1", "exec", "websocket", "v5.channel.k8s.io");
+        api.upgrade("vk-1", "portForward", "spdy", "");
         api.authn("vk-1", "token", "ok", true);
         api.authz("vk-1", "proxy", "denied", false);
         api.error("vk-1", "kubelet_api_logs", "not_found");
         let text = core.encode();
         for want in [
             r#"vkubelet_kubelet_api_requests_total{node="vk-1",route="containerLogs",code="200"} 1"#,
+            r#"vkubelet_kubelet_api_stream_upgrades_total{node="vk-1",route="exec",transport="websocket",protocol="v5.channel.k8s.io"} 2"#,
+            r#"vkubelet_kubelet_api_stream_upgrades_total{node="vk-1",route="portForward",transport="spdy",protocol="none"} 1"#,
             r#"vkubelet_kubelet_api_authentications_total{node="vk-1",method="token",result="ok",cached="true"} 1"#,
             r#"vkubelet_kubelet_api_authorizations_total{node="vk-1",subresource="proxy",decision="denied",cached="false"} 1"#,
             r#"vkubelet_errors_total{node="vk-1",operation="kubelet_api_logs",error="not_found"} 1"#,

@@ -1092,36 +1092,117 @@ ToYgog==
         assert_eq!(agents, ["user-agent: custom/1"]);
     }
 
-    #[tokio::test]
-    async fn http_server_that_never_answers_fails_after_the_timeout() {
-        let (port, seen) = http_server(Reply::Hold(Vec::new())).await;
-        let probe = http_probe(IntOrString::Int(port.into()), "/", &[]);
-        let started = std::time::Instant::now();
-        let msg = failure(check(&probe, &local(), &*Scripted::new(vec![], ok())).await);
-        let took = started.elapsed();
-        assert!(msg.contains("Client.Timeout exceeded"), "{msg}");
-        assert!(
-            msg.starts_with(&format!("Get \"http://127.0.0.1:{port}/\": ")),
-            "{msg}"
-        );
-        assert!(took >= Duration::from_millis(950), "{took:?}");
-        assert!(took < Duration::from_secs(3), "{took:?}");
-        assert_eq!(seen.lock().unwrap().len(), 1, "the request was sent");
+    /// Polls `attempt` up to `spins` times, yielding to every other task (the test server) in
+    /// between, on a paused clock that cannot move meanwhile: the test keeps the runtime busy, so
+    /// it never idles into auto-advancing time. Stops early when `until` holds; returns the
+    /// attempt's outcome if it completed.
+    async fn drive_frozen<F: Future<Output = ProbeOutcome>>(
+        mut attempt: std::pin::Pin<&mut F>,
+        spins: usize,
+        until: impl Fn() -> bool,
+    ) -> Option<ProbeOutcome> {
+        let frozen = Instant::now();
+        for _ in 0..spins {
+            if until() {
+                break;
+            }
+            let polled =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(attempt.as_mut().poll(cx))).await;
+            assert_eq!(Instant::now(), frozen, "the paused clock moved");
+            if let std::task::Poll::Ready(outcome) = polled {
+                return Some(outcome);
+            }
+            tokio::task::yield_now().await;
+        }
+        None
     }
 
-    #[tokio::test]
-    async fn http_reads_at_most_10k_of_an_endless_body() {
-        // Promises a megabyte, sends 20 KiB and stalls: reading it all would time out.
-        let mut bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n".to_vec();
-        bytes.extend(std::iter::repeat_n(b'a', 20 * 1024));
-        let (port, _) = http_server(Reply::Hold(bytes)).await;
+    /// Enough spins for a loopback connection, a request and its answer many times over.
+    const SPINS: usize = 200_000;
+    /// Spins that let an attempt with nothing left to wait for finish.
+    const SETTLE: usize = 2_000;
+
+    /// Status line, headers promising a megabyte, `bytes` of body, then a stall (the connection
+    /// stays open).
+    fn stalled_body(bytes: usize) -> Reply {
+        let mut reply = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+        reply.extend(std::iter::repeat_n(b'a', bytes));
+        Reply::Hold(reply)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http_server_that_never_answers_fails_at_the_timeout_and_not_before() {
+        let (port, seen) = http_server(Reply::Hold(Vec::new())).await;
         let probe = http_probe(IntOrString::Int(port.into()), "/", &[]);
-        let started = std::time::Instant::now();
+        let exec = Scripted::new(vec![], ok());
+        let start = Instant::now();
+        let target = local();
+        let mut attempt = pin!(check(&probe, &target, &*exec));
+        let early =
+            drive_frozen(attempt.as_mut(), SPINS, || !seen.lock().unwrap().is_empty()).await;
+        assert_eq!(early, None, "ended before the deadline");
         assert_eq!(
-            check(&probe, &local(), &*Scripted::new(vec![], ok())).await,
-            ProbeOutcome::Success
+            seen.lock().unwrap().len(),
+            1,
+            "the server holds the request"
         );
-        assert!(started.elapsed() < Duration::from_millis(900));
+        // The server never answers: 1 ms before the (default 1 s) deadline the attempt still waits.
+        tokio::time::advance(Duration::from_millis(999)).await;
+        let early = drive_frozen(attempt.as_mut(), SETTLE, || false).await;
+        assert_eq!(early, None, "ended 1 ms before the deadline");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let msg = failure(
+            drive_frozen(attempt.as_mut(), SETTLE, || false)
+                .await
+                .expect("ends at the deadline"),
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(
+            msg,
+            format!("Get \"http://127.0.0.1:{port}/\": {AWAITING_HEADERS_TIMEOUT}")
+        );
+        assert_eq!(seen.lock().unwrap().len(), 1, "the request was sent once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http_reads_at_most_10k_of_an_endless_body() {
+        // Promises a megabyte, sends 20 KiB and stalls: reading it all would wait for the
+        // deadline. The attempt succeeds with the clock never moving, so it never waited.
+        let (port, seen) = http_server(stalled_body(20 * 1024)).await;
+        let probe = http_probe(IntOrString::Int(port.into()), "/", &[]);
+        let exec = Scripted::new(vec![], ok());
+        let start = Instant::now();
+        let target = local();
+        let mut attempt = pin!(check(&probe, &target, &*exec));
+        let outcome = drive_frozen(attempt.as_mut(), SPINS, || false).await;
+        assert_eq!(outcome, Some(ProbeOutcome::Success));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http_short_stalled_body_times_out_reading_it() {
+        // The counterpart: under the 10 KiB cap a stalled body is waited for, until the deadline.
+        let (port, seen) = http_server(stalled_body(5 * 1024)).await;
+        let probe = http_probe(IntOrString::Int(port.into()), "/", &[]);
+        let exec = Scripted::new(vec![], ok());
+        let start = Instant::now();
+        let target = local();
+        let mut attempt = pin!(check(&probe, &target, &*exec));
+        let early = drive_frozen(attempt.as_mut(), SPINS / 10, || false).await;
+        assert_eq!(early, None, "ended before the deadline");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let msg = failure(
+            drive_frozen(attempt.as_mut(), SETTLE, || false)
+                .await
+                .expect("ends at the deadline"),
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(
+            msg,
+            format!("Get \"http://127.0.0.1:{port}/\": {READING_BODY_TIMEOUT}")
+        );
     }
 
     #[tokio::test]

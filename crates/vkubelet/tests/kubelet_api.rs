@@ -8,7 +8,6 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use common::{POLL, Vk, WAIT, pod_with, wait_pod_phase};
 use k8s_openapi::api::authorization::v1::{
@@ -20,8 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::time::Instant;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use vk_testkit::{TestEnv, wait_for};
 
 fn start(env: &TestEnv) -> Vk {
@@ -197,6 +195,81 @@ async fn kubectl_logs_previous_after_a_restart() {
     );
 }
 
+/// A container that prints each line the test sends it over TCP (pods share the host network)
+/// and exits 0 when the test closes the connection: its output is written only when, and in
+/// the order, the test decides.
+const RELAY: &str = r#"
+import socket, sys
+conn = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for line in conn.makefile("r"):
+    print(line.rstrip("\n"), flush=True)
+"#;
+
+/// Create a [`RELAY`] pod and return the connection that feeds it, once its container runs.
+async fn relay(
+    env: &TestEnv,
+    vk: &Vk,
+    name: &str,
+    spec: serde_json::Value,
+) -> tokio::net::TcpStream {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    env.create(&pod_with(
+        vk,
+        name,
+        json!({ "command": ["python3", "-u", "-c", RELAY, port] }),
+        spec,
+    ))
+    .await;
+    let (conn, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap_or_else(|_| panic!("{name}'s container never connected"))
+        .expect("accept");
+    conn
+}
+
+async fn send(feed: &mut tokio::net::TcpStream, line: &str) {
+    feed.write_all(format!("{line}\n").as_bytes())
+        .await
+        .expect("feed the container");
+}
+
+/// `kubectl logs -f ARGS` as a child, with its stdout as lines.
+fn follow(
+    env: &TestEnv,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut child = tokio::process::Command::new(
+        std::env::var("VKUBELET_KUBECTL").unwrap_or_else(|_| "kubectl".into()),
+    )
+    .arg("--kubeconfig")
+    .arg(env.kubeconfig_path())
+    .args(["-n", env.namespace(), "logs", "-f"])
+    .args(args)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("kubectl logs -f");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, lines)
+}
+
+async fn next_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    want: &str,
+) -> Option<String> {
+    tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("kubectl logs -f: no line while waiting for {want:?}"))
+        .expect("read")
+}
+
 #[tokio::test]
 async fn kubectl_logs_follow_streams_lines_as_they_are_written() {
     let Some(env) = vk_testkit::env().await else {
@@ -204,71 +277,61 @@ async fn kubectl_logs_follow_streams_lines_as_they_are_written() {
     };
     let vk = start(&env);
     vk.wait_ready(&env).await;
-    env.create(&sh_pod(
-        &vk,
-        "ticker",
-        "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.5; done",
-    ))
-    .await;
+    let mut feed = relay(&env, &vk, "ticker", json!({})).await;
+    send(&mut feed, "tick-1").await;
     wait_logs(&env, "ticker", "tick-1").await;
 
-    let mut child = tokio::process::Command::new(
-        std::env::var("VKUBELET_KUBECTL").unwrap_or_else(|_| "kubectl".into()),
-    )
-    .arg("--kubeconfig")
-    .arg(env.kubeconfig_path())
-    .args(["-n", env.namespace(), "logs", "-f", "ticker", "--tail=1"])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .kill_on_drop(true)
-    .spawn()
-    .expect("kubectl logs -f");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen: Vec<(u64, Instant)> = Vec::new();
-    // Read until 6 new ticks have arrived, one by one, while the pod keeps writing.
-    while seen.len() < 7 {
-        let line = tokio::time::timeout_at(deadline, lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("no new log line before the deadline; got {seen:?}"))
-            .expect("read")
-            .unwrap_or_else(|| panic!("kubectl logs -f ended while the pod runs; got {seen:?}"));
-        let n: u64 = line
-            .strip_prefix("tick-")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-        seen.push((n, Instant::now()));
-    }
-    for w in seen.windows(2) {
-        assert_eq!(w[1].0, w[0].0 + 1, "lines in order, none lost: {seen:?}");
-    }
-    // They came as they were written (0.5 s apart), not in one burst at the end.
-    let spread = seen[6].1 - seen[0].1;
-    assert!(
-        spread >= Duration::from_secs(2),
-        "6 ticks arrived within {spread:?}"
+    let (mut child, mut lines) = follow(&env, &["ticker", "--tail=1"]);
+    assert_eq!(
+        next_line(&mut lines, "tick-1").await.as_deref(),
+        Some("tick-1"),
+        "--tail=1 starts at the last line"
     );
+    // Each tick is written only after the previous one came through the open follow: lines
+    // arrive one by one as they are written, in order, none lost, none repeated.
+    for n in 2..=7 {
+        let tick = format!("tick-{n}");
+        send(&mut feed, &tick).await;
+        assert_eq!(next_line(&mut lines, &tick).await, Some(tick));
+    }
     drop(lines);
     let _ = child.kill().await;
 
     // A container that ends ends the follow.
-    let brief = pod_with(
-        &vk,
-        "brief",
-        json!({ "command": ["sh", "-c", "echo one; sleep 4; echo two; sleep 1; echo three"] }),
-        json!({ "restartPolicy": "Never" }),
-    );
-    env.create(&brief).await;
+    let mut feed = relay(&env, &vk, "brief", json!({ "restartPolicy": "Never" })).await;
+    send(&mut feed, "one").await;
     wait_logs(&env, "brief", "one").await;
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        env.kubectl_ns(["logs", "-f", "brief"]),
-    )
-    .await
-    .expect("kubectl logs -f returns once the container ended")
-    .assert_success();
-    assert!(out.stdout.starts_with("one\n"), "{out}");
-    assert!(out.stdout.contains("three\n"), "{out}");
+    let (child, mut lines) = follow(&env, &["brief"]);
+    // The container cannot end before this: it waits for the test's next line.
+    assert_eq!(next_line(&mut lines, "one").await.as_deref(), Some("one"));
+    send(&mut feed, "two").await;
+    send(&mut feed, "three").await;
+    drop(feed); // end of input: the container exits 0
+    for want in ["two", "three"] {
+        assert_eq!(next_line(&mut lines, want).await.as_deref(), Some(want));
+    }
+    assert_eq!(
+        next_line(&mut lines, "the end of the stream").await,
+        None,
+        "the follow ends with the container"
+    );
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("kubectl logs -f exits once the container ended")
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = wait_pod_phase(&env, "brief", "Succeeded").await;
+    let t = p
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c[0].state.clone()?.terminated)
+        .expect("terminated");
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
 }
 
 #[tokio::test]
@@ -518,13 +581,14 @@ async fn kubelet_port_authenticates_and_authorizes_with_the_kubelet_mapping() {
         assert_eq!(code, 401, "{path}: {body}");
         assert_eq!(status_reason(&body), "Unauthorized");
     }
-    let (code, _) = curl(
+    let (code, body) = curl(
         port,
         "GET",
         "/pods",
         &bearer("not-a-token").each_ref().map(String::as_str),
     );
-    assert_eq!(code, 401);
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(status_reason(&body), "Unauthorized");
 
     // A client certificate from the cluster CA (admin, in system:masters).
     let pki = env.kubeconfig_path().with_file_name("pki");
@@ -537,13 +601,19 @@ async fn kubelet_port_authenticates_and_authorizes_with_the_kubelet_mapping() {
     let nobody = sa_token(&env, "nobody").await;
     let nobody = bearer(&nobody);
     let nobody = nobody.each_ref().map(String::as_str);
-    for (method, path) in [("GET", "/pods"), ("POST", exec_path.as_str())] {
+    for (method, path, verb) in [
+        ("GET", "/pods", "get"),
+        ("POST", exec_path.as_str(), "create"),
+    ] {
         let (code, body) = curl(port, method, path, &nobody);
         assert_eq!(code, 403, "{method} {path}: {body}");
         assert_eq!(status_reason(&body), "Forbidden");
+        let want = format!(
+            "user=system:serviceaccount:{ns}:nobody, verb={verb}, resource=nodes, subresource(s)=[proxy]"
+        );
         assert!(
-            body.contains(&format!("system:serviceaccount:{ns}:nobody")),
-            "{body}"
+            body.contains(&want),
+            "{method} {path}: no {want:?} in {body}"
         );
     }
 
@@ -585,17 +655,26 @@ async fn kubelet_port_authenticates_and_authorizes_with_the_kubelet_mapping() {
     let list: serde_json::Value = serde_json::from_str(&body).expect("PodList");
     assert_eq!(list["kind"], "PodList");
     assert!(body.contains("\"target\""), "{body}");
-    // exec is allowed past auth (what it answers beyond that is the streaming layer's).
+    // exec is allowed past auth and reaches the streaming layer, which refuses a request
+    // without upgrade headers (and nothing else: not 401/403, not a 5xx).
     let (code, body) = curl(port, "POST", &exec_path, &prober);
-    assert!(code != 401 && code != 403, "{code}: {body}");
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(status_reason(&body), "BadRequest");
+    assert!(body.contains("missing upgrade headers"), "{body}");
     // containerLogs is nodes/proxy for the kubelet, not nodes/log.
     let (code, body) = curl(port, "GET", &logs_path, &prober);
     assert_eq!(code, 200, "{body}");
     // nodes/stats and nodes/metrics were not granted.
-    for path in ["/stats/summary", "/metrics/resource", "/metrics"] {
+    for (path, sub) in [
+        ("/stats/summary", "stats"),
+        ("/metrics/resource", "metrics"),
+        ("/metrics", "metrics"),
+    ] {
         let (code, body) = curl(port, "GET", path, &prober);
         assert_eq!(code, 403, "{path}: {body}");
-        assert!(body.contains("subresource(s)=["), "{body}");
+        assert_eq!(status_reason(&body), "Forbidden");
+        let want = format!("verb=get, resource=nodes, subresource(s)=[{sub}]");
+        assert!(body.contains(&want), "{path}: no {want:?} in {body}");
     }
     // Unknown paths are authorized (as nodes/proxy) before they are found missing.
     let (code, body) = curl(port, "GET", "/no/such/thing", &prober);
@@ -603,4 +682,6 @@ async fn kubelet_port_authenticates_and_authorizes_with_the_kubelet_mapping() {
     assert_eq!(status_reason(&body), "NotFound");
     let (code, body) = curl(port, "GET", "/no/such/thing", &nobody);
     assert_eq!(code, 403, "{body}");
+    assert_eq!(status_reason(&body), "Forbidden");
+    assert!(body.contains("subresource(s)=[proxy]"), "{body}");
 }

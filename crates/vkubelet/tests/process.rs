@@ -7,11 +7,9 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use common::{
-    POLL, Vk, WAIT, events_for, free_port, phase, pod_with, wait_event, wait_pod_phase,
-    wait_running,
+    POLL, Vk, WAIT, events_for, phase, pod_with, wait_event, wait_pod_phase, wait_running,
 };
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::Api;
@@ -35,6 +33,81 @@ async fn apply(env: &TestEnv, obj: &serde_json::Value) {
 
 fn start(env: &TestEnv) -> Vk {
     Vk::start_process(env, json!({}), &[])
+}
+
+/// vkubelet with JSON logs, for tests that read what the backend logged (see [`logged_exits`]).
+fn start_json_logs(env: &TestEnv) -> Vk {
+    Vk::start_process(env, json!({}), &["--log-format", "json"])
+}
+
+/// The exits the process provider logged ("container exited") for one container of one pod,
+/// in order, as (exit code, reason). Needs [`start_json_logs`].
+fn logged_exits(vk: &Vk, env: &TestEnv, pod: &str, container: &str) -> Vec<(i64, String)> {
+    let pod = format!("{}/{pod}", env.namespace());
+    vk.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["fields"]["message"] == "container exited"
+                && v["fields"]["container"] == container
+                && v["span"]["pod"] == pod.as_str()
+        })
+        .map(|v| {
+            (
+                v["fields"]["exit_code"].as_i64().expect("exit_code"),
+                v["fields"]["reason"].as_str().expect("reason").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Wait until `pod`'s `container` has logged `n` exits; returns them.
+async fn wait_exits(
+    vk: &Vk,
+    env: &TestEnv,
+    pod: &str,
+    container: &str,
+    n: usize,
+) -> Vec<(i64, String)> {
+    wait_for(WAIT, POLL, async || {
+        let exits = logged_exits(vk, env, pod, container);
+        if exits.len() >= n {
+            Ok(exits)
+        } else {
+            Err(format!("exits logged so far: {exits:?}"))
+        }
+    })
+    .await
+}
+
+/// Wait until the pod object is gone from the API.
+async fn wait_gone(env: &TestEnv, name: &str) {
+    let pods: Api<Pod> = env.api();
+    wait_for(WAIT, POLL, async || {
+        match pods.get_opt(name).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(p) => Err(format!("still there: {:?}", p.status)),
+        }
+    })
+    .await
+}
+
+/// A listener a container connects to (pods share the host network): the test learns that the
+/// container runs, and the container waits for the test's word.
+async fn gate() -> (tokio::net::TcpListener, u16) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    (listener, port)
+}
+
+async fn accept(listener: &tokio::net::TcpListener, what: &str) -> tokio::net::TcpStream {
+    tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap_or_else(|_| panic!("{what} never connected"))
+        .expect("accept")
+        .0
 }
 
 fn uid(p: &Pod) -> String {
@@ -155,11 +228,13 @@ async fn deployment_of_processes_runs_and_scales() {
     });
     apply(&env, &deploy).await;
     let pods = wait_running(&env, "app=sleepers", 3).await;
+    let mut pids = Vec::new();
     for p in &pods {
         let pid = wait_for(WAIT, POLL, async || {
             container_pid(&vk, &uid(p), "main").ok_or("no shim record yet")
         })
         .await;
+        pids.push((uid(p), pid));
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         assert_eq!(
             cmdline, b"sleep\x003600\x00",
@@ -194,6 +269,19 @@ async fn deployment_of_processes_runs_and_scales() {
         }
     })
     .await;
+    // The scaled-away pods' processes end; the kept one still runs.
+    wait_for(WAIT, POLL, async || {
+        let wrong: Vec<_> = pids
+            .iter()
+            .filter(|(u, pid)| alive(*pid) != (*u == keep))
+            .collect();
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("alive, or not, against the pod's fate: {wrong:?}"))
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -208,6 +296,7 @@ async fn env_and_volumes_are_visible_inside_the_process() {
     let script = "echo ENV_A=$A; echo ENV_POD=$POD_NAME; echo ENV_IP=$POD_IP; echo SECRET_ENV=$SECRET_ENV; \
                   echo CM=$(cat /etc/config/greeting); echo SECRET=$(cat /etc/secret/password); \
                   echo TOKEN_LEN=$(wc -c < /var/run/secrets/kubernetes.io/serviceaccount/token); \
+                  echo TOKEN_DOTS=$(tr -cd . < /var/run/secrets/kubernetes.io/serviceaccount/token | wc -c); \
                   echo NS=$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace); \
                   echo HOST=$(hostname); echo CWD=$(pwd); \
                   touch /etc/config/x 2>/dev/null && echo CM_WRITABLE || echo CM_READONLY; \
@@ -262,26 +351,37 @@ async fn env_and_volumes_are_visible_inside_the_process() {
         token_len > 100,
         "a real token is mounted ({token_len} bytes)"
     );
+    assert!(
+        log.contains("TOKEN_DOTS=2\n"),
+        "the token is a JWT (header.payload.signature): {log}"
+    );
     // Secret volumes never land in the state directory (they live in secretsDir, a tmpfs).
     let pod_dir = vk.state_dir().join("pods").join(&u);
-    let secret_in_state = std::process::Command::new("grep")
-        .args(["-rls", "s3cret"])
-        .arg(pod_dir.join("volumes"))
-        .output()
-        .expect("grep");
-    assert!(
-        secret_in_state.stdout.is_empty(),
-        "secret content found under the state dir: {}",
-        String::from_utf8_lossy(&secret_in_state.stdout)
+    let grep = |needle: &str| {
+        std::process::Command::new("grep")
+            .args(["-rls", needle])
+            .arg(pod_dir.join("volumes"))
+            .output()
+            .expect("grep")
+    };
+    // The search does look at the volumes: the ConfigMap's content is found there.
+    let configmap = grep("hello from a configmap");
+    assert_eq!(configmap.status.code(), Some(0), "{configmap:?}");
+    let secret_in_state = grep("s3cret");
+    assert_eq!(
+        secret_in_state.status.code(),
+        Some(1),
+        "secret content found under the state dir (or grep failed): {secret_in_state:?}"
     );
     // Nor on any command line (world-readable in /proc).
     let on_cmdline = std::process::Command::new("pgrep")
         .args(["-f", "s3cret"])
         .output()
         .expect("pgrep");
-    assert!(
-        on_cmdline.stdout.is_empty(),
-        "secret env value visible in a command line"
+    assert_eq!(
+        on_cmdline.status.code(),
+        Some(1),
+        "secret env value visible in a command line (or pgrep failed): {on_cmdline:?}"
     );
     use std::os::unix::fs::PermissionsExt;
     let plan_mode = std::fs::metadata(pod_dir.join("pod.json"))
@@ -398,12 +498,33 @@ async fn readiness_gates_ready_and_liveness_restarts() {
     };
     let vk = start(&env);
     vk.wait_ready(&env).await;
-    let port = free_port();
+    // Until the pod's server starts (only when the test says so, on the gate connection), the
+    // test itself answers the readiness probes on the server's port, with 503.
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = probes.local_addr().expect("addr").port();
+    let (probed_tx, mut probed) = tokio::sync::mpsc::unbounded_channel();
+    let refuse = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut conn, _)) = probes.accept().await else {
+                return;
+            };
+            let mut head = vec![0u8; 4096];
+            let n = conn.read(&mut head).await.unwrap_or(0);
+            let _ = conn
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+            let _ = probed_tx.send(String::from_utf8_lossy(&head[..n]).into_owned());
+        }
+    });
+    let (listener, gate_port) = gate().await;
     let web = pod_with(
         &vk,
         "web",
         json!({
-            "command": ["sh", "-c", format!("sleep 4; exec python3 -m http.server {port} --bind 127.0.0.1")],
+            "command": ["python3", "-c", WAIT_THEN_SERVE, gate_port.to_string(), port.to_string()],
             "workingDir": "/tmp",
             "ports": [{"name": "http", "containerPort": port}],
             "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1}
@@ -411,12 +532,31 @@ async fn readiness_gates_ready_and_liveness_restarts() {
         json!({"terminationGracePeriodSeconds": 2}),
     );
     env.create(&web).await;
-    let p = wait_pod_phase(&env, "web", "Running").await;
+    let mut go = accept(&listener, "web's container").await;
+    wait_pod_phase(&env, "web", "Running").await;
+    // The probe runs and fails (three times: past its failureThreshold), and the pod is not Ready.
+    for _ in 0..3 {
+        let head = tokio::time::timeout(WAIT, probed.recv())
+            .await
+            .expect("a readiness probe")
+            .expect("probe server");
+        assert!(head.starts_with("GET / HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("kube-probe/"), "{head}");
+    }
+    let p = wait_pod(&env, "web", "a pod status", |_| true).await;
     assert_eq!(
         condition(&p, "Ready").as_deref(),
         Some("False"),
-        "not ready before the server listens"
+        "not ready while the probe fails: {:?}",
+        p.status
     );
+    assert!(cstatus(&p, "main").is_some_and(|s| !s.ready));
+    // Hand the port over to the pod's server.
+    refuse.abort();
+    let _ = refuse.await; // the listener is closed once the task is gone
+    tokio::io::AsyncWriteExt::write_all(&mut go, b"go\n")
+        .await
+        .expect("release the server");
     let p = wait_pod(&env, "web", "Ready", |p| {
         condition(p, "Ready").as_deref() == Some("True")
     })
@@ -454,6 +594,14 @@ async fn readiness_gates_ready_and_liveness_restarts() {
             .starts_with("Liveness probe failed")
     );
 }
+
+/// Connects to the gate port (argv 1), waits for a line, then serves HTTP on argv 2.
+const WAIT_THEN_SERVE: &str = r#"
+import os, socket, sys
+gate = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+gate.makefile("r").readline()
+os.execvp("python3", ["python3", "-m", "http.server", sys.argv[2], "--bind", "127.0.0.1"])
+"#;
 
 fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -495,10 +643,12 @@ async fn kill9_and_restart_adopts_the_same_processes() {
     vk.wait_ready(&env).await;
     let mut uids = Vec::new();
     for i in 0..3 {
+        // A heartbeat on stdout: the log grows only while the container and its shim (which
+        // writes the log) both run.
         let p = pod_with(
             &vk,
             &format!("keep-{i}"),
-            json!({"command": ["sleep", "3600"]}),
+            json!({"command": ["sh", "-c", "i=0; while :; do i=$((i+1)); echo beat-$i; sleep 0.2; done"]}),
             json!({}),
         );
         uids.push(uid(&env.create(&p).await));
@@ -511,7 +661,19 @@ async fn kill9_and_restart_adopts_the_same_processes() {
         .map(|u| container_pid(&vk, u, "main").expect("pid"))
         .collect();
     vk.kill9();
-    std::thread::sleep(Duration::from_millis(500));
+    // vkubelet is gone (killed and reaped); every pod still beats after that.
+    for u in &uids {
+        let beats_at_kill = log_text(&vk, u, "main", 0).lines().count();
+        wait_for(WAIT, POLL, async || {
+            let beats = log_text(&vk, u, "main", 0).lines().count();
+            if beats > beats_at_kill {
+                Ok(())
+            } else {
+                Err(format!("pod {u}: no beat since the kill ({beats})"))
+            }
+        })
+        .await;
+    }
     assert!(
         before.iter().all(|p| alive(*p)),
         "pods keep running while vkubelet is down"
@@ -549,21 +711,22 @@ async fn delete_stops_the_process_within_the_grace_period() {
     let Some(env) = vk_testkit::env().await else {
         return;
     };
-    let vk = start(&env);
+    let vk = start_json_logs(&env);
     vk.wait_ready(&env).await;
-    // `sh` as PID 1 ignores SIGTERM, so only SIGKILL at the end of the grace period stops it.
+    // Says it got SIGTERM and carries on (like a PID 1 without a handler, which ignores it), so
+    // only the SIGKILL at the end of the grace period stops it.
     let stubborn = pod_with(
         &vk,
         "stubborn",
-        json!({"command": ["sh", "-c", "sleep 3600"]}),
-        json!({"terminationGracePeriodSeconds": 3}),
+        json!({"command": ["sh", "-c", "trap 'echo got TERM' TERM; i=0; while :; do i=$((i+1)); echo alive-$i; sleep 0.2; done"]}),
+        json!({"terminationGracePeriodSeconds": 10}),
     );
-    // This one exits on SIGTERM right away.
+    // This one exits 0 on SIGTERM; its grace period is far longer than the test waits.
     let polite = pod_with(
         &vk,
         "polite",
         json!({"command": ["sh", "-c", "trap 'echo got TERM; exit 0' TERM; while true; do sleep 0.2; done"]}),
-        json!({"terminationGracePeriodSeconds": 60}),
+        json!({"terminationGracePeriodSeconds": 600}),
     );
     let s = env.create(&stubborn).await;
     let p = env.create(&polite).await;
@@ -578,28 +741,42 @@ async fn delete_stops_the_process_within_the_grace_period() {
     })
     .await;
 
-    let started = std::time::Instant::now();
-    let out = env
-        .kubectl_ns(["delete", "pod", "polite", "--timeout=50s"])
-        .await;
-    assert!(out.success(), "{}", out.stderr);
-    let polite_took = started.elapsed();
+    // The polite pod is gone (kubectl waits for that) long before its 600 s grace could end,
+    // and its container's exit is the trap's 0, not the SIGKILL's 137.
+    env.kubectl_ns(["delete", "pod", "polite", "--timeout=300s"])
+        .await
+        .assert_success();
     assert!(!alive(pid_p));
-    assert!(
-        polite_took < Duration::from_secs(20),
-        "a polite pod stops long before its 60 s grace: {polite_took:?}"
+    assert_eq!(
+        wait_exits(&vk, &env, "polite", "main", 1).await,
+        [(0, "Completed".to_string())],
+        "stopped by SIGTERM, not killed"
     );
 
-    let started = std::time::Instant::now();
-    let out = env
-        .kubectl_ns(["delete", "pod", "stubborn", "--timeout=60s"])
-        .await;
-    assert!(out.success(), "{}", out.stderr);
-    let took = started.elapsed();
+    env.kubectl_ns(["delete", "pod", "stubborn", "--wait=false"])
+        .await
+        .assert_success();
+    // SIGTERM arrives, and the container still runs after it: no SIGKILL came with it.
+    let u = uid(&s);
+    wait_for(WAIT, POLL, async || {
+        let text = log_text(&vk, &u, "main", 0);
+        match text.split_once("got TERM\n") {
+            Some((_, after)) if after.contains("alive-") => Ok(()),
+            _ => Err(format!("log so far: {text:?}")),
+        }
+    })
+    .await;
+    assert!(alive(pid_s), "running after SIGTERM");
+    let pods: Api<Pod> = env.api();
+    let deleting = pods.get("stubborn").await.expect("still in the API");
+    assert!(deleting.metadata.deletion_timestamp.is_some());
+    // Then SIGKILL, and only then is the pod released.
+    wait_gone(&env, "stubborn").await;
     assert!(!alive(pid_s));
-    assert!(
-        took >= Duration::from_secs(2),
-        "SIGKILL came only at the end of the grace period: {took:?}"
+    assert_eq!(
+        wait_exits(&vk, &env, "stubborn", "main", 1).await,
+        [(137, "Error".to_string())],
+        "killed at the end of the grace period"
     );
     let pod_dir = vk.state_dir().join("pods").join(uid(&s));
     wait_for(WAIT, POLL, async || {
@@ -610,7 +787,6 @@ async fn delete_stops_the_process_within_the_grace_period() {
         }
     })
     .await;
-    assert!(!pod_dir.exists(), "pod files removed");
 }
 
 #[tokio::test]
@@ -637,20 +813,28 @@ async fn cleanup_leaves_no_process_behind() {
         .iter()
         .map(|u| container_pid(&vk, u, "main").expect("pid"))
         .collect();
+    let state = vk.state_dir().join("pods").to_string_lossy().into_owned();
+    let shims = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", &state])
+            .output()
+            .expect("pgrep")
+    };
+    // The search finds the shims while they run (each names its pod directory)...
+    let running = shims();
+    assert_eq!(running.status.code(), Some(0), "{running:?}");
     vk.kill9();
     let out = vk.cleanup();
     assert!(out.contains("removed 2 backend pod(s)"), "{out}");
     for pid in pids {
         assert!(!alive(pid), "process {pid} survived cleanup");
     }
-    let state = vk.state_dir().join("pods").to_string_lossy().into_owned();
-    let leftovers = std::process::Command::new("pgrep")
-        .args(["-f", &state])
-        .output()
-        .expect("pgrep");
-    assert!(
-        leftovers.stdout.is_empty(),
-        "shims left: {}",
+    // ...and none after the cleanup.
+    let leftovers = shims();
+    assert_eq!(
+        leftovers.status.code(),
+        Some(1),
+        "shims left (or pgrep failed): {}",
         String::from_utf8_lossy(&leftovers.stdout)
     );
 }
@@ -684,7 +868,15 @@ async fn a_pod_without_a_runnable_command_gets_a_clear_reason() {
     );
     let ev = wait_event(&env, "noimage", "Failed").await;
     assert!(ev.message.unwrap_or_default().contains("InvalidImageName"));
-    let _ = events_for(&env, "noimage").await;
+    let reasons: Vec<String> = events_for(&env, "noimage")
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        !reasons.iter().any(|r| r == "Started"),
+        "nothing was started: {reasons:?}"
+    );
 }
 
 #[tokio::test]
@@ -733,7 +925,7 @@ async fn hooks_run_and_active_deadline_fails_the_pod() {
     let Some(env) = vk_testkit::env().await else {
         return;
     };
-    let vk = start(&env);
+    let vk = start_json_logs(&env);
     vk.wait_ready(&env).await;
     // preStop calls back into the test over HTTP, so the test sees it run before the kill.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -744,7 +936,7 @@ async fn hooks_run_and_active_deadline_fails_the_pod() {
         &vk,
         "hooks",
         json!({
-            "command": ["sh", "-c", "while [ ! -f /scratch/poststart ]; do sleep 0.1; done; echo saw poststart; exec sleep 3600"],
+            "command": ["sh", "-c", "while [ ! -f /scratch/poststart ]; do sleep 0.1; done; trap 'echo got TERM; exit 0' TERM; echo saw poststart; while :; do sleep 0.1; done"],
             "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
             "lifecycle": {
                 "postStart": {"exec": {"command": ["touch", "/scratch/poststart"]}},
@@ -754,7 +946,9 @@ async fn hooks_run_and_active_deadline_fails_the_pod() {
         json!({"volumes": [{"name": "scratch", "emptyDir": {}}], "terminationGracePeriodSeconds": 2}),
     );
     let created = env.create(&pod).await;
-    wait_log(&vk, &uid(&created), "main", 0, "saw poststart").await;
+    let u = uid(&created);
+    wait_log(&vk, &u, "main", 0, "saw poststart").await;
+    let pid = container_pid(&vk, &u, "main").expect("pid");
     let delete = tokio::spawn({
         let kubeconfig = env.kubeconfig_path().to_path_buf();
         let ns = env.namespace().to_string();
@@ -776,9 +970,21 @@ async fn hooks_run_and_active_deadline_fails_the_pod() {
         .await
         .expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /prestop "));
+    // The hook runs first: while it is unanswered the container runs and has had no SIGTERM.
+    assert!(alive(pid), "the container runs during preStop");
+    assert!(
+        !log_text(&vk, &u, "main", 0).contains("got TERM"),
+        "SIGTERM came before preStop returned"
+    );
     let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, b"HTTP/1.0 200 OK\r\n\r\n").await;
     drop(conn);
-    delete.await.expect("join").expect("kubectl");
+    let out = delete.await.expect("join").expect("kubectl");
+    assert!(out.status.success(), "{out:?}");
+    // Then SIGTERM: the trap's exit 0 (the 2 s grace period's SIGKILL would be 137).
+    assert_eq!(
+        wait_exits(&vk, &env, "hooks", "main", 1).await,
+        [(0, "Completed".to_string())]
+    );
 
     let doomed = pod_with(
         &vk,
@@ -831,11 +1037,24 @@ async fn failed_init_container_fails_a_never_restart_pod() {
         .and_then(|s| s.init_container_statuses.as_ref())
         .and_then(|l| l.first().cloned())
         .expect("init status");
+    // The init container ran (it has a container ID and an exit code)...
+    assert!(
+        init.container_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("process://")),
+        "{init:?}"
+    );
     assert_eq!(
-        init.state.and_then(|s| s.terminated).map(|t| t.exit_code),
+        init.state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| t.exit_code),
         Some(4)
     );
+    // ...the app container never did: still waiting, never given an ID, never restarted.
     let main = cstatus(&p, "main").expect("main status");
+    assert_eq!(main.container_id, None, "{main:?}");
+    assert_eq!(main.restart_count, 0);
     assert_eq!(
         main.state
             .and_then(|s| s.waiting)
@@ -864,10 +1083,24 @@ async fn memory_limit_is_enforced_or_the_node_says_it_is_not() {
     if limits.status != "True" {
         // A host without a writable cgroup hierarchy: the node must say why.
         assert_eq!(limits.reason.as_deref(), Some("CgroupsUnavailable"));
-        assert!(limits.message.unwrap_or_default().contains("NOT enforced"));
-        eprintln!("cgroups unavailable here; checked the node condition only");
+        let message = limits.message.unwrap_or_default();
+        assert!(message.contains("NOT enforced"), "{message}");
+        // CI machines have cgroups (the v1 memory controller at least): there, this is a bug.
+        assert!(
+            !vk_testkit::cluster_required(),
+            "resource limits are not enforced on this node ({message}), and CI=true or \
+             VKUBELET_TEST_REQUIRE_CLUSTER is set, so this test fails instead of skipping"
+        );
+        eprintln!(
+            "skipping the OOM kill: cgroups unavailable here ({message}); checked the node condition only"
+        );
         return;
     }
+    assert_eq!(
+        limits.reason.as_deref(),
+        Some("CgroupsAvailable"),
+        "{limits:?}"
+    );
     let hog = pod_with(
         &vk,
         "hog",

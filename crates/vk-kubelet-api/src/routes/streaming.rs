@@ -65,6 +65,43 @@ pub async fn serve_stream(
     }
 }
 
+/// The transport and sub-protocol a streaming answer upgraded to, read from the `101` itself (so
+/// what is counted is what was served, whatever `vk-streaming` negotiated); `None` for any
+/// other answer.
+pub fn served_upgrade(response: &Response) -> Option<(&'static str, String)> {
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return None;
+    }
+    let headers = response.headers();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let upgrade = header("upgrade");
+    if upgrade.eq_ignore_ascii_case("websocket") {
+        Some(("websocket", header("sec-websocket-protocol")))
+    } else if upgrade.eq_ignore_ascii_case("spdy/3.1") {
+        Some(("spdy", header("x-stream-protocol-version")))
+    } else {
+        Some(("other", String::new()))
+    }
+}
+
+/// [`serve_stream`], counting the upgrade it served in
+/// `vkubelet_kubelet_api_stream_upgrades_total`.
+async fn serve_counted(api: &NodeApi, req: Request, key: PodKey, call: StreamRequest) -> Response {
+    let route = call.name();
+    let response = serve_stream(req, api.provider.clone(), key, call, api.streaming.clone()).await;
+    if let Some((transport, protocol)) = served_upgrade(&response) {
+        api.metrics.upgrade(&api.node, route, transport, &protocol);
+    }
+    response
+}
+
 /// Most output `/run` collects; the rest is dropped (it answers in one body, not a stream).
 const RUN_OUTPUT_LIMIT: u64 = 4 << 20;
 
@@ -278,14 +315,7 @@ async fn command_route(
         return ApiError::not_found(format!("container {container:?} not found in pod {pod:?}"))
             .into_response();
     }
-    serve_stream(
-        req,
-        api.provider.clone(),
-        summary.key,
-        call,
-        api.streaming.clone(),
-    )
-    .await
+    serve_counted(&api, req, summary.key, call).await
 }
 
 #[instrument(name = "port_forward_request", skip(api, req), fields(node = %api.node))]
@@ -301,16 +331,7 @@ async fn port_forward_route(
         Err(e) => return e.into_response(),
     };
     match lookup(&api, &ns, &pod, uid.as_deref()) {
-        Ok(s) => {
-            serve_stream(
-                req,
-                api.provider.clone(),
-                s.key,
-                StreamRequest::PortForward { ports },
-                api.streaming.clone(),
-            )
-            .await
-        }
+        Ok(s) => serve_counted(&api, req, s.key, StreamRequest::PortForward { ports }).await,
         Err(e) => e.into_response(),
     }
 }
@@ -346,6 +367,53 @@ mod tests {
         let r = parse_run(Some("cmd=ls+-l++/tmp"), "app").unwrap();
         assert_eq!(r.command, ["ls", "-l", "/tmp"]);
         assert!(parse_run(None, "app").is_err());
+    }
+
+    fn answer(status: u16, headers: &[(&'static str, &'static str)]) -> Response {
+        let mut r = Response::new(axum::body::Body::empty());
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        for (k, v) in headers {
+            r.headers_mut()
+                .insert(*k, http::HeaderValue::from_static(v));
+        }
+        r
+    }
+
+    #[test]
+    fn upgrades_are_read_from_the_answer() {
+        let ws = answer(
+            101,
+            &[
+                ("upgrade", "websocket"),
+                ("sec-websocket-protocol", "v5.channel.k8s.io"),
+            ],
+        );
+        assert_eq!(
+            served_upgrade(&ws),
+            Some(("websocket", "v5.channel.k8s.io".to_string()))
+        );
+        let spdy = answer(
+            101,
+            &[
+                ("upgrade", "SPDY/3.1"),
+                ("x-stream-protocol-version", "portforward.k8s.io"),
+            ],
+        );
+        assert_eq!(
+            served_upgrade(&spdy),
+            Some(("spdy", "portforward.k8s.io".to_string()))
+        );
+        // A SPDY client that named no version (remotecommand v1): no protocol header.
+        let bare = answer(101, &[("upgrade", "SPDY/3.1")]);
+        assert_eq!(served_upgrade(&bare), Some(("spdy", String::new())));
+        // Refusals are not upgrades, whatever their headers say.
+        for code in [400, 403, 404, 500] {
+            let refused = answer(
+                code,
+                &[("upgrade", "websocket"), ("x-stream-protocol-version", "x")],
+            );
+            assert_eq!(served_upgrade(&refused), None, "{code}");
+        }
     }
 
     #[test]
