@@ -1094,6 +1094,29 @@ impl Provider for KubeProvider {
 
 /// Wait until nothing of the install is left on the backend (pods, per-pod objects, the managed
 /// namespace), up to `timeout`. Returns what is left (empty: clean).
+/// `<what> <namespace>/<name>` of every object of kind `K` that `lp` selects, cluster-wide.
+async fn labelled<K>(client: &kube::Client, lp: &ListParams, what: &str) -> Vec<String>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    match api.list(lp).await {
+        Ok(l) => l
+            .items
+            .iter()
+            .map(|o| {
+                let m = o.meta();
+                format!(
+                    "{what} {}/{}",
+                    m.namespace.clone().unwrap_or_default(),
+                    m.name.clone().unwrap_or_default()
+                )
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 pub async fn leftovers(
     client: &kube::Client,
     cluster_id: &str,
@@ -1104,36 +1127,9 @@ pub async fn leftovers(
     let lp = ListParams::default().labels(&identity::install_selector(cluster_id));
     loop {
         let mut left = Vec::new();
-        let pods: Api<Pod> = Api::all(client.clone());
-        if let Ok(l) = pods.list(&lp).await {
-            left.extend(l.items.iter().map(|p| {
-                format!(
-                    "pod {}/{}",
-                    p.metadata.namespace.clone().unwrap_or_default(),
-                    p.metadata.name.clone().unwrap_or_default()
-                )
-            }));
-        }
-        let secrets: Api<Secret> = Api::all(client.clone());
-        if let Ok(l) = secrets.list(&lp).await {
-            left.extend(l.items.iter().map(|s| {
-                format!(
-                    "secret {}/{}",
-                    s.metadata.namespace.clone().unwrap_or_default(),
-                    s.metadata.name.clone().unwrap_or_default()
-                )
-            }));
-        }
-        let cms: Api<ConfigMap> = Api::all(client.clone());
-        if let Ok(l) = cms.list(&lp).await {
-            left.extend(l.items.iter().map(|c| {
-                format!(
-                    "configmap {}/{}",
-                    c.metadata.namespace.clone().unwrap_or_default(),
-                    c.metadata.name.clone().unwrap_or_default()
-                )
-            }));
-        }
+        left.extend(labelled::<Pod>(client, &lp, "pod").await);
+        left.extend(labelled::<Secret>(client, &lp, "secret").await);
+        left.extend(labelled::<ConfigMap>(client, &lp, "configmap").await);
         if let Some(ns) = namespace {
             let api: Api<Namespace> = Api::all(client.clone());
             if let Ok(Some(_)) = api.get_opt(ns).await {

@@ -170,27 +170,13 @@ pub struct CheckOptions {
     pub namespace_labels: BTreeMap<String, String>,
 }
 
+/// CPU and memory as the core writes them into the pod (the same functions).
 fn cpu_text(millis: i64) -> String {
-    if millis % 1000 == 0 {
-        (millis / 1000).to_string()
-    } else {
-        format!("{millis}m")
-    }
+    vk_core::sizing::cpu_quantity(millis).0
 }
 
 fn memory_text(bytes: i64) -> String {
-    const UNITS: [(i64, &str); 4] = [
-        (1 << 40, "Ti"),
-        (1 << 30, "Gi"),
-        (1 << 20, "Mi"),
-        (1 << 10, "Ki"),
-    ];
-    for (size, suffix) in UNITS {
-        if bytes != 0 && bytes % size == 0 {
-            return format!("{}{suffix}", bytes / size);
-        }
-    }
-    bytes.to_string()
+    vk_core::sizing::memory_quantity(bytes).0
 }
 
 fn report(w: &Workload, opts: &CheckOptions) -> Report {

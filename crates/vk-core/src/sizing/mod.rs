@@ -31,6 +31,7 @@ use std::fmt;
 use k8s_openapi::api::core::v1::Pod;
 
 pub use profile::ProfileError;
+pub use units::{cpu_quantity, memory_quantity};
 
 /// Annotation carrying a pod's normalised size in [`PodSize`]'s `${cpu}_${mem}` form.
 pub const SIZE_ANNOTATION: &str = "virtual-kubelet.io/size";

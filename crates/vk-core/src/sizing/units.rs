@@ -22,7 +22,7 @@ pub(super) fn bytes_of(text: &str) -> Result<i64, String> {
 }
 
 /// CPU written back in the API server's own canonical forms: `2` when whole, else `500m`.
-pub(super) fn cpu_quantity(millis: i64) -> Quantity {
+pub fn cpu_quantity(millis: i64) -> Quantity {
     if millis % 1000 == 0 {
         Quantity((millis / 1000).to_string())
     } else {
@@ -32,7 +32,7 @@ pub(super) fn cpu_quantity(millis: i64) -> Quantity {
 
 /// Memory written back with the largest binary suffix that is exact (`1Gi`, `1792Mi`), else
 /// plain bytes, so the value reads like what a user would write and never loses precision.
-pub(super) fn memory_quantity(bytes: i64) -> Quantity {
+pub fn memory_quantity(bytes: i64) -> Quantity {
     if bytes != 0 {
         for (suffix, unit) in [("Ti", GIB * 1024), ("Gi", GIB), ("Mi", MIB), ("Ki", KIB)] {
             if bytes % unit == 0 {
