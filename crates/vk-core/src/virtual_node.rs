@@ -18,6 +18,59 @@ pub struct VirtualNode {
     pub node: Arc<NodeController>,
     pub pods: Arc<PodController>,
     provider: DynProvider,
+    handoff: Option<ProviderHandoff>,
+}
+
+/// A provider kept across several runs of its node — leader election hands a node from term to
+/// term, and a backend's own state (watches, local processes) must not be rebuilt or doubled each
+/// time. It is started once; its pushes go to the run of the moment and are dropped between runs,
+/// which loses nothing because every run begins with a full list of the backend.
+#[derive(Clone)]
+pub struct ProviderHandoff {
+    provider: DynProvider,
+    current: Arc<parking_lot::RwLock<Option<ProviderSinks>>>,
+    started: Arc<tokio::sync::OnceCell<()>>,
+}
+
+impl ProviderHandoff {
+    pub fn new(provider: DynProvider) -> Self {
+        Self {
+            provider,
+            current: Arc::default(),
+            started: Arc::default(),
+        }
+    }
+
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// Route the provider's pushes to `sinks`, starting the provider on first use.
+    async fn attach(&self, sinks: ProviderSinks) -> Result<(), Error> {
+        *self.current.write() = Some(sinks);
+        let current = self.current.clone();
+        let to_pods = current.clone();
+        let forwarding = ProviderSinks::new(
+            move |uid, update| {
+                if let Some(s) = to_pods.read().as_ref() {
+                    s.pod(uid, update);
+                }
+            },
+            move || {
+                if let Some(s) = current.read().as_ref() {
+                    s.node_changed();
+                }
+            },
+        );
+        self.started
+            .get_or_try_init(|| self.provider.start(forwarding))
+            .await?;
+        Ok(())
+    }
+
+    fn detach(&self) {
+        *self.current.write() = None;
+    }
 }
 
 impl VirtualNode {
@@ -43,7 +96,15 @@ impl VirtualNode {
             node,
             pods,
             provider,
+            handoff: None,
         }
+    }
+
+    /// Run on a provider that outlives this run (see [`ProviderHandoff`]); `handoff` must hold
+    /// the provider this node was made with.
+    pub fn handed_off(mut self, handoff: ProviderHandoff) -> Self {
+        self.handoff = Some(handoff);
+        self
     }
 
     pub fn provider(&self) -> &DynProvider {
@@ -58,7 +119,10 @@ impl VirtualNode {
     /// Start the provider, register the node, then run both controllers until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
         let sinks = ProviderSinks::new(self.pods.pod_sink(), self.node.notifier());
-        self.provider.start(sinks).await?;
+        match &self.handoff {
+            Some(handoff) => handoff.attach(sinks).await?,
+            None => self.provider.start(sinks).await?,
+        }
         let (registered_tx, registered_rx) = tokio::sync::oneshot::channel();
         let node_task = tokio::spawn(self.node.clone().run(Some(registered_tx), cancel.clone()));
         // Pods are only taken on once the node exists, so the first status write finds its node.
@@ -69,6 +133,9 @@ impl VirtualNode {
         info!(node = %self.node.name(), provider = self.provider.kind(), "virtual node running");
         let pods_task = tokio::spawn(self.pods.clone().run(cancel.clone()));
         let _ = tokio::join!(node_task, pods_task);
+        if let Some(handoff) = &self.handoff {
+            handoff.detach();
+        }
         Ok(())
     }
 }

@@ -3,7 +3,9 @@
 
 mod check;
 mod config;
+mod ha;
 mod providers;
+mod serve;
 mod webhook;
 
 use std::net::SocketAddr;
@@ -15,17 +17,14 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use vk_core::Provider;
 use vk_core::client::{ClientOptions, build_client};
 use vk_core::events::EventOptions;
 use vk_core::metrics::Metrics;
 use vk_core::node::NodeConfig;
-use vk_core::pod::{PodController, PodControllerConfig};
+use vk_core::pod::PodControllerConfig;
 use vk_core::virtual_node::{NodeHealth, health_verdict};
-use vk_core::{Provider, VirtualNode};
-use vk_kubelet_api::{
-    ApiMetrics, Auth, AuthConfig, ControllerPods, KubeletServer, NodeApi,
-    SubjectAccessReviewAuthorizer, TokenReviewAuthenticator, tls,
-};
+use vk_kubelet_api::{ApiMetrics, AuthConfig, tls};
 
 use crate::config::{NodeSpec, NodesFile, provider_settings, validate_node_name};
 
@@ -206,6 +205,51 @@ struct RunArgs {
     webhook_addr: String,
     #[command(flatten)]
     webhook: webhook::WebhookArgs,
+    #[command(flatten)]
+    leader_elect: LeaderElectArgs,
+}
+
+#[derive(Args, Debug)]
+struct LeaderElectArgs {
+    /// Run as one of several replicas: each virtual node is served only by the holder of its
+    /// Lease `vkubelet-<node>`, and the replicas share the nodes between them.
+    #[arg(long = "leader-elect", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    enabled: bool,
+    /// Namespace of the election Leases; default: vkubelet's own namespace in a cluster
+    /// (POD_NAMESPACE or the service-account mount), else kube-node-lease.
+    #[arg(long = "leader-elect-namespace")]
+    namespace: Option<String>,
+    /// This replica's name in the Leases; default: pod or host name, process id, start time.
+    #[arg(long = "leader-elect-identity")]
+    identity: Option<String>,
+    /// Seconds a Lease must go unrenewed before another replica takes the node.
+    #[arg(long = "leader-elect-lease-duration", default_value_t = 15)]
+    lease_duration: u64,
+    /// Seconds a leader keeps the node without a successful renewal (< the lease duration).
+    #[arg(long = "leader-elect-renew-deadline", default_value_t = 10)]
+    renew_deadline: u64,
+    /// Seconds between election attempts and renewals (< the renew deadline).
+    #[arg(long = "leader-elect-retry-period", default_value_t = 2)]
+    retry_period: u64,
+}
+
+impl LeaderElectArgs {
+    fn options(&self, metrics: vk_leader::LeaderMetrics) -> anyhow::Result<ha::HaOptions> {
+        let timing = vk_leader::Timing {
+            lease_duration: Duration::from_secs(self.lease_duration),
+            renew_deadline: Duration::from_secs(self.renew_deadline),
+            retry_period: Duration::from_secs(self.retry_period),
+        };
+        if let Some(problem) = timing.problem() {
+            bail!("--leader-elect-*: {problem}");
+        }
+        Ok(ha::HaOptions {
+            namespace: self.namespace.clone().unwrap_or_else(ha::default_namespace),
+            identity: self.identity.clone().unwrap_or_else(ha::default_identity),
+            timing,
+            metrics,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -380,9 +424,11 @@ fn kubelet_port(base: u16, own: Option<u16>, i: usize) -> anyhow::Result<u16> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let api_metrics = ApiMetrics::default();
     let webhook_metrics = vk_webhook::WebhookMetrics::default();
+    let leader_metrics = vk_leader::LeaderMetrics::default();
     let metrics = Metrics::new_with(|registry| {
         api_metrics.register(registry);
         webhook_metrics.register(registry);
+        leader_metrics.register(registry);
     });
     let api_metrics = api_metrics.with_core(metrics.clone());
     let config = kube_config(args.cluster.kubeconfig.as_ref()).await?;
@@ -403,10 +449,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
         _ => None,
     };
-    let auth_cfg = AuthConfig {
-        anonymous: args.anonymous_auth,
-        ..Default::default()
-    };
     let client_opts = ClientOptions {
         qps: args.cluster.kube_api_qps,
         burst: args.cluster.kube_api_burst,
@@ -414,117 +456,60 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let client =
         build_client(config, client_opts, metrics.clone()).context("building the API client")?;
+    let common = serve::Common {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        api_metrics,
+        client_ca,
+        files_cert,
+        auth: AuthConfig {
+            anonymous: args.anonymous_auth,
+            ..Default::default()
+        },
+        kubelet_bind_address: args.kubelet_bind_address,
+        health: serve::HealthBoard::default(),
+    };
     let specs = args.nodes.specs()?;
-
-    let cancel = CancellationToken::new();
-    let mut nodes = Vec::new();
-    let mut servers = Vec::new();
+    let mut plans = Vec::new();
     let mut taint_values = Vec::new();
     let mut profiles = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
-        let sizing = Arc::new(
-            vk_core::sizing::SizingProfile::resolve(&spec.sizing_profile)
-                .with_context(|| format!("node {}: sizing profile", spec.name))?,
-        );
-        let node_ip = spec.node_ip.clone().unwrap_or_else(|| args.node_ip.clone());
-        let settings = provider_settings(
-            spec.provider_config.as_ref(),
-            spec.provider_config_file.as_deref(),
-        )?;
-        let build_ctx = providers::BuildContext {
-            node_name: &spec.name,
-            node_ip: &node_ip,
-            source: Some(&client),
-            metrics: metrics.clone(),
-        };
-        let provider = providers::build(&spec.provider, settings, &build_ctx)
-            .await
-            .with_context(|| format!("node {}: provider {}", spec.name, spec.provider))?;
-        // Bound before the node registers, so the status advertises the port really served
-        // (a free one with --kubelet-port 0) and a taken port stops start-up.
-        let port = kubelet_port(args.kubelet_port, spec.kubelet_port, i)?;
-        let listener = vk_kubelet_api::bind(SocketAddr::new(args.kubelet_bind_address, port))
-            .await
-            .with_context(|| format!("node {}: kubelet API", spec.name))?;
-        let served_port = listener
-            .local_addr()
-            .with_context(|| format!("node {}: kubelet API address", spec.name))?
-            .port();
-        let serving = match &files_cert {
-            Some((cert, key)) => tls::serving_cert_from_files(cert, key)?,
-            None => tls::self_signed(&spec.name, &[node_ip.clone(), spec.name.clone()])
-                .with_context(|| format!("node {}", spec.name))?,
-        };
-        let tls_config = tls::server_config(serving, client_ca.as_deref())
-            .with_context(|| format!("node {}: kubelet API TLS", spec.name))?;
-        let mut node_cfg = NodeConfig::new(&spec.name);
-        node_cfg.node_ip = node_ip;
-        node_cfg.hostname = args.node_hostname.clone();
-        node_cfg.kubelet_port = served_port;
-        node_cfg.labels = spec.labels.clone();
-        node_cfg.labels.extend(args.node_labels.iter().cloned());
-        node_cfg.disable_taint = spec.disable_taint || args.disable_taint;
-        node_cfg.taint_value = spec.taint_value.clone();
-        node_cfg.prefer_local_taint = spec.prefer_local_taint;
-        node_cfg.max_pods = match (spec.max_pods, sizing.max_pods()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if !node_cfg.disable_taint {
+        let (plan, sizing) = node_plan(&args, spec, i)?;
+        if !plan.node.disable_taint {
             taint_values.push(
                 spec.taint_value
                     .clone()
-                    .unwrap_or_else(|| provider.kind().to_string()),
+                    .unwrap_or_else(|| spec.provider.clone()),
             );
         }
-        profiles.push(sizing.clone());
-        node_cfg.status_interval = Duration::from_secs(args.node_status_interval.max(1));
-        let mut pod_cfg = PodControllerConfig::new(&spec.name);
-        pod_cfg.workers = args.pod_workers.max(1);
-        pod_cfg.resync_interval = Duration::from_secs(args.resync_interval.max(1));
-        pod_cfg.fail_fast = args.fail_fast;
-        pod_cfg.sizing = sizing;
-        let events = EventOptions {
-            qps: args.event_qps,
-            burst: args.event_burst,
-            ..Default::default()
-        };
-        let node = VirtualNode::new(
-            node_cfg,
-            pod_cfg,
-            events,
-            client.clone(),
-            provider.clone(),
-            metrics.clone(),
-        );
-        let auth = Auth::new(
-            &spec.name,
-            auth_cfg.clone(),
-            Some(Arc::new(TokenReviewAuthenticator::new(client.clone()))),
-            Arc::new(SubjectAccessReviewAuthorizer::new(client.clone())),
-            api_metrics.clone(),
-        );
-        let pods = ControllerPods::new(node.pods.clone(), client.clone(), &spec.name);
-        let api = NodeApi::new(
-            &spec.name,
-            provider,
-            Arc::new(pods),
-            api_metrics.clone(),
-            Some(metrics.clone()),
-        );
-        servers.push((
-            KubeletServer::new(
-                tls_config,
-                Arc::new(auth),
-                Arc::new(api),
-                api_metrics.clone(),
-            ),
-            listener,
-        ));
-        nodes.push(node);
+        profiles.push(sizing);
+        plans.push(plan);
     }
-    for (server, listener) in servers {
-        tokio::spawn(server.serve(listener, cancel.clone()));
+
+    let cancel = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    if args.leader_elect.enabled {
+        let ha = args.leader_elect.options(leader_metrics)?;
+        info!(namespace = %ha.namespace, identity = %ha.identity, "leader election on: one Lease per node");
+        for plan in plans {
+            tasks.spawn(ha::lead_node(
+                plan,
+                common.clone(),
+                ha.clone(),
+                cancel.clone(),
+            ));
+        }
+    } else {
+        // Without an election every node starts here and now; a failure stops start-up.
+        let mut ready = Vec::new();
+        for plan in &plans {
+            let provider = plan.build_provider(&common).await?;
+            ready.push(serve::prepare(plan, &common, provider, None).await?);
+        }
+        for node in ready {
+            let cancel = cancel.clone();
+            tasks.spawn(async move { node.run(cancel).await.map_err(anyhow::Error::from) });
+        }
     }
     if !args.webhook_addr.is_empty() {
         let policy = args.webhook.policy(taint_values, profiles);
@@ -539,30 +524,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
         .await?;
     }
-
     if !args.metrics_addr.is_empty() {
-        let controllers = nodes.iter().map(|n| n.pods.clone()).collect();
         start_node_metrics(
             &args.metrics_addr,
             metrics.clone(),
-            controllers,
+            common.health.clone(),
             cancel.clone(),
         )
         .await?;
     }
     tokio::spawn(stop_on_signal(cancel.clone()));
 
-    let mut tasks = tokio::task::JoinSet::new();
-    for node in nodes {
-        tasks.spawn(node.run(cancel.clone()));
-    }
     let mut failed = None;
     while let Some(res) = tasks.join_next().await {
         match res {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                error!(error = %e, "virtual node stopped with an error");
-                failed.get_or_insert(anyhow::Error::from(e));
+                error!(
+                    error = format!("{e:#}"),
+                    "virtual node stopped with an error"
+                );
+                failed.get_or_insert(e);
                 cancel.cancel();
             }
             Err(e) => {
@@ -578,6 +560,54 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
+/// One node's configuration from the flags and its spec (node `i` of the file).
+fn node_plan(
+    args: &RunArgs,
+    spec: &NodeSpec,
+    i: usize,
+) -> anyhow::Result<(serve::NodePlan, Arc<vk_core::sizing::SizingProfile>)> {
+    let sizing = Arc::new(
+        vk_core::sizing::SizingProfile::resolve(&spec.sizing_profile)
+            .with_context(|| format!("node {}: sizing profile", spec.name))?,
+    );
+    let settings = provider_settings(
+        spec.provider_config.as_ref(),
+        spec.provider_config_file.as_deref(),
+    )?;
+    let mut node_cfg = NodeConfig::new(&spec.name);
+    node_cfg.node_ip = spec.node_ip.clone().unwrap_or_else(|| args.node_ip.clone());
+    node_cfg.hostname = args.node_hostname.clone();
+    node_cfg.labels = spec.labels.clone();
+    node_cfg.labels.extend(args.node_labels.iter().cloned());
+    node_cfg.disable_taint = spec.disable_taint || args.disable_taint;
+    node_cfg.taint_value = spec.taint_value.clone();
+    node_cfg.prefer_local_taint = spec.prefer_local_taint;
+    node_cfg.max_pods = match (spec.max_pods, sizing.max_pods()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    node_cfg.status_interval = Duration::from_secs(args.node_status_interval.max(1));
+    let mut pod_cfg = PodControllerConfig::new(&spec.name);
+    pod_cfg.workers = args.pod_workers.max(1);
+    pod_cfg.resync_interval = Duration::from_secs(args.resync_interval.max(1));
+    pod_cfg.fail_fast = args.fail_fast;
+    pod_cfg.sizing = sizing.clone();
+    let events = EventOptions {
+        qps: args.event_qps,
+        burst: args.event_burst,
+        ..Default::default()
+    };
+    let plan = serve::NodePlan {
+        node: node_cfg,
+        pods: pod_cfg,
+        events,
+        provider: spec.provider.clone(),
+        settings,
+        port: kubelet_port(args.kubelet_port, spec.kubelet_port, i)?,
+    };
+    Ok((plan, sizing))
+}
+
 /// Serve /metrics and /healthz on `addr` until `cancel`, without virtual nodes (the webhook alone):
 /// `/healthz` is always `ok`.
 async fn start_metrics(
@@ -585,14 +615,14 @@ async fn start_metrics(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    start_node_metrics(addr, metrics, Vec::new(), cancel).await
+    start_node_metrics(addr, metrics, serve::HealthBoard::default(), cancel).await
 }
 
 /// Serve /metrics and /healthz (over the nodes' pod controllers) on `addr` until `cancel`.
 async fn start_node_metrics(
     addr: &str,
     metrics: Arc<Metrics>,
-    controllers: Vec<Arc<PodController>>,
+    controllers: serve::HealthBoard,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let parsed: SocketAddr = addr
@@ -634,11 +664,10 @@ fn healthz(nodes: &[NodeHealth], now: tokio::time::Instant) -> (axum::http::Stat
 async fn serve_metrics(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    controllers: Vec<Arc<PodController>>,
+    board: serve::HealthBoard,
     cancel: CancellationToken,
 ) {
     use axum::http::header::CONTENT_TYPE;
-    let controllers = Arc::new(controllers);
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -655,9 +684,9 @@ async fn serve_metrics(
         .route(
             "/healthz",
             axum::routing::get(move || {
-                let controllers = controllers.clone();
+                let board = board.clone();
                 async move {
-                    let nodes: Vec<NodeHealth> = controllers.iter().map(|c| c.health()).collect();
+                    let nodes: Vec<NodeHealth> = board.health();
                     healthz(&nodes, tokio::time::Instant::now())
                 }
             }),

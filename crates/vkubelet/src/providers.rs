@@ -99,3 +99,9 @@ pub async fn build(
         ),
     }
 }
+
+/// Whether a provider's pods live on the machine of the vkubelet process that started them, so
+/// that another replica taking over a node cannot adopt them.
+pub fn pods_are_local(kind: &str) -> bool {
+    kind == "process"
+}

@@ -25,6 +25,8 @@ pub struct Vk {
     pub dir: PathBuf,
     kubeconfig: PathBuf,
     extra_args: Vec<String>,
+    /// The log file in `dir` (replicas of one node share the dir, not the log).
+    log_name: String,
 }
 
 impl Vk {
@@ -98,6 +100,23 @@ impl Vk {
             dir,
             kubeconfig: env.kubeconfig_path().to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            log_name: "vkubelet.log".into(),
+        };
+        vk.spawn();
+        vk
+    }
+
+    /// Another vkubelet process for the same node, provider config and state (HA replicas);
+    /// it logs to `vkubelet-<n>.log`.
+    pub fn replica(&self, n: usize) -> Self {
+        let mut vk = Self {
+            child: None,
+            provider: self.provider,
+            node: self.node.clone(),
+            dir: self.dir.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            extra_args: self.extra_args.clone(),
+            log_name: format!("vkubelet-{n}.log"),
         };
         vk.spawn();
         vk
@@ -107,7 +126,7 @@ impl Vk {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("vkubelet.log"))
+            .open(self.dir.join(&self.log_name))
             .expect("open log");
         let child = Command::new(env!("CARGO_BIN_EXE_vkubelet"))
             .arg("run")
@@ -212,7 +231,7 @@ impl Vk {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("vkubelet.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join(&self.log_name)).unwrap_or_default()
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -1,0 +1,238 @@
+//! High availability end to end: two vkubelet replicas with `--leader-elect` for one virtual node
+//! on a shared sim backend (its `stateDir`), against the real control plane. Exactly one replica
+//! holds the node's Lease; kill -9 of the leader mid-burst hands the node to the other replica
+//! with no pod lost, created twice on the backend, restarted or orphaned; a graceful stop (what a
+//! rollout does) hands over without re-creating anything.
+//!
+//! The election timings are shortened so a takeover happens in seconds; nothing here asserts a
+//! duration — takeover time is a benchmark (docs/testing.md).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{POLL, Vk, WAIT, phase, wait_running};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::json;
+use vk_testkit::{DeploymentBuilder, TestEnv, wait_for};
+
+fn ha_args(env: &TestEnv) -> Vec<String> {
+    [
+        "--leader-elect",
+        "--leader-elect-namespace",
+        env.namespace(),
+        "--leader-elect-lease-duration",
+        "6",
+        "--leader-elect-renew-deadline",
+        "4",
+        "--leader-elect-retry-period",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The holder of the node's election Lease, once someone holds it.
+async fn holder(env: &TestEnv, node: &str) -> Option<String> {
+    let leases: Api<Lease> = env.api();
+    leases
+        .get_opt(&format!("vkubelet-{node}"))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+/// Wait until the Lease names the replica with this pid (identities carry `_<pid>_`).
+async fn wait_holder_pid(env: &TestEnv, node: &str, pid: u32) -> String {
+    let want = format!("_{pid}_");
+    wait_for(WAIT, POLL, async || match holder(env, node).await {
+        Some(h) if h.contains(&want) => Ok(h),
+        other => Err(format!("holder {other:?}, want pid {pid}")),
+    })
+    .await
+}
+
+async fn running_count(env: &TestEnv, selector: &str) -> Result<usize, String> {
+    let pods: Api<Pod> = env.api();
+    let l = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(l.items
+        .iter()
+        .filter(|p| phase(p).as_deref() == Some("Running"))
+        .count())
+}
+
+fn restarts(p: &Pod) -> i32 {
+    p.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .map(|c| c.restart_count)
+        .sum()
+}
+
+/// Every API pod ran exactly once on the backend and nothing else is there.
+async fn assert_backend_matches(vk: &Vk, running: &[Pod]) {
+    let api_uids: BTreeSet<String> = running
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    let creates = vk.backend_creates();
+    let unique: BTreeSet<String> = creates.iter().cloned().collect();
+    assert_eq!(
+        creates.len(),
+        unique.len(),
+        "some pod was created twice on the backend"
+    );
+    assert_eq!(
+        unique, api_uids,
+        "backend creates match the API pods one to one"
+    );
+    let on_backend: BTreeSet<String> = vk.backend_pods().await.into_iter().collect();
+    assert_eq!(on_backend, api_uids, "no orphans, nothing missing");
+}
+
+#[tokio::test]
+async fn kill_9_of_the_leader_mid_burst_hands_the_node_over_and_loses_nothing() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let args = ha_args(&env);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = Vk::start_with_args(
+        &env,
+        json!({ "startLatency": { "uniform": { "min": "10ms", "max": "800ms" } } }),
+        &args,
+    );
+    let first_pid = first.pid().unwrap_or_default();
+    wait_holder_pid(&env, &first.node, first_pid).await;
+    first.wait_ready(&env).await;
+    let mut second = first.replica(2);
+    let second_pid = second.pid().unwrap_or_default();
+    // The standby competes but never takes a held node.
+    wait_for(WAIT, POLL, async || {
+        if second.log().contains("waiting for the lease") {
+            Ok(())
+        } else {
+            Err("the second replica has not seen the lease yet")
+        }
+    })
+    .await;
+    assert!(
+        holder(&env, &first.node)
+            .await
+            .is_some_and(|h| h.contains(&format!("_{first_pid}_"))),
+        "the first replica still leads while the second waits"
+    );
+
+    const N: usize = 300;
+    let dep = DeploymentBuilder::new("burst")
+        .replicas(N as i32)
+        .selector_label("app", "burst")
+        .template(first.pod("burst"))
+        .build();
+    env.create(&dep).await;
+    wait_for(WAIT, Duration::from_millis(50), async || {
+        let running = running_count(&env, "app=burst").await?;
+        if running >= 20 {
+            Ok(())
+        } else {
+            Err(format!("{running} running"))
+        }
+    })
+    .await;
+    first.kill9();
+    wait_holder_pid(&env, &second.node, second_pid).await;
+    let running = wait_running(&env, "app=burst", N).await;
+    for p in &running {
+        assert_eq!(
+            restarts(p),
+            0,
+            "pod {:?} was restarted instead of adopted by the new leader",
+            p.metadata.name
+        );
+    }
+    assert!(
+        second.log().contains("leading the node"),
+        "the takeover is the second replica's"
+    );
+    assert!(second.terminate(), "the new leader exits cleanly");
+    assert_backend_matches(&second, &running).await;
+}
+
+#[tokio::test]
+async fn a_graceful_stop_hands_over_at_once_and_recreates_nothing() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let args = ha_args(&env);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = Vk::start_with_args(&env, json!({}), &args);
+    wait_holder_pid(&env, &first.node, first.pid().unwrap_or_default()).await;
+    first.wait_ready(&env).await;
+    let mut second = first.replica(2);
+    let dep = DeploymentBuilder::new("web")
+        .replicas(40)
+        .selector_label("app", "web")
+        .template(first.pod("web"))
+        .build();
+    env.create(&dep).await;
+    let before = wait_running(&env, "app=web", 40).await;
+    let creates_before = first.backend_creates().len();
+    assert_eq!(creates_before, 40);
+
+    let leases: Api<Lease> = env.api();
+    let lease = leases
+        .get(&format!("vkubelet-{}", first.node))
+        .await
+        .expect("lease");
+    let transitions_before = lease.spec.and_then(|s| s.lease_transitions).unwrap_or(0);
+    // What a rollout does to the old replica: SIGTERM. It releases the Lease on the way out.
+    assert!(first.terminate(), "the old leader exits cleanly");
+    let second_pid = second.pid().unwrap_or_default();
+    wait_holder_pid(&env, &second.node, second_pid).await;
+    // The new leader has taken the node on once it reports Ready through its own status writes.
+    wait_for(WAIT, POLL, async || {
+        if second.log().contains("virtual node running") {
+            Ok(())
+        } else {
+            Err("the new leader has not started the node")
+        }
+    })
+    .await;
+    let after = wait_running(&env, "app=web", 40).await;
+    let uids = |pods: &[Pod]| -> BTreeSet<String> {
+        pods.iter().filter_map(|p| p.metadata.uid.clone()).collect()
+    };
+    assert_eq!(uids(&before), uids(&after), "the same pods, none replaced");
+    for p in &after {
+        assert_eq!(restarts(p), 0, "pod {:?} restarted", p.metadata.name);
+    }
+    let lease = leases
+        .get(&format!("vkubelet-{}", second.node))
+        .await
+        .expect("lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.lease_transitions).unwrap_or(0),
+        transitions_before + 1,
+        "the Lease records the hand-over"
+    );
+    assert!(second.terminate());
+    assert_eq!(
+        second.backend_creates().len(),
+        creates_before,
+        "the hand-over created nothing on the backend"
+    );
+    assert_backend_matches(&second, &after).await;
+}
