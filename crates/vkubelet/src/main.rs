@@ -6,6 +6,7 @@ mod config;
 mod ha;
 mod providers;
 mod serve;
+mod uninstall;
 mod webhook;
 
 use std::net::SocketAddr;
@@ -17,7 +18,6 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use vk_core::Provider;
 use vk_core::client::{ClientOptions, build_client};
 use vk_core::events::EventOptions;
 use vk_core::metrics::Metrics;
@@ -59,6 +59,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Stop and remove every pod the provider started (use before uninstalling).
     Cleanup(CleanupArgs),
+    /// Take the install apart: stop serving, keep pods off the nodes, empty every backend, then
+    /// remove the Node objects, their Leases and the webhook registration.
+    Uninstall(UninstallArgs),
     /// Serve only the burst-policy admission webhook (no virtual node).
     Webhook(Box<webhook::WebhookCommand>),
     /// Show what the burst policy and a sizing profile make of workload manifests (offline).
@@ -78,6 +81,28 @@ struct ClusterArgs {
     /// API requests allowed in a burst above the sustained rate.
     #[arg(long, default_value_t = 1000)]
     kube_api_burst: u32,
+}
+
+#[derive(Args, Debug)]
+struct UninstallArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    nodes: NodeArgs,
+    /// The MutatingWebhookConfiguration to remove (`--webhook-name` of `vkubelet run`).
+    #[arg(long, default_value = "vkubelet")]
+    webhook_name: String,
+    /// Scale this Deployment (NAMESPACE/NAME) running vkubelet to 0 first and wait until its
+    /// pods are gone, e.g. vkubelet-system/vkubelet.
+    #[arg(long)]
+    stop_deployment: Option<String>,
+    /// Seconds to wait for running vkubelets to stop (and for their heartbeats to lapse).
+    #[arg(long, default_value_t = 120)]
+    wait_stopped: u64,
+    /// Uninstall even though a node still looks served by a running vkubelet (it may re-create
+    /// what is removed).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Which virtual node(s), with which provider: one from flags, or several from a file.
@@ -353,6 +378,7 @@ async fn async_main() -> anyhow::Result<()> {
         }
         Command::Run(args) => run(*args).await,
         Command::Cleanup(args) => cleanup(args).await,
+        Command::Uninstall(args) => run_uninstall(args).await,
         Command::Webhook(args) => webhook::serve_alone(*args).await,
         Command::Check(args) => run_check(args),
     }
@@ -712,43 +738,7 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
         Err(e) if args.delete_node => return Err(e),
         Err(_) => None,
     };
-    let mut total = 0;
-    let mut left = Vec::new();
-    for spec in &specs {
-        let settings = provider_settings(
-            spec.provider_config.as_ref(),
-            spec.provider_config_file.as_deref(),
-        )?;
-        let ctx = providers::BuildContext {
-            node_name: &spec.name,
-            node_ip: "127.0.0.1",
-            source: source.as_ref(),
-            metrics: metrics.clone(),
-        };
-        if spec.provider == "kube" {
-            let kube = providers::build_kube(&settings, &ctx).await?;
-            let n = kube
-                .cleanup_all()
-                .await
-                .with_context(|| format!("cleaning up node {}", spec.name))?;
-            total += n;
-            let remaining = kube.wait_until_clean(Duration::from_secs(120)).await;
-            info!(node = %spec.name, pods = n, left = remaining.len(), "cleaned up the backend");
-            left.extend(remaining);
-            continue;
-        }
-        let provider = providers::build(&spec.provider, settings, &ctx).await?;
-        provider
-            .start(vk_core::ProviderSinks::discard())
-            .await
-            .with_context(|| format!("starting provider of {}", spec.name))?;
-        let n = provider
-            .cleanup_all()
-            .await
-            .with_context(|| format!("cleaning up node {}", spec.name))?;
-        info!(node = %spec.name, pods = n, "removed backend pods");
-        total += n;
-    }
+    let (total, left) = uninstall::clean_backends(&specs, source.as_ref(), &metrics).await?;
     if !left.is_empty() {
         bail!(
             "removed {total} backend pod(s), but these are still there: {}",
@@ -770,6 +760,20 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
     }
     println!("removed {total} backend pod(s)");
     Ok(())
+}
+
+async fn run_uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    let specs = args.nodes.specs()?;
+    let metrics = Metrics::new();
+    let config = kube_config(args.cluster.kubeconfig.as_ref()).await?;
+    let client = build_client(config, ClientOptions::default(), metrics.clone())?;
+    let opts = uninstall::UninstallOptions {
+        webhook_name: args.webhook_name,
+        stop_deployment: args.stop_deployment,
+        wait_stopped: Duration::from_secs(args.wait_stopped),
+        force: args.force,
+    };
+    uninstall::uninstall(&specs, client, &metrics, &opts).await
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{POLL, Vk, WAIT, phase, wait_running};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -235,4 +236,115 @@ async fn a_graceful_stop_hands_over_at_once_and_recreates_nothing() {
         "the hand-over created nothing on the backend"
     );
     assert_backend_matches(&second, &after).await;
+}
+
+/// A registration shaped like vkubelet's that matches no namespace, so no other test is affected.
+fn inert_webhook(name: &str) -> MutatingWebhookConfiguration {
+    serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": { "name": name, "labels": { "app.kubernetes.io/managed-by": "vkubelet" } },
+        "webhooks": [{
+            "name": "burst-policy.vkubelet.io",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "clientConfig": { "url": "https://127.0.0.1:1/mutate" },
+            "namespaceSelector": { "matchLabels": { "vkubelet-test-no-such-namespace": "true" } },
+            "rules": [{ "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"] }]
+        }]
+    }))
+    .expect("webhook configuration")
+}
+
+fn uninstall_command(vk: &Vk, webhook: &str, extra: &[&str]) -> std::process::Command {
+    let mut cmd = vk.admin_command("uninstall");
+    cmd.args(["--webhook-name", webhook]).args(extra);
+    cmd
+}
+
+#[tokio::test]
+async fn uninstall_refuses_a_served_node_then_leaves_nothing_and_is_harmless_twice() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let args = ha_args(&env);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut vk = Vk::start_with_args(&env, json!({}), &args);
+    wait_holder_pid(&env, &vk.node, vk.pid().unwrap_or_default()).await;
+    vk.wait_ready(&env).await;
+    let webhook = format!("vkubelet-{}", env.namespace());
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(env.client());
+    webhooks
+        .create(&Default::default(), &inert_webhook(&webhook))
+        .await
+        .expect("create webhook configuration");
+    let dep = DeploymentBuilder::new("app")
+        .replicas(20)
+        .selector_label("app", "app")
+        .template(vk.pod("app"))
+        .build();
+    env.create(&dep).await;
+    wait_running(&env, "app=app", 20).await;
+
+    // While a replica leads the node, uninstall must not pull the backend from under it.
+    let out = uninstall_command(&vk, &webhook, &["--wait-stopped", "2"])
+        .output()
+        .expect("run uninstall");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "uninstall went ahead on a served node"
+    );
+    assert!(
+        stderr.contains(&vk.node) && stderr.contains("still served"),
+        "the error names the served node: {stderr}"
+    );
+    assert_eq!(running_count(&env, "app=app").await.ok(), Some(20));
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.client());
+    assert!(nodes.get_opt(&vk.node).await.expect("get node").is_some());
+
+    assert!(vk.terminate());
+    let out = uninstall_command(&vk, &webhook, &[])
+        .output()
+        .expect("run uninstall");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "uninstall failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("removed 20 backend pod(s)"), "{stdout}");
+    assert!(
+        vk.backend_pods().await.is_empty(),
+        "nothing left on the backend"
+    );
+    assert!(nodes.get_opt(&vk.node).await.expect("get node").is_none());
+    let node_leases: Api<Lease> = Api::namespaced(env.client(), "kube-node-lease");
+    assert!(
+        node_leases
+            .get_opt(&vk.node)
+            .await
+            .expect("lease")
+            .is_none()
+    );
+    let leases: Api<Lease> = env.api();
+    assert!(
+        leases
+            .get_opt(&format!("vkubelet-{}", vk.node))
+            .await
+            .expect("lease")
+            .is_none()
+    );
+    assert!(webhooks.get_opt(&webhook).await.expect("webhook").is_none());
+
+    let again = uninstall_command(&vk, &webhook, &[])
+        .output()
+        .expect("run uninstall");
+    assert!(
+        again.status.success(),
+        "a second uninstall is harmless: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("removed 0 backend pod(s)"));
 }

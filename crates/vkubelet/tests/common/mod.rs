@@ -213,8 +213,13 @@ impl Vk {
 
     /// `vkubelet cleanup` for this node's provider (with the source cluster's kubeconfig).
     pub fn cleanup_command(&self) -> Command {
+        self.admin_command("cleanup")
+    }
+
+    /// `vkubelet <subcommand>` (cleanup, uninstall) for this node's provider and cluster.
+    pub fn admin_command(&self, subcommand: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vkubelet"));
-        cmd.arg("cleanup")
+        cmd.arg(subcommand)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--provider", self.provider, "--node-name", &self.node])
