@@ -182,7 +182,16 @@ async fn a_graceful_stop_hands_over_at_once_and_recreates_nothing() {
     let mut first = Vk::start_with_args(&env, json!({}), &args);
     wait_holder_pid(&env, &first.node, first.pid().unwrap_or_default()).await;
     first.wait_ready(&env).await;
-    let mut second = first.replica(2);
+    // The second replica has an address of its own, as a second pod would.
+    let mut second = first.replica_with(
+        2,
+        &[
+            "--node-ip",
+            "127.0.0.2",
+            "--kubelet-bind-address",
+            "127.0.0.2",
+        ],
+    );
     let dep = DeploymentBuilder::new("web")
         .replicas(40)
         .selector_label("app", "web")
@@ -209,6 +218,26 @@ async fn a_graceful_stop_hands_over_at_once_and_recreates_nothing() {
             Ok(())
         } else {
             Err("the new leader has not started the node")
+        }
+    })
+    .await;
+    // The node's address follows the leader, so the API server reaches the new leader's
+    // kubelet API.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.client());
+    wait_for(WAIT, POLL, async || {
+        let n = nodes.get(&second.node).await.map_err(|e| e.to_string())?;
+        let ips: Vec<String> = n
+            .status
+            .and_then(|s| s.addresses)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a.type_ == "InternalIP")
+            .map(|a| a.address)
+            .collect();
+        if ips == ["127.0.0.2"] {
+            Ok(())
+        } else {
+            Err(format!("InternalIP {ips:?}"))
         }
     })
     .await;

@@ -109,13 +109,20 @@ impl Vk {
     /// Another vkubelet process for the same node, provider config and state (HA replicas);
     /// it logs to `vkubelet-<n>.log`.
     pub fn replica(&self, n: usize) -> Self {
+        self.replica_with(n, &[])
+    }
+
+    /// A replica with more arguments (e.g. its own `--node-ip` and `--kubelet-bind-address`).
+    pub fn replica_with(&self, n: usize, more_args: &[&str]) -> Self {
+        let mut extra_args = self.extra_args.clone();
+        extra_args.extend(more_args.iter().map(|s| s.to_string()));
         let mut vk = Self {
             child: None,
             provider: self.provider,
             node: self.node.clone(),
             dir: self.dir.clone(),
             kubeconfig: self.kubeconfig.clone(),
-            extra_args: self.extra_args.clone(),
+            extra_args,
             log_name: format!("vkubelet-{n}.log"),
         };
         vk.spawn();
@@ -147,7 +154,17 @@ impl Vk {
             } else {
                 &["--kubelet-port", "0"][..]
             })
-            .args(["--kubelet-bind-address", "127.0.0.1"])
+            .args(
+                if self
+                    .extra_args
+                    .iter()
+                    .any(|a| a == "--kubelet-bind-address")
+                {
+                    &[][..]
+                } else {
+                    &["--kubelet-bind-address", "127.0.0.1"][..]
+                },
+            )
             .args(&self.extra_args)
             .env("VKUBELET_LOG", "info,vk_core=debug,vk_kubelet_api=debug")
             .stdin(Stdio::null())
