@@ -19,6 +19,28 @@ pub enum ConfigError {
     },
     #[error("kube provider: backend kubeconfig {path}: {message}")]
     Kubeconfig { path: PathBuf, message: String },
+    #[error("kube provider: backend kubeconfig in Secret {namespace}/{name} (key {key:?}): {message}")]
+    KubeconfigSecret {
+        namespace: String,
+        name: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// A Secret of the source cluster holding the backend's kubeconfig.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    pub namespace: String,
+    pub name: String,
+    /// The data key holding the kubeconfig.
+    #[serde(default = "default_kubeconfig_key")]
+    pub key: String,
+}
+
+fn default_kubeconfig_key() -> String {
+    "kubeconfig".to_string()
 }
 
 /// Where the backend's namespace comes from.
@@ -38,6 +60,10 @@ pub struct KubeConfig {
     /// A kubeconfig file for the backend (its current context, or `context`).
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
+    /// Or: the backend's kubeconfig in a Secret of the source cluster, read at start (so it
+    /// must carry its certificates and token inline, not as file paths).
+    #[serde(default)]
+    pub kubeconfig_secret: Option<SecretKeyRef>,
     #[serde(default)]
     pub context: Option<String>,
     /// Or: the backend API's URL with a bearer token file (re-read as it rotates) and a CA.
@@ -73,6 +99,52 @@ pub struct KubeConfig {
     /// The node's capacity when the backend namespace has no ResourceQuota.
     #[serde(default = "default_capacity")]
     pub capacity: BTreeMap<String, String>,
+    /// How long a backend pod may stay Unschedulable for lack of room before the virtual node
+    /// declares itself sold out (`30s`, `2m`, ...).
+    #[serde(default = "default_sold_out_after", deserialize_with = "de_duration")]
+    pub sold_out_after: Duration,
+    /// When set: a source pod whose backend pod stays Unschedulable for lack of room this long
+    /// is deleted if a controller owns it, so the controller re-creates it where there is room.
+    /// Bare pods are never deleted. Off by default.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub evict_unschedulable_after: Option<Duration>,
+}
+
+fn default_sold_out_after() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A duration written as a number and a unit: `500ms`, `30s`, `1.5m`, `2h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let unit_at = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(unit_at);
+    let bad = || format!("{text:?} is not a duration like 500ms, 30s, 5m or 1h");
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let seconds_per_unit = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| bad())
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(text) => parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 fn default_qps() -> f64 {
@@ -107,18 +179,41 @@ impl KubeConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        match (&self.kubeconfig, &self.server) {
-            (Some(_), Some(_)) => {
+        let ways = [
+            self.kubeconfig.is_some(),
+            self.kubeconfig_secret.is_some(),
+            self.server.is_some(),
+        ];
+        match ways.iter().filter(|w| **w).count() {
+            0 => {
                 return Err(ConfigError::Invalid(
-                    "set kubeconfig or server (+ tokenFile, caFile), not both".into(),
-                ));
-            }
-            (None, None) => {
-                return Err(ConfigError::Invalid(
-                    "say how to reach the backend: kubeconfig, or server with tokenFile and caFile"
+                    "say how to reach the backend: kubeconfig, kubeconfigSecret, or server with \
+                     tokenFile and caFile"
                         .into(),
                 ));
             }
+            1 => {}
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "set one of kubeconfig, kubeconfigSecret or server (+ tokenFile, caFile)"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(r) = &self.kubeconfig_secret
+            && (!is_dns_label(&r.namespace) || r.name.is_empty() || r.key.is_empty())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "kubeconfigSecret needs a namespace, a name and a key: {r:?}"
+            )));
+        }
+        if self.evict_unschedulable_after.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::Invalid(
+                "evictUnschedulableAfter must be longer than 0 (leave it out to never evict)"
+                    .into(),
+            ));
+        }
+        match (&self.kubeconfig, &self.server) {
             (None, Some(server)) => {
                 if !server.starts_with("https://") {
                     return Err(ConfigError::Invalid(format!(
@@ -129,10 +224,10 @@ impl KubeConfig {
                     return Err(ConfigError::Invalid("server needs tokenFile".into()));
                 }
             }
-            (Some(_), None) => {
+            _ => {
                 if self.token_file.is_some() || self.ca_file.is_some() {
                     return Err(ConfigError::Invalid(
-                        "tokenFile and caFile go with server, not with kubeconfig".into(),
+                        "tokenFile and caFile go with server, not with a kubeconfig".into(),
                     ));
                 }
             }
@@ -150,13 +245,26 @@ impl KubeConfig {
         Ok(())
     }
 
-    /// The client configuration for the backend API.
-    pub async fn client_config(&self) -> Result<kube::Config, ConfigError> {
+    /// The client configuration for the backend API. `source` (the source cluster) is read
+    /// only for `kubeconfigSecret`.
+    pub async fn client_config(
+        &self,
+        source: Option<&kube::Client>,
+    ) -> Result<kube::Config, ConfigError> {
         use kube::config::{
             AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster,
             NamedContext,
         };
         let (kc, path) = match (&self.kubeconfig, &self.server) {
+            (None, None) if self.kubeconfig_secret.is_some() => {
+                let r = self
+                    .kubeconfig_secret
+                    .as_ref()
+                    .ok_or_else(|| ConfigError::Invalid("no backend".into()))?;
+                let text = read_kubeconfig_secret(r, source).await?;
+                let kc = Kubeconfig::from_yaml(&text).map_err(|e| secret_error(r, e))?;
+                (kc, PathBuf::from(format!("secret:{}/{}", r.namespace, r.name)))
+            }
             (Some(path), _) => {
                 let kc = Kubeconfig::read_from(path).map_err(|e| ConfigError::Kubeconfig {
                     path: path.clone(),
@@ -222,6 +330,37 @@ impl KubeConfig {
     }
 }
 
+fn secret_error(r: &SecretKeyRef, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::KubeconfigSecret {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        key: r.key.clone(),
+        message: message.to_string(),
+    }
+}
+
+/// The kubeconfig text under `r.key` of a Secret in the source cluster.
+async fn read_kubeconfig_secret(
+    r: &SecretKeyRef,
+    source: Option<&kube::Client>,
+) -> Result<String, ConfigError> {
+    let Some(client) = source else {
+        return Err(secret_error(r, "no source cluster to read it from"));
+    };
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), &r.namespace);
+    let secret = tokio::time::timeout(CALL_TIMEOUT, api.get(&r.name))
+        .await
+        .map_err(|_| secret_error(r, "the source API gave no answer"))?
+        .map_err(|e| secret_error(r, e))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .ok_or_else(|| secret_error(r, "the Secret has no such key"))?;
+    String::from_utf8(bytes.0.clone()).map_err(|_| secret_error(r, "the value is not UTF-8 text"))
+}
+
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -264,9 +403,50 @@ mod tests {
             "kubeconfig: /k\ntokenFile: /t\n",
             "kubeconfig: /k\nnamespace: Not_A_Label\n",
             "kubeconfig: /k\nbogus: 1\n",
+            "kubeconfig: /k\nkubeconfigSecret: {namespace: a, name: b}\n",
+            "kubeconfigSecret: {namespace: a, name: b}\ntokenFile: /t\n",
+            "kubeconfigSecret: {name: b}\n",
+            "kubeconfigSecret: {namespace: a, name: \"\"}\n",
+            "kubeconfig: /k\nevictUnschedulableAfter: 0s\n",
+            "kubeconfig: /k\nevictUnschedulableAfter: soon\n",
+            "kubeconfig: /k\nsoldOutAfter: 30\n",
         ] {
             assert!(KubeConfig::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn kubeconfig_secret_and_durations() {
+        let c = KubeConfig::parse(
+            "kubeconfigSecret: {namespace: vkubelet, name: backend}\nevictUnschedulableAfter: 2m\nsoldOutAfter: 1.5s\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.kubeconfig_secret,
+            Some(SecretKeyRef {
+                namespace: "vkubelet".into(),
+                name: "backend".into(),
+                key: "kubeconfig".into(),
+            })
+        );
+        assert_eq!(c.evict_unschedulable_after, Some(Duration::from_secs(120)));
+        assert_eq!(c.sold_out_after, Duration::from_millis(1500));
+        let c = KubeConfig::parse("kubeconfig: /k\n").unwrap();
+        assert_eq!(c.evict_unschedulable_after, None, "off unless asked for");
+        assert_eq!(c.sold_out_after, Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "5", "-1s", "1d", "1e999s", "s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kubeconfig_secret_needs_the_source_cluster() {
+        let c = KubeConfig::parse("kubeconfigSecret: {namespace: a, name: b, key: k}\n").unwrap();
+        let e = c.client_config(None).await.unwrap_err().to_string();
+        assert!(e.contains("Secret a/b"), "{e}");
+        assert!(e.contains("no source cluster"), "{e}");
     }
 
     #[tokio::test]
@@ -280,7 +460,7 @@ mod tests {
             token.display()
         ))
         .unwrap();
-        let cfg = c.client_config().await.unwrap();
+        let cfg = c.client_config(None).await.unwrap();
         assert_eq!(cfg.cluster_url.to_string(), "https://127.0.0.1:6443/");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -16,6 +16,7 @@
 //!   Secrets (`translate`).
 
 pub mod config;
+pub mod evict;
 pub mod identity;
 pub mod stats;
 pub mod status;
@@ -58,9 +59,8 @@ use crate::translate::{TranslateContext, Translation};
 /// How long one backend node summary serves stats requests.
 const SUMMARY_REUSE: Duration = Duration::from_secs(2);
 
-/// How long backend pods may stay Unschedulable (no backend node has room) before the virtual
-/// node declares itself sold out and stops attracting pods.
-const SOLD_OUT_AFTER: Duration = Duration::from_secs(30);
+/// How long to wait before trying an eviction again after the source API refused it.
+const EVICT_RETRY: Duration = Duration::from_secs(10);
 
 /// A backend API error as the provider contract's kind, which decides the core's reaction.
 pub fn api_error(op: &str, e: kube::Error) -> ProviderError {
@@ -97,13 +97,36 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
+/// Whether a write failed because its namespace is gone or being deleted (someone deleted the
+/// managed namespace under us), rather than for anything about the object.
+fn namespace_unusable(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => {
+            (s.code == 404 && s.details.as_ref().is_some_and(|d| d.kind == "namespaces"))
+                || (s.code == 403 && s.message.contains("because it is being terminated"))
+        }
+        _ => false,
+    }
+}
+
+/// A backend pod the backend's scheduler finds no room for.
+struct Stuck {
+    key: PodKey,
+    since: Instant,
+    message: String,
+    /// When `evictUnschedulableAfter` looks at it (again); `None` once it has been handled.
+    evict_at: Option<Instant>,
+}
+
 #[derive(Default)]
 struct State {
     sinks: OnceLock<ProviderSinks>,
     /// Backend pods of this node by source UID → (backend namespace, backend name).
     pods: Mutex<HashMap<String, (String, String)>>,
-    /// Source UID → since when its backend pod cannot be scheduled.
-    unschedulable: Mutex<HashMap<String, (Instant, String)>>,
+    /// Source UID → its backend pod's spell of being unschedulable for lack of room.
+    unschedulable: Mutex<HashMap<String, Stuck>>,
+    /// Wakes the eviction task when a spell starts.
+    stuck_changed: tokio::sync::Notify,
     /// Backend namespaces known to exist (sameName mapping creates them on demand).
     namespaces: Mutex<HashSet<String>>,
     /// Source UID → the backend node its pod runs on (for stats).
@@ -145,6 +168,8 @@ pub struct Inner {
     cluster_id: String,
     /// The managed namespace (also the home of ResourceQuota-based capacity).
     namespace: String,
+    /// The source cluster, for evicting stuck source pods (`evictUnschedulableAfter`).
+    source: OnceLock<kube::Client>,
     state: Arc<State>,
     cancel: CancellationToken,
 }
@@ -178,10 +203,17 @@ impl KubeProvider {
                 node_ip: node_ip.into(),
                 cluster_id,
                 namespace,
+                source: OnceLock::new(),
                 state: Arc::new(State::default()),
                 cancel: CancellationToken::new(),
             }),
         }
+    }
+
+    /// The source cluster's client: needed to evict stuck source pods.
+    pub fn with_source(self, source: kube::Client) -> Self {
+        let _ = self.inner.source.set(source);
+        self
     }
 
     pub fn managed_namespace(&self) -> &str {
@@ -253,7 +285,15 @@ impl Inner {
         };
         match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &ns)).await {
             Ok(Ok(_)) => info!(namespace = name, "created the backend namespace"),
-            Ok(Err(e)) if is_status(&e, 409) => {}
+            Ok(Err(e)) if is_status(&e, 409) => {
+                let existing = timed("reading the backend namespace", api.get(name)).await?;
+                if existing.metadata.deletion_timestamp.is_some() {
+                    return Err(ProviderError::transient(format!(
+                        "the backend namespace {name} is being deleted; it is created again \
+                         once it is gone"
+                    )));
+                }
+            }
             // Allowed to use a namespace made by an administrator, not to create one.
             Ok(Err(e)) if is_status(&e, 403) => {
                 timed("reading the backend namespace", api.get(name)).await?;
@@ -267,6 +307,94 @@ impl Inner {
         }
         self.state.namespaces.lock().insert(name.to_string());
         Ok(())
+    }
+
+    /// A failed write in `ns` as the contract's error. A namespace that vanished is forgotten
+    /// (the next attempt creates it again) and the failure is transient.
+    fn write_error(&self, op: &str, ns: &str, e: kube::Error) -> ProviderError {
+        if namespace_unusable(&e) {
+            self.namespace_lost(ns);
+            return ProviderError::transient(format!(
+                "{op}: the backend namespace {ns} is gone or being deleted; it is created again \
+                 before the next try"
+            ));
+        }
+        api_error(op, e)
+    }
+
+    fn namespace_lost(&self, ns: &str) {
+        if self.state.namespaces.lock().remove(ns) {
+            warn!(namespace = ns, "the backend namespace is gone or being deleted");
+        }
+    }
+
+    /// Someone may delete the managed namespace (and with it every backend pod and per-pod
+    /// object) while vkubelet runs: make it again as soon as it is gone, so that the pods the
+    /// core brings back (their restartPolicy decides, as for any lost pod) have somewhere to go.
+    /// With sameName mapping, namespaces are made again on the next create.
+    async fn watch_namespaces(self: Arc<Self>) {
+        let managed = self.cfg.namespace_mapping == NamespaceMapping::Managed;
+        let cfg = if managed {
+            watcher::Config::default().fields(&format!("metadata.name={}", self.namespace))
+        } else {
+            watcher::Config::default().labels(&identity::install_selector(&self.cluster_id))
+        };
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+        // Whether the managed namespace showed up in the current (re)list.
+        let mut listed = false;
+        loop {
+            let next = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                e = stream.next() => e,
+            };
+            let Some(event) = next else { return };
+            let gone = match event {
+                Ok(Event::Init) => {
+                    listed = false;
+                    None
+                }
+                Ok(Event::InitApply(ns) | Event::Apply(ns)) => {
+                    let name = ns.metadata.name.clone().unwrap_or_default();
+                    if name == self.namespace {
+                        listed = true;
+                    }
+                    if ns.metadata.deletion_timestamp.is_some() {
+                        self.namespace_lost(&name);
+                    }
+                    None
+                }
+                Ok(Event::InitDone) => (managed && !listed).then(|| self.namespace.clone()),
+                Ok(Event::Delete(ns)) => ns.metadata.name,
+                // An identity that may not watch namespaces still gets them made again on the
+                // next create (`write_error`).
+                Err(e) => {
+                    debug!(error = %e, "backend namespace watch failed; retrying");
+                    None
+                }
+            };
+            let Some(name) = gone else { continue };
+            self.namespace_lost(&name);
+            if !(managed && name == self.namespace) {
+                continue;
+            }
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                match self.ensure_namespace(&name).await {
+                    Ok(()) => {
+                        info!(namespace = %name, "made the deleted backend namespace again");
+                        self.state.node_changed();
+                        break;
+                    }
+                    Err(e) => debug!(error = %e, "making the backend namespace again"),
+                }
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 
     fn context(&self, key: &PodKey, restart_base: i32) -> TranslateContext {
@@ -295,7 +423,7 @@ impl Inner {
                 .await
                 .map(|_| ())
             }
-            Ok(Err(e)) => Err(api_error("creating a per-pod Secret", e)),
+            Ok(Err(e)) => Err(self.write_error("creating a per-pod Secret", ns, e)),
             Err(_) => Err(ProviderError::transient(
                 "creating a per-pod Secret: no answer",
             )),
@@ -316,7 +444,7 @@ impl Inner {
                 .await
                 .map(|_| ())
             }
-            Ok(Err(e)) => Err(api_error("creating a per-pod ConfigMap", e)),
+            Ok(Err(e)) => Err(self.write_error("creating a per-pod ConfigMap", ns, e)),
             Err(_) => Err(ProviderError::transient(
                 "creating a per-pod ConfigMap: no answer",
             )),
@@ -439,11 +567,22 @@ impl Inner {
             match status::unschedulable(pod) {
                 Some(message) => {
                     if !stuck.contains_key(&key.uid) {
-                        stuck.insert(key.uid.clone(), (Instant::now(), message));
+                        let since = Instant::now();
+                        stuck.insert(
+                            key.uid.clone(),
+                            Stuck {
+                                key: key.clone(),
+                                since,
+                                message,
+                                evict_at: self.cfg.evict_unschedulable_after.map(|d| since + d),
+                            },
+                        );
+                        self.state.stuck_changed.notify_one();
                         // Look again once the pod has been stuck long enough to count.
                         let state = self.state.clone();
+                        let after = self.cfg.sold_out_after;
                         tokio::spawn(async move {
-                            tokio::time::sleep(SOLD_OUT_AFTER + Duration::from_secs(1)).await;
+                            tokio::time::sleep(after + Duration::from_millis(500)).await;
                             state.node_changed();
                         });
                     }
@@ -476,6 +615,111 @@ impl Inner {
         self.state.unschedulable.lock().remove(uid);
         if known {
             self.state.push(uid, PodUpdate::Gone);
+        }
+    }
+
+    /// `evictUnschedulableAfter`: source pods whose backend pod has had no room that long are
+    /// deleted when a controller owns them (which then re-creates them, and the scheduler can
+    /// place the new pod elsewhere); bare pods are left, with an event.
+    async fn evict_stuck(self: Arc<Self>, after: Duration) {
+        loop {
+            let now = Instant::now();
+            let (due, next): (Vec<(PodKey, String)>, Option<Instant>) = {
+                let mut stuck = self.state.unschedulable.lock();
+                let mut due = Vec::new();
+                let mut next: Option<Instant> = None;
+                for s in stuck.values_mut() {
+                    match s.evict_at {
+                        Some(at) if at <= now => {
+                            s.evict_at = None;
+                            due.push((s.key.clone(), s.message.clone()));
+                        }
+                        Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
+                        None => {}
+                    }
+                }
+                (due, next)
+            };
+            for (key, message) in due {
+                if let Err(retry) = self.evict(&key, &message, after).await {
+                    warn!(pod = %key, error = %retry, "evicting a pod the backend has no room for");
+                    if let Some(s) = self.state.unschedulable.lock().get_mut(&key.uid) {
+                        s.evict_at = Some(Instant::now() + EVICT_RETRY);
+                    }
+                    self.state.stuck_changed.notify_one();
+                }
+            }
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = self.state.stuck_changed.notified() => {}
+                _ = sleep => {}
+            }
+        }
+    }
+
+    /// One eviction; an error means "try again later".
+    #[tracing::instrument(skip_all, fields(pod = %key))]
+    async fn evict(&self, key: &PodKey, message: &str, after: Duration) -> Result<(), String> {
+        let Some(source) = self.source.get() else {
+            return Err("no source cluster client".into());
+        };
+        let api: Api<Pod> = Api::namespaced(source.clone(), &key.namespace);
+        let current = timed("reading the source pod", api.get_opt(&key.name))
+            .await
+            .map_err(|e| e.to_string())?;
+        match evict::verdict(key, current.as_ref()) {
+            evict::Verdict::Stale => Ok(()),
+            evict::Verdict::KeepBare => {
+                self.state.push(
+                    &key.uid,
+                    PodUpdate::Event {
+                        warning: true,
+                        reason: evict::NOT_EVICTED_REASON.into(),
+                        message: format!(
+                            "the backend has had no room for this pod for {after:?} ({message}); \
+                             no controller owns it, so it is not deleted and keeps waiting"
+                        ),
+                    },
+                );
+                Ok(())
+            }
+            evict::Verdict::Evict { owner } => {
+                // Said before the delete, while the core still knows the pod.
+                self.state.push(
+                    &key.uid,
+                    PodUpdate::Event {
+                        warning: true,
+                        reason: evict::EVICTED_REASON.into(),
+                        message: format!(
+                            "the backend has had no room for this pod for {after:?} ({message}); \
+                             deleting it so that {owner} re-creates it where there is room"
+                        ),
+                    },
+                );
+                let dp = DeleteParams {
+                    preconditions: Some(kube::api::Preconditions {
+                        uid: Some(key.uid.clone()),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                match tokio::time::timeout(CALL_TIMEOUT, api.delete(&key.name, &dp)).await {
+                    Ok(Ok(_)) => {
+                        info!(pod = %key, %owner, "evicted: no room on the backend");
+                        Ok(())
+                    }
+                    // Gone, or another pod of that name (the precondition failed): nothing to do.
+                    Ok(Err(e)) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the source API gave no answer".into()),
+                }
+            }
         }
     }
 
@@ -770,6 +1014,13 @@ impl Provider for KubeProvider {
         }
         tokio::spawn(self.inner.clone().watch_pods());
         tokio::spawn(self.inner.clone().watch_events());
+        tokio::spawn(self.inner.clone().watch_namespaces());
+        if let Some(after) = self.cfg.evict_unschedulable_after {
+            if self.source.get().is_none() {
+                warn!("evictUnschedulableAfter is set, but there is no source cluster client");
+            }
+            tokio::spawn(self.inner.clone().evict_stuck(after));
+        }
         if self.cfg.namespace_mapping == NamespaceMapping::Managed {
             tokio::spawn(self.inner.clone().watch_quotas());
         }
@@ -794,20 +1045,21 @@ impl Provider for KubeProvider {
                 }
             }
         };
+        let after = self.cfg.sold_out_after;
         let stuck = self
             .state
             .unschedulable
             .lock()
             .values()
-            .filter(|(since, _)| since.elapsed() >= SOLD_OUT_AFTER)
-            .map(|(_, m)| m.clone())
+            .filter(|s| s.since.elapsed() >= after)
+            .map(|s| s.message.clone())
             .next();
         if res.accepting_pods
             && let Some(message) = stuck
         {
             res.accepting_pods = false;
             res.message = Some(format!(
-                "backend pods cannot be scheduled for {SOLD_OUT_AFTER:?}: {message}"
+                "backend pods cannot be scheduled for {after:?}: {message}"
             ));
         }
         Ok(res)
@@ -864,7 +1116,7 @@ impl Provider for KubeProvider {
                     }
                 }
                 Ok(Err(e)) => {
-                    let err = api_error("creating the backend pod", e);
+                    let err = self.write_error("creating the backend pod", &ns, e);
                     if matches!(err, ProviderError::QuotaExceeded(_)) {
                         self.state.node_changed();
                     }
@@ -885,21 +1137,32 @@ impl Provider for KubeProvider {
         Ok(())
     }
 
+    /// What a running pod can take: images, `activeDeadlineSeconds`, and the source's labels
+    /// and annotations (changed, added and removed; identity labels and keys the backend added
+    /// itself stay).
+    #[tracing::instrument(skip_all, fields(pod = %pod.key))]
     async fn update_pod(&self, pod: &ResolvedPod) -> Result<(), ProviderError> {
         let (api, name) = self.stream_target(&pod.key);
+        let current = timed("reading the backend pod", api.get(&name)).await?;
         let spec = pod.pod.spec.clone().unwrap_or_default();
         let images = |list: &[k8s_openapi::api::core::v1::Container]| {
             list.iter()
                 .map(|c| serde_json::json!({"name": c.name, "image": c.image}))
                 .collect::<Vec<_>>()
         };
-        let patch = serde_json::json!({
+        let ctx = self.context(&pod.key, pod.restart_count_base);
+        let (labels, annotations) = translate::backend_metadata(&pod.pod.metadata, &ctx);
+        let mut patch = serde_json::json!({
             "spec": {
                 "containers": images(&spec.containers),
                 "initContainers": images(spec.init_containers.as_deref().unwrap_or_default()),
                 "activeDeadlineSeconds": spec.active_deadline_seconds,
             }
         });
+        if let Some(metadata) = translate::metadata_patch(&current.metadata, &labels, &annotations)
+        {
+            patch["metadata"] = metadata;
+        }
         timed(
             "updating the backend pod",
             api.patch(&name, &PatchParams::default(), &Patch::Strategic(&patch)),

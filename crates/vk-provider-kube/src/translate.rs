@@ -194,11 +194,7 @@ pub fn translate(pod: &ResolvedPod, ctx: &TranslateContext) -> Result<Translatio
         ..Default::default()
     };
 
-    let mut labels = source.metadata.labels.clone().unwrap_or_default();
-    labels.extend(ctx.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let mut annotations = source.metadata.annotations.clone().unwrap_or_default();
-    annotations.remove(LAST_APPLIED);
-    annotations.extend(ctx.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let (labels, annotations) = backend_metadata(&source.metadata, ctx);
 
     Ok(Translation {
         pod: Pod {
@@ -217,6 +213,100 @@ pub fn translate(pod: &ResolvedPod, ctx: &TranslateContext) -> Result<Translatio
         secrets,
         config_maps,
     })
+}
+
+/// Which of the backend pod's label keys came from the source pod (comma-separated: neither
+/// label nor annotation keys may contain commas), so that an update removes a key the source
+/// dropped without touching what the backend itself added.
+pub const SOURCE_LABEL_KEYS_ANNOTATION: &str = "vkubelet.io/source-label-keys";
+/// The same for annotation keys.
+pub const SOURCE_ANNOTATION_KEYS_ANNOTATION: &str = "vkubelet.io/source-annotation-keys";
+
+/// The backend pod's labels and annotations: the source pod's (without `kubectl apply`'s copy
+/// of the object), the identity ones winning, and the record of which keys came from the source.
+pub fn backend_metadata(
+    source: &ObjectMeta,
+    ctx: &TranslateContext,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let mut labels = source.labels.clone().unwrap_or_default();
+    labels.retain(|k, _| !ctx.labels.contains_key(k));
+    let label_keys = labels.keys().cloned().collect::<Vec<_>>().join(",");
+    labels.extend(ctx.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+
+    let mut annotations = source.annotations.clone().unwrap_or_default();
+    annotations.retain(|k, _| {
+        k != LAST_APPLIED
+            && k != SOURCE_LABEL_KEYS_ANNOTATION
+            && k != SOURCE_ANNOTATION_KEYS_ANNOTATION
+            && !ctx.annotations.contains_key(k)
+    });
+    let annotation_keys = annotations.keys().cloned().collect::<Vec<_>>().join(",");
+    annotations.extend(ctx.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+    annotations.insert(SOURCE_LABEL_KEYS_ANNOTATION.to_string(), label_keys);
+    annotations.insert(SOURCE_ANNOTATION_KEYS_ANNOTATION.to_string(), annotation_keys);
+    (labels, annotations)
+}
+
+/// The metadata part of a patch that brings the backend pod `current` to the wanted labels and
+/// annotations (from [`backend_metadata`]): changed and new keys set, keys the source had (per
+/// the record on `current`) and no longer has removed, keys someone else added left alone.
+/// `None` when nothing differs.
+pub fn metadata_patch(
+    current: &ObjectMeta,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> Option<serde_json::Value> {
+    let recorded = |key: &str| -> Vec<String> {
+        current
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(|keys| {
+                keys.split(',')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let diff = |have: Option<&BTreeMap<String, String>>,
+                want: &BTreeMap<String, String>,
+                dropped: Vec<String>| {
+        let mut out = serde_json::Map::new();
+        for k in dropped {
+            let present = have.is_some_and(|h| h.contains_key(&k));
+            if present && !want.contains_key(&k) {
+                out.insert(k, serde_json::Value::Null);
+            }
+        }
+        for (k, v) in want {
+            if have.and_then(|h| h.get(k)) != Some(v) {
+                out.insert(k.clone(), serde_json::Value::String(v.clone()));
+            }
+        }
+        out
+    };
+    let label_changes = diff(
+        current.labels.as_ref(),
+        labels,
+        recorded(SOURCE_LABEL_KEYS_ANNOTATION),
+    );
+    let annotation_changes = diff(
+        current.annotations.as_ref(),
+        annotations,
+        recorded(SOURCE_ANNOTATION_KEYS_ANNOTATION),
+    );
+    if label_changes.is_empty() && annotation_changes.is_empty() {
+        return None;
+    }
+    let mut metadata = serde_json::Map::new();
+    if !label_changes.is_empty() {
+        metadata.insert("labels".into(), label_changes.into());
+    }
+    if !annotation_changes.is_empty() {
+        metadata.insert("annotations".into(), annotation_changes.into());
+    }
+    Some(serde_json::Value::Object(metadata))
 }
 
 /// The per-pod volume objects alone, for a refresh of a running pod: the same names and keys as

@@ -14,7 +14,8 @@ pub const AVAILABLE: &[&str] = &["process", "sim", "kube"];
 pub struct BuildContext<'a> {
     pub node_name: &'a str,
     pub node_ip: &'a str,
-    /// The source cluster (the kube provider reads its id from it).
+    /// The source cluster (the kube provider reads its id, a kubeconfig Secret and source pods
+    /// to evict from it).
     pub source: Option<&'a kube::Client>,
     pub metrics: Arc<Metrics>,
 }
@@ -46,7 +47,7 @@ pub async fn build_kube(
         Some(id) => id.clone(),
         None => source_cluster_id(ctx.source).await?,
     };
-    let config = cfg.client_config().await?;
+    let config = cfg.client_config(ctx.source).await?;
     let client = build_client(
         config,
         ClientOptions {
@@ -57,13 +58,13 @@ pub async fn build_kube(
         ctx.metrics.clone(),
     )
     .context("building the backend API client")?;
-    Ok(vk_provider_kube::KubeProvider::new(
-        client,
-        cfg,
-        ctx.node_name,
-        ctx.node_ip,
-        cluster_id,
-    ))
+    let provider =
+        vk_provider_kube::KubeProvider::new(client, cfg, ctx.node_name, ctx.node_ip, cluster_id);
+    // Evicting a stuck source pod is a write on the source cluster.
+    Ok(match ctx.source {
+        Some(source) => provider.with_source(source.clone()),
+        None => provider,
+    })
 }
 
 /// Build the provider `kind` from its settings (a JSON value from inline config or a file).

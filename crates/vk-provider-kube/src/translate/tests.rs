@@ -1029,6 +1029,8 @@ fn metadata_is_identity_only_with_labels_merged_and_ctx_winning() {
         Some(BTreeMap::from([
             ("team".to_string(), "a".to_string()),
             ("vkubelet.io/source".to_string(), "src/web".to_string()),
+            (SOURCE_LABEL_KEYS_ANNOTATION.to_string(), "tier".to_string()),
+            (SOURCE_ANNOTATION_KEYS_ANNOTATION.to_string(), "team".to_string()),
         ]))
     );
     assert_eq!(m.owner_references, None);
@@ -1074,4 +1076,64 @@ fn file_keys_follow_paths_not_positions() {
         k.len() == 17 && k.bytes().all(|c| c.is_ascii_alphanumeric()),
         "{k}"
     );
+}
+
+fn meta(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
+    let map = |kv: &[(&str, &str)]| {
+        Some(
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    };
+    ObjectMeta {
+        labels: map(labels),
+        annotations: map(annotations),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn label_and_annotation_changes_become_a_patch_that_spares_the_backends_own_keys() {
+    let ctx = ctx();
+    let before = meta(&[("tier", "web"), ("old", "1")], &[("team", "a")]);
+    let (labels, annotations) = backend_metadata(&before, &ctx);
+    // What the backend pod looks like after create, plus a label the backend added itself.
+    let mut current = ObjectMeta {
+        labels: Some(labels.clone()),
+        annotations: Some(annotations.clone()),
+        ..Default::default()
+    };
+    current
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("backend.example/zone".into(), "z1".into());
+    assert_eq!(
+        metadata_patch(&current, &labels, &annotations),
+        None,
+        "nothing changed on the source"
+    );
+
+    let after = meta(
+        &[("tier", "api"), ("new", "2")],
+        &[("team", "b"), (LAST_APPLIED, "{}")],
+    );
+    let (labels, annotations) = backend_metadata(&after, &ctx);
+    let patch = metadata_patch(&current, &labels, &annotations).unwrap();
+    assert_eq!(
+        patch["labels"],
+        serde_json::json!({"tier": "api", "new": "2", "old": null}),
+        "changed, added, removed; identity and the backend's own label untouched"
+    );
+    assert_eq!(patch["annotations"]["team"], "b");
+    assert_eq!(patch["annotations"][SOURCE_LABEL_KEYS_ANNOTATION], "new,tier");
+    assert!(
+        patch["annotations"].get(LAST_APPLIED).is_none(),
+        "kubectl's copy of the object stays on the source"
+    );
+    // A source label may not override an identity label.
+    let sneaky = meta(&[("vkubelet.io/uid", "someone-else")], &[]);
+    let (labels, _) = backend_metadata(&sneaky, &ctx);
+    assert_eq!(labels["vkubelet.io/uid"], "u1");
 }
