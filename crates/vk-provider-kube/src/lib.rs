@@ -134,6 +134,10 @@ struct State {
     /// Backend node → its `/stats/summary`, briefly kept: one summary serves every pod of the
     /// node in one stats request, instead of one fetch per pod.
     summaries: Mutex<HashMap<String, (Instant, Arc<serde_json::Value>)>>,
+    /// Source UID → the newest backend pod version reported (its UID and resourceVersion), so
+    /// that an older copy (the object a create returned, read after the watch already brought
+    /// a newer one) never overwrites a newer status.
+    reported: Mutex<HashMap<String, (String, u64)>>,
     /// Source UIDs whose backend pod this provider is deleting (on the core's request).
     deleting: Mutex<HashSet<String>>,
     /// Event UIDs → count already forwarded.
@@ -558,6 +562,24 @@ impl Inner {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         self.state.pods.lock().insert(key.uid.clone(), (ns, name));
+        // resourceVersions are etcd revisions: comparable for one object. One that does not
+        // parse is reported as it comes.
+        if let (Some(instance), Some(version)) = (
+            pod.metadata.uid.clone(),
+            pod.metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok()),
+        ) {
+            let mut reported = self.state.reported.lock();
+            if let Some((seen_instance, seen_version)) = reported.get(&key.uid)
+                && *seen_instance == instance
+                && *seen_version > version
+            {
+                return Some(key.uid);
+            }
+            reported.insert(key.uid.clone(), (instance, version));
+        }
         if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
             self.state.nodes.lock().insert(key.uid.clone(), node);
         }
@@ -611,6 +633,7 @@ impl Inner {
     fn forget(&self, uid: &str) {
         self.state.deleting.lock().remove(uid);
         self.state.nodes.lock().remove(uid);
+        self.state.reported.lock().remove(uid);
         let known = self.state.pods.lock().remove(uid).is_some();
         self.state.unschedulable.lock().remove(uid);
         if known {
@@ -1410,6 +1433,55 @@ pub async fn leftovers(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn backend_pod(instance: &str, version: &str, phase: &str) -> Pod {
+        let key = PodKey::new("src-uid", "team", "web");
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(identity::backend_name(&key)),
+                namespace: Some("cce-burst-c".into()),
+                uid: Some(instance.into()),
+                resource_version: Some(version.into()),
+                labels: Some(identity::pod_labels("c", "vk", &key)),
+                annotations: Some(identity::pod_annotations(&key, 0)),
+                ..Default::default()
+            },
+            status: Some(k8s_openapi::api::core::v1::PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_older_copy_of_a_backend_pod_never_overwrites_a_newer_status() {
+        // Never dialled: observe() only reads its argument.
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let cfg = KubeConfig::parse("kubeconfig: /unused\nclusterID: c\n").unwrap();
+        let provider = KubeProvider::new(client, cfg, "vk", "127.0.0.5", "c");
+        let phases = Arc::new(Mutex::new(Vec::new()));
+        let seen = phases.clone();
+        let _ = provider.state.sinks.set(ProviderSinks::new(
+            move |_, update| {
+                if let PodUpdate::Status(s) = update {
+                    seen.lock().push(s.phase.clone().unwrap_or_default());
+                }
+            },
+            || {},
+        ));
+        // The watch brings Running (version 12) before create_pod looks at the Pending object
+        // the create returned (version 10).
+        provider.observe(&backend_pod("i1", "12", "Running"));
+        provider.observe(&backend_pod("i1", "10", "Pending"));
+        assert_eq!(*phases.lock(), vec!["Running"]);
+        // Another instance (re-created after a loss) starts its own history.
+        provider.forget("src-uid");
+        provider.observe(&backend_pod("i2", "3", "Pending"));
+        provider.observe(&backend_pod("i2", "15", "Running"));
+        assert_eq!(*phases.lock(), vec!["Running", "Pending", "Running"]);
+    }
 
     #[test]
     fn managed_namespace_is_the_seeds_name() {

@@ -57,22 +57,36 @@ struct Burst {
 
 impl Burst {
     async fn start() -> Option<Self> {
+        Self::start_with(async |_, _| json!({})).await
+    }
+
+    /// Like `start`, with `settings(a, b)` merged over the provider config (a `null` removes a
+    /// key); it runs before vkubelet-A starts, so it may prepare objects the config names.
+    async fn start_with(
+        settings: impl AsyncFnOnce(&TestEnv, &TestEnv) -> serde_json::Value,
+    ) -> Option<Self> {
         let a = vk_testkit::env().await?;
         let b = backend_cluster().await?.namespace("kube-backend").await;
         let vb = Vk::start_process(&b, json!({}), &[]);
         vb.wait_ready(&b).await;
         let cluster_id = a.namespace().to_string();
         let managed = vk_provider_kube::managed_namespace_name(&cluster_id);
-        let va = Vk::start_kube(
-            &a,
-            json!({
-                "kubeconfig": b.kubeconfig_path(),
-                "clusterID": cluster_id,
-                "nodeSelector": {"kubernetes.io/hostname": vb.node},
-                "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
-            }),
-            &[],
-        );
+        let mut cfg = json!({
+            "kubeconfig": b.kubeconfig_path(),
+            "clusterID": cluster_id,
+            "nodeSelector": {"kubernetes.io/hostname": vb.node},
+            "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
+        });
+        if let serde_json::Value::Object(extra) = settings(&a, &b).await {
+            for (k, v) in extra {
+                if v.is_null() {
+                    cfg.as_object_mut().expect("object").remove(&k);
+                } else {
+                    cfg[k] = v;
+                }
+            }
+        }
+        let va = Vk::start_kube(&a, cfg, &[]);
         va.wait_ready(&a).await;
         Some(Self {
             va,
@@ -105,8 +119,8 @@ impl Burst {
     }
 }
 
-fn uid(p: &Pod) -> String {
-    p.metadata.uid.clone().unwrap_or_default()
+fn uid(p: &impl kube::Resource) -> String {
+    p.meta().uid.clone().unwrap_or_default()
 }
 
 fn source_uid(p: &Pod) -> String {
@@ -330,6 +344,29 @@ async fn deployment_bursts_into_the_backend_with_env_volumes_logs_exec_and_clean
         "secret in a backend pod spec"
     );
 
+    // Each backend pod has its per-pod objects (env and the secret volume in Secrets, the
+    // configMap volume in a ConfigMap), owned by it.
+    let ours = ListParams::default().labels("app.kubernetes.io/managed-by=vkubelet");
+    let per_pod_cms: Api<ConfigMap> = Api::namespaced(t.b.client(), &t.managed);
+    let per_pod_secrets: Api<Secret> = Api::namespaced(t.b.client(), &t.managed);
+    let cms = per_pod_cms.list(&ours).await.expect("list B configmaps").items;
+    let secrets = per_pod_secrets.list(&ours).await.expect("list B secrets").items;
+    assert_eq!(cms.len(), 3, "one configMap-volume object per pod");
+    assert_eq!(
+        secrets.len(),
+        9,
+        "env, the secret volume and the service-account token volume, per pod"
+    );
+    let backend_uids: BTreeSet<String> = backend.iter().map(uid).collect();
+    for owners in cms
+        .iter()
+        .map(|c| &c.metadata.owner_references)
+        .chain(secrets.iter().map(|s| &s.metadata.owner_references))
+    {
+        let owner = owners.iter().flatten().next().expect("an owner");
+        assert!(backend_uids.contains(&owner.uid), "owned by a backend pod");
+    }
+
     // Delete on A → gone on B, with the per-pod objects (the backend's garbage collector).
     let deps: Api<Deployment> = t.a.api();
     deps.delete("web", &DeleteParams::foreground())
@@ -337,16 +374,25 @@ async fn deployment_bursts_into_the_backend_with_env_volumes_logs_exec_and_clean
         .expect("delete deployment");
     wait_for(WAIT, POLL, async || {
         let left = t.backend_pods().await.len();
+        let ours = ListParams::default().labels("app.kubernetes.io/managed-by=vkubelet");
         let secrets: Api<Secret> = Api::namespaced(t.b.client(), &t.managed);
-        let per_pod = secrets
-            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=vkubelet"))
+        let config_maps: Api<ConfigMap> = Api::namespaced(t.b.client(), &t.managed);
+        let secrets = secrets
+            .list(&ours)
             .await
             .map(|l| l.items.len())
             .unwrap_or(usize::MAX);
-        if left == 0 && per_pod == 0 {
+        let config_maps = config_maps
+            .list(&ours)
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(usize::MAX);
+        if left == 0 && secrets == 0 && config_maps == 0 {
             Ok(())
         } else {
-            Err(format!("{left} pods, {per_pod} per-pod secrets left on B"))
+            Err(format!(
+                "{left} pods, {secrets} per-pod Secrets, {config_maps} per-pod ConfigMaps left on B"
+            ))
         }
     })
     .await;
@@ -451,7 +497,38 @@ async fn cleanup_leaves_nothing_of_ours_and_touches_nothing_else() {
     t.b.create(&bystander).await;
     let pod = t.pod("doomed", "exec sleep 3600").build();
     t.a.create(&pod).await;
+    // A volume the backend cannot receive (the core lets NFS through; the kube provider has no
+    // way to send it): refused with the reason and an event, nothing made on B.
+    let claim = common::pod_with(
+        &t.va,
+        "claim",
+        json!({"volumeMounts": [{"name": "data", "mountPath": "/data"}]}),
+        json!({"volumes": [{"name": "data", "nfs": {"server": "127.0.0.1", "path": "/exports"}}]}),
+    );
+    t.a.create(&claim).await;
+    let pods: Api<Pod> = t.a.api();
+    wait_for(WAIT, POLL, async || {
+        let p = pods.get("claim").await.map_err(|e| e.to_string())?;
+        let s = p.status.unwrap_or_default();
+        if s.reason.as_deref() == Some("UnsupportedPodSpec")
+            && s.message.as_deref().is_some_and(|m| m.contains("volume \"data\" (nfs)"))
+        {
+            Ok(())
+        } else {
+            Err(format!("{:?} {:?}", s.reason, s.message))
+        }
+    })
+    .await;
+    let refused = wait_event(&t.a, "claim", "ProviderCreateFailed").await;
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("(nfs) cannot be sent to the backend")),
+        "{refused:?}"
+    );
     common::wait_pod_phase(&t.a, "doomed", "Running").await;
+    assert_eq!(t.backend_pods().await.len(), 1, "nothing on B for the refused pod");
     assert!(t.va.terminate(), "vkubelet-A did not stop cleanly");
     let out = t.va.cleanup_command().output().expect("run cleanup");
     assert!(
@@ -483,6 +560,55 @@ async fn cleanup_leaves_nothing_of_ours_and_touches_nothing_else() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// Runs its arguments (`kubectl exec -it ...`) on a pseudo-terminal of 31x97, waits for the
+/// remote shell to see a terminal of that size, resizes to 42x111 and waits for the shell to see
+/// that, then exits 6; prints everything the terminal showed and exits with kubectl's code
+/// (90+ when something never showed up).
+const TERMINAL: &str = r#"
+import fcntl, os, pty, select, signal, struct, sys, termios, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+def resize(rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    os.kill(pid, signal.SIGWINCH)
+shown = b""
+def read(wait):
+    global shown
+    if select.select([fd], [], [], wait)[0]:
+        try:
+            shown += os.read(fd, 4096)
+        except OSError:
+            pass
+def until(text, ask, code):
+    end = time.time() + 60
+    while text not in shown:
+        if time.time() > end:
+            sys.stderr.write("never saw %r: %r\n" % (text, shown))
+            sys.exit(code)
+        if ask:
+            os.write(fd, ask)
+        read(0.5)
+resize(31, 97)
+until(b"$ ", None, 90)
+until(b"TTY-2-YES", b"test -t 0 && echo TTY-$((1+1))-YES\n", 91)
+until(b"31 97", b"stty size\n", 92)
+resize(42, 111)
+until(b"42 111", b"stty size\n", 93)
+os.write(fd, b"exit 6\n")
+while True:
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        break
+    if not data:
+        break
+    shown += data
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(shown.decode("utf-8", "replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
 
 /// `kubectl exec` (exit codes), `attach`, `port-forward` and `logs -f` on A reach the container
 /// on B, with both kubectl generations (WebSocket and SPDY towards vkubelet-A).
@@ -525,6 +651,30 @@ async fn streams_travel_through_the_backend_api() {
             "through-b",
             "[{}] stdin reached the container",
             k.label
+        );
+
+        // exec -it: a terminal on B of the local size, resized, and the exit code back.
+        let session = tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(TERMINAL)
+            .arg(&k.path)
+            .arg("--kubeconfig")
+            .arg(t.a.kubeconfig_path())
+            .args(["-n", t.a.namespace(), "exec", "-it", "ticker", "--"])
+            .args(["env", "PS1=$ ", "sh"])
+            .kill_on_drop(true)
+            .output();
+        let session = tokio::time::timeout(Duration::from_secs(240), session)
+            .await
+            .unwrap_or_else(|_| panic!("[{}] the terminal session did not end", k.label))
+            .expect("python3");
+        assert_eq!(
+            session.status.code(),
+            Some(6),
+            "[{}] {}\n{}",
+            k.label,
+            String::from_utf8_lossy(&session.stdout),
+            String::from_utf8_lossy(&session.stderr)
         );
 
         // logs -f follows: lines written after the request arrive.
@@ -727,4 +877,309 @@ async fn backend_quota_exhausted_sells_the_node_out_until_raised() {
         .expect("raise quota");
     sold_out(false).await;
     common::wait_pod_phase(&t.a, "second", "Running").await;
+}
+
+/// Whether A's node carries the sold-out taint, waited for until it is `want`.
+async fn wait_sold_out(t: &Burst, want: bool) {
+    use k8s_openapi::api::core::v1::Node;
+    let nodes: Api<Node> = Api::all(t.a.client());
+    wait_for(WAIT, POLL, async || {
+        let n = nodes.get(&t.va.node).await.map_err(|e| e.to_string())?;
+        let tainted = n
+            .spec
+            .iter()
+            .flat_map(|s| s.taints.iter().flatten())
+            .any(|t| t.key == "virtual-kubelet.io/sold-out");
+        if tainted == want {
+            Ok(())
+        } else {
+            Err(format!("sold-out taint: {tainted}"))
+        }
+    })
+    .await
+}
+
+/// Backend pods B's scheduler has no room for: after `soldOutAfter` A's node is sold out; after
+/// `evictUnschedulableAfter` a Deployment's pod is deleted (its ReplicaSet makes another) with
+/// an event, while a bare pod stays, with an event saying why. Gone stuck pods end the spell.
+#[tokio::test]
+async fn unschedulable_backend_pods_sell_the_node_out_and_controller_owned_ones_are_evicted() {
+    let Some(t) = Burst::start_with(async |_, _| {
+        json!({"soldOutAfter": "2s", "evictUnschedulableAfter": "3s"})
+    })
+    .await
+    else {
+        return;
+    };
+    // More CPU than B's node has, well within what A's virtual node offers.
+    let too_big = json!({"resources": {"requests": {"cpu": "64"}}});
+    let bare = common::pod_with(
+        &t.va,
+        "bare",
+        too_big.clone(),
+        json!({"terminationGracePeriodSeconds": 2}),
+    );
+    let bare = t.a.create(&bare).await;
+    let mut template = serde_json::to_value(common::pod_with(
+        &t.va,
+        "big",
+        too_big,
+        json!({"terminationGracePeriodSeconds": 2}),
+    ))
+    .expect("json");
+    let dep: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "big"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "big"}},
+            "template": {"metadata": {"labels": {"app": "big"}}, "spec": template["spec"].take()},
+        },
+    }))
+    .expect("deployment");
+    t.a.create(&dep).await;
+    let pods: Api<Pod> = t.a.api();
+    let first = wait_for(WAIT, POLL, async || {
+        let l = pods
+            .list(&ListParams::default().labels("app=big"))
+            .await
+            .map_err(|e| e.to_string())?;
+        l.items
+            .into_iter()
+            .next()
+            .ok_or_else(|| "no pod yet".to_string())
+    })
+    .await;
+    let first_name = first.metadata.name.clone().expect("name");
+    // B really finds no room for them.
+    wait_for(WAIT, POLL, async || {
+        let stuck = t
+            .backend_pods()
+            .await
+            .iter()
+            .filter(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.conditions.iter().flatten())
+                    .any(|c| {
+                        c.type_ == "PodScheduled"
+                            && c.reason.as_deref() == Some("Unschedulable")
+                            && c.message.as_deref().is_some_and(|m| m.contains("Insufficient cpu"))
+                    })
+            })
+            .map(source_uid)
+            .collect::<BTreeSet<_>>();
+        if stuck.contains(&uid(&bare)) {
+            Ok(())
+        } else {
+            Err(format!("unschedulable on B: {stuck:?}"))
+        }
+    })
+    .await;
+    wait_sold_out(&t, true).await;
+
+    // The Deployment's pod: evicted with an event, its ReplicaSet makes a new one.
+    let evicted = wait_event(&t.a, &first_name, "EvictedUnschedulable").await;
+    assert!(
+        evicted
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("ReplicaSet/big-")),
+        "{evicted:?}"
+    );
+    wait_for(WAIT, POLL, async || {
+        let l = pods
+            .list(&ListParams::default().labels("app=big"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let uids: BTreeSet<String> = l.items.iter().map(uid).collect();
+        if !uids.contains(&uid(&first)) && !uids.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("pods of the Deployment: {uids:?}"))
+        }
+    })
+    .await;
+
+    // The bare pod: told why, and never deleted.
+    let kept = wait_event(&t.a, "bare", "NotEvictedBarePod").await;
+    assert!(
+        kept.message.as_deref().is_some_and(|m| m.contains("no controller")),
+        "{kept:?}"
+    );
+    let still = pods.get("bare").await.expect("the bare pod is still there");
+    assert_eq!(uid(&still), uid(&bare));
+    assert!(still.metadata.deletion_timestamp.is_none());
+
+    // Without stuck pods the node takes pods again.
+    let deps: Api<Deployment> = t.a.api();
+    deps.delete("big", &DeleteParams::foreground())
+        .await
+        .expect("delete deployment");
+    pods.delete("bare", &DeleteParams::default())
+        .await
+        .expect("delete bare pod");
+    wait_sold_out(&t, false).await;
+}
+
+/// vkubelet-A reads B's kubeconfig from a Secret in A; label and annotation changes on A's pod
+/// reach the backend pod (changed, added, removed), and a label B's side added stays.
+#[tokio::test]
+async fn a_kubeconfig_secret_connects_and_label_changes_reach_the_backend() {
+    let Some(t) = Burst::start_with(async |a, b| {
+        let flat = b
+            .kubectl(["config", "view", "--raw", "--flatten", "--minify"])
+            .await
+            .assert_success();
+        assert!(
+            flat.stdout.contains("certificate-authority-data"),
+            "inline credentials: {}",
+            flat.stdout
+        );
+        a.create(
+            &serde_json::from_value::<Secret>(json!({
+                "metadata": {"name": "backend-kubeconfig"},
+                "stringData": {"config": flat.stdout},
+            }))
+            .expect("secret"),
+        )
+        .await;
+        json!({
+            "kubeconfig": null,
+            "kubeconfigSecret": {"namespace": a.namespace(), "name": "backend-kubeconfig", "key": "config"},
+        })
+    })
+    .await
+    else {
+        return;
+    };
+    let pod = common::pod_with(
+        &t.va,
+        "labelled",
+        json!({}),
+        json!({"terminationGracePeriodSeconds": 2}),
+    );
+    let mut pod = serde_json::to_value(pod).expect("json");
+    pod["metadata"]["labels"] = json!({"tier": "web", "old": "1"});
+    pod["metadata"]["annotations"] = json!({"team": "a"});
+    let pod: Pod = serde_json::from_value(pod).expect("pod");
+    let running = t.a.create(&pod).await;
+    common::wait_pod_phase(&t.a, "labelled", "Running").await;
+    let backend = wait_backend_running(&t, &[uid(&running)].into()).await;
+    let name = backend[0].metadata.name.clone().expect("name");
+    let labels = backend[0].metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("tier").map(String::as_str), Some("web"));
+    assert_eq!(labels.get("old").map(String::as_str), Some("1"));
+    t.b.kubectl(["label", "pod", "-n", &t.managed, &name, "backend-own=yes"])
+        .await
+        .assert_success();
+
+    let pods: Api<Pod> = t.a.api();
+    pods.patch(
+        "labelled",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {
+            "labels": {"tier": "api", "old": null, "new": "2"},
+            "annotations": {"team": "b"},
+        }})),
+    )
+    .await
+    .expect("relabel");
+    let backend_pods = t.backend_pods_api();
+    wait_for(WAIT, POLL, async || {
+        let p = backend_pods.get(&name).await.map_err(|e| e.to_string())?;
+        let l = p.metadata.labels.clone().unwrap_or_default();
+        let a = p.metadata.annotations.clone().unwrap_or_default();
+        let get = |m: &std::collections::BTreeMap<String, String>, k: &str| m.get(k).cloned();
+        let want = get(&l, "tier").as_deref() == Some("api")
+            && get(&l, "new").as_deref() == Some("2")
+            && !l.contains_key("old")
+            && get(&a, "team").as_deref() == Some("b");
+        if want {
+            Ok(l)
+        } else {
+            Err(format!("labels {l:?}, annotations {a:?}"))
+        }
+    })
+    .await;
+    let p = backend_pods.get(&name).await.expect("backend pod");
+    let l = p.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(l.get("backend-own").map(String::as_str), Some("yes"));
+    assert_eq!(
+        l.get("vkubelet.io/pod-uid").map(String::as_str),
+        Some(uid(&running).as_str()),
+        "identity labels stay"
+    );
+    assert_eq!(uid(&p), uid(&backend[0]), "updated in place, not re-created");
+}
+
+/// Someone deletes the managed namespace on B under a running pod: vkubelet makes it again
+/// (with its labels), and the pod, lost with it, comes back per its restartPolicy with its
+/// per-pod objects.
+#[tokio::test]
+async fn a_deleted_managed_namespace_is_made_again_and_its_pods_come_back() {
+    let Some(t) = Burst::start().await else {
+        return;
+    };
+    let pod = common::pod_with(
+        &t.va,
+        "survivor",
+        json!({"env": [{"name": "FROM_A", "value": "kept-across"}]}),
+        json!({"terminationGracePeriodSeconds": 2}),
+    );
+    let running = t.a.create(&pod).await;
+    common::wait_pod_phase(&t.a, "survivor", "Running").await;
+    let before = wait_backend_running(&t, &[uid(&running)].into()).await;
+    let namespaces: Api<Namespace> = Api::all(t.b.client());
+    let first_ns_uid = uid(&namespaces.get(&t.managed).await.expect("managed namespace"));
+    t.b.kubectl(["delete", "namespace", &t.managed, "--wait=false"])
+        .await
+        .assert_success();
+    wait_event(&t.a, "survivor", "ProviderPodLost").await;
+    let ns = wait_for(WAIT, POLL, async || {
+        let ns = namespaces
+            .get_opt(&t.managed)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no namespace")?;
+        if uid(&ns) != first_ns_uid && ns.metadata.deletion_timestamp.is_none() {
+            Ok(ns)
+        } else {
+            Err("the old namespace is still there".to_string())
+        }
+    })
+    .await;
+    let labels = ns.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("app.kubernetes.io/managed-by").map(String::as_str),
+        Some("vkubelet")
+    );
+    assert_eq!(
+        labels.get("vkubelet.io/cluster-id").map(String::as_str),
+        Some(t.a.namespace())
+    );
+    let after = wait_backend_running(&t, &[uid(&running)].into()).await;
+    assert_ne!(uid(&after[0]), uid(&before[0]), "a new backend instance");
+    let pods: Api<Pod> = t.a.api();
+    wait_for(WAIT, POLL, async || {
+        let p = pods.get("survivor").await.map_err(|e| e.to_string())?;
+        let restarts = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .map(|c| c.restart_count)
+            .unwrap_or(0);
+        if phase(&p).as_deref() == Some("Running") && restarts >= 1 {
+            Ok(())
+        } else {
+            Err(format!("phase {:?}, restarts {restarts}", phase(&p)))
+        }
+    })
+    .await;
+    // Its env Secret went with the namespace and was made again.
+    let out =
+        t.a.kubectl_ns(["exec", "survivor", "--", "sh", "-c", "echo $FROM_A"])
+            .await
+            .assert_success();
+    assert_eq!(out.stdout.trim(), "kept-across", "{out}");
 }
