@@ -23,7 +23,7 @@ pub mod status;
 pub mod streams;
 pub mod translate;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -1274,18 +1274,34 @@ impl Provider for KubeProvider {
             }
         }
         // Per-pod objects are the pods' dependents; delete them too rather than wait for the
-        // garbage collector, and any that a crash left without an owner.
-        // Everywhere the install may have written, including objects whose pod is long gone.
-        {
-            let (secrets, cms): (Api<Secret>, Api<ConfigMap>) = match self.cfg.namespace_mapping {
-                NamespaceMapping::Managed => (
-                    Api::namespaced(self.client.clone(), &self.namespace),
-                    Api::namespaced(self.client.clone(), &self.namespace),
-                ),
-                NamespaceMapping::SameName => {
-                    (Api::all(self.client.clone()), Api::all(self.client.clone()))
-                }
-            };
+        // garbage collector, and any that a crash left without an owner. Everywhere the
+        // install may have written, including objects whose pod is long gone. The API has no
+        // cross-namespace delete-collection: with sameName mapping, namespace by namespace.
+        let namespaces: BTreeSet<String> = match self.cfg.namespace_mapping {
+            NamespaceMapping::Managed => [self.namespace.clone()].into(),
+            NamespaceMapping::SameName => {
+                let secrets: Api<Secret> = Api::all(self.client.clone());
+                let cms: Api<ConfigMap> = Api::all(self.client.clone());
+                let mut all: BTreeSet<String> = pods
+                    .iter()
+                    .filter_map(|p| p.metadata.namespace.clone())
+                    .collect();
+                let secrets = timed("listing per-pod Secrets", secrets.list_metadata(&lp)).await?;
+                let cms = timed("listing per-pod ConfigMaps", cms.list_metadata(&lp)).await?;
+                all.extend(
+                    secrets
+                        .items
+                        .iter()
+                        .map(|o| &o.metadata)
+                        .chain(cms.items.iter().map(|o| &o.metadata))
+                        .filter_map(|m| m.namespace.clone()),
+                );
+                all
+            }
+        };
+        for ns in &namespaces {
+            let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+            let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
             for r in [
                 secrets
                     .delete_collection(&DeleteParams::default(), &lp)

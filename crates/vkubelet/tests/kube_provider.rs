@@ -1183,3 +1183,76 @@ async fn a_deleted_managed_namespace_is_made_again_and_its_pods_come_back() {
             .assert_success();
     assert_eq!(out.stdout.trim(), "kept-across", "{out}");
 }
+
+/// `namespaceMapping: sameName`: the pod lands in a backend namespace of its source
+/// namespace's name (made and labelled by vkubelet), not in the managed one; cleanup removes the
+/// pod and its per-pod objects there (namespace by namespace: the API has no cross-namespace
+/// delete) and leaves the namespace, which other installs may share.
+#[tokio::test]
+async fn same_name_mapping_uses_the_source_namespace_and_cleanup_empties_it() {
+    let Some(mut t) =
+        Burst::start_with(async |_, _| json!({"namespaceMapping": "sameName"})).await
+    else {
+        return;
+    };
+    let ns = t.a.namespace().to_string();
+    let pod = common::pod_with(
+        &t.va,
+        "mirrored",
+        json!({"env": [{"name": "X", "value": "y"}]}),
+        json!({"terminationGracePeriodSeconds": 2}),
+    );
+    let running = t.a.create(&pod).await;
+    common::wait_pod_phase(&t.a, "mirrored", "Running").await;
+    let same: Api<Pod> = Api::namespaced(t.b.client(), &ns);
+    let backend = wait_for(WAIT, POLL, async || {
+        let l = same
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        match l.items.as_slice() {
+            [p] if phase(p).as_deref() == Some("Running") => Ok(p.clone()),
+            other => Err(format!("{} pods in {ns} on B", other.len())),
+        }
+    })
+    .await;
+    assert_eq!(source_uid(&backend), uid(&running));
+    let namespaces: Api<Namespace> = Api::all(t.b.client());
+    assert!(
+        namespaces
+            .get_opt(&t.managed)
+            .await
+            .expect("get")
+            .is_none(),
+        "no managed namespace with sameName"
+    );
+    let made = namespaces.get(&ns).await.expect("the same-name namespace");
+    let labels = made.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("vkubelet.io/cluster-id").map(String::as_str),
+        Some(ns.as_str())
+    );
+    let ours = ListParams::default().labels(&format!("vkubelet.io/cluster-id={ns}"));
+    let secrets: Api<Secret> = Api::namespaced(t.b.client(), &ns);
+    assert!(
+        !secrets.list(&ours).await.expect("list").items.is_empty(),
+        "per-pod objects live beside the pod"
+    );
+
+    assert!(t.va.terminate(), "vkubelet-A did not stop cleanly");
+    let out = t.va.cleanup_command().output().expect("run cleanup");
+    assert!(
+        out.status.success(),
+        "cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(same.list(&ours).await.expect("list").items.is_empty());
+    assert!(secrets.list(&ours).await.expect("list").items.is_empty());
+    let config_maps: Api<ConfigMap> = Api::namespaced(t.b.client(), &ns);
+    assert!(config_maps.list(&ours).await.expect("list").items.is_empty());
+    assert!(namespaces.get_opt(&ns).await.expect("get").is_some());
+    // The test's own tidy-up: B is shared by the other tests.
+    t.b.kubectl(["delete", "namespace", &ns, "--wait=false"])
+        .await
+        .assert_success();
+}
