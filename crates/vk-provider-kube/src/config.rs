@@ -19,7 +19,9 @@ pub enum ConfigError {
     },
     #[error("kube provider: backend kubeconfig {path}: {message}")]
     Kubeconfig { path: PathBuf, message: String },
-    #[error("kube provider: backend kubeconfig in Secret {namespace}/{name} (key {key:?}): {message}")]
+    #[error(
+        "kube provider: backend kubeconfig in Secret {namespace}/{name} (key {key:?}): {message}"
+    )]
     KubeconfigSecret {
         namespace: String,
         name: String,
@@ -263,7 +265,10 @@ impl KubeConfig {
                     .ok_or_else(|| ConfigError::Invalid("no backend".into()))?;
                 let text = read_kubeconfig_secret(r, source).await?;
                 let kc = Kubeconfig::from_yaml(&text).map_err(|e| secret_error(r, e))?;
-                (kc, PathBuf::from(format!("secret:{}/{}", r.namespace, r.name)))
+                (
+                    kc,
+                    PathBuf::from(format!("secret:{}/{}", r.namespace, r.name)),
+                )
             }
             (Some(path), _) => {
                 let kc = Kubeconfig::read_from(path).map_err(|e| ConfigError::Kubeconfig {

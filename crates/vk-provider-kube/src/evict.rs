@@ -78,7 +78,10 @@ mod tests {
     fn only_controller_owned_pods_are_evicted() {
         let key = PodKey::new("u1", "ns", "web-1-abc");
         assert_eq!(
-            verdict(&key, Some(&pod("u1", vec![owner("ReplicaSet", Some(true))]))),
+            verdict(
+                &key,
+                Some(&pod("u1", vec![owner("ReplicaSet", Some(true))]))
+            ),
             Verdict::Evict {
                 owner: "ReplicaSet/web-1".into()
             }

@@ -328,7 +328,10 @@ impl Inner {
 
     fn namespace_lost(&self, ns: &str) {
         if self.state.namespaces.lock().remove(ns) {
-            warn!(namespace = ns, "the backend namespace is gone or being deleted");
+            warn!(
+                namespace = ns,
+                "the backend namespace is gone or being deleted"
+            );
         }
     }
 

@@ -243,7 +243,10 @@ pub fn backend_metadata(
     let annotation_keys = annotations.keys().cloned().collect::<Vec<_>>().join(",");
     annotations.extend(ctx.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
     annotations.insert(SOURCE_LABEL_KEYS_ANNOTATION.to_string(), label_keys);
-    annotations.insert(SOURCE_ANNOTATION_KEYS_ANNOTATION.to_string(), annotation_keys);
+    annotations.insert(
+        SOURCE_ANNOTATION_KEYS_ANNOTATION.to_string(),
+        annotation_keys,
+    );
     (labels, annotations)
 }
 

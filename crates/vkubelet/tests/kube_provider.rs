@@ -349,8 +349,16 @@ async fn deployment_bursts_into_the_backend_with_env_volumes_logs_exec_and_clean
     let ours = ListParams::default().labels("app.kubernetes.io/managed-by=vkubelet");
     let per_pod_cms: Api<ConfigMap> = Api::namespaced(t.b.client(), &t.managed);
     let per_pod_secrets: Api<Secret> = Api::namespaced(t.b.client(), &t.managed);
-    let cms = per_pod_cms.list(&ours).await.expect("list B configmaps").items;
-    let secrets = per_pod_secrets.list(&ours).await.expect("list B secrets").items;
+    let cms = per_pod_cms
+        .list(&ours)
+        .await
+        .expect("list B configmaps")
+        .items;
+    let secrets = per_pod_secrets
+        .list(&ours)
+        .await
+        .expect("list B secrets")
+        .items;
     assert_eq!(cms.len(), 3, "one configMap-volume object per pod");
     assert_eq!(
         secrets.len(),
@@ -511,7 +519,9 @@ async fn cleanup_leaves_nothing_of_ours_and_touches_nothing_else() {
         let p = pods.get("claim").await.map_err(|e| e.to_string())?;
         let s = p.status.unwrap_or_default();
         if s.reason.as_deref() == Some("UnsupportedPodSpec")
-            && s.message.as_deref().is_some_and(|m| m.contains("volume \"data\" (nfs)"))
+            && s.message
+                .as_deref()
+                .is_some_and(|m| m.contains("volume \"data\" (nfs)"))
         {
             Ok(())
         } else {
@@ -528,7 +538,11 @@ async fn cleanup_leaves_nothing_of_ours_and_touches_nothing_else() {
         "{refused:?}"
     );
     common::wait_pod_phase(&t.a, "doomed", "Running").await;
-    assert_eq!(t.backend_pods().await.len(), 1, "nothing on B for the refused pod");
+    assert_eq!(
+        t.backend_pods().await.len(),
+        1,
+        "nothing on B for the refused pod"
+    );
     assert!(t.va.terminate(), "vkubelet-A did not stop cleanly");
     let out = t.va.cleanup_command().output().expect("run cleanup");
     assert!(
@@ -904,9 +918,9 @@ async fn wait_sold_out(t: &Burst, want: bool) {
 /// an event, while a bare pod stays, with an event saying why. Gone stuck pods end the spell.
 #[tokio::test]
 async fn unschedulable_backend_pods_sell_the_node_out_and_controller_owned_ones_are_evicted() {
-    let Some(t) = Burst::start_with(async |_, _| {
-        json!({"soldOutAfter": "2s", "evictUnschedulableAfter": "3s"})
-    })
+    let Some(t) = Burst::start_with(
+        async |_, _| json!({"soldOutAfter": "2s", "evictUnschedulableAfter": "3s"}),
+    )
     .await
     else {
         return;
@@ -963,7 +977,9 @@ async fn unschedulable_backend_pods_sell_the_node_out_and_controller_owned_ones_
                     .any(|c| {
                         c.type_ == "PodScheduled"
                             && c.reason.as_deref() == Some("Unschedulable")
-                            && c.message.as_deref().is_some_and(|m| m.contains("Insufficient cpu"))
+                            && c.message
+                                .as_deref()
+                                .is_some_and(|m| m.contains("Insufficient cpu"))
                     })
             })
             .map(source_uid)
@@ -1003,7 +1019,9 @@ async fn unschedulable_backend_pods_sell_the_node_out_and_controller_owned_ones_
     // The bare pod: told why, and never deleted.
     let kept = wait_event(&t.a, "bare", "NotEvictedBarePod").await;
     assert!(
-        kept.message.as_deref().is_some_and(|m| m.contains("no controller")),
+        kept.message
+            .as_deref()
+            .is_some_and(|m| m.contains("no controller")),
         "{kept:?}"
     );
     let still = pods.get("bare").await.expect("the bare pod is still there");
@@ -1109,7 +1127,11 @@ async fn a_kubeconfig_secret_connects_and_label_changes_reach_the_backend() {
         Some(uid(&running).as_str()),
         "identity labels stay"
     );
-    assert_eq!(uid(&p), uid(&backend[0]), "updated in place, not re-created");
+    assert_eq!(
+        uid(&p),
+        uid(&backend[0]),
+        "updated in place, not re-created"
+    );
 }
 
 /// Someone deletes the managed namespace on B under a running pod: vkubelet makes it again
@@ -1150,7 +1172,9 @@ async fn a_deleted_managed_namespace_is_made_again_and_its_pods_come_back() {
     .await;
     let labels = ns.metadata.labels.clone().unwrap_or_default();
     assert_eq!(
-        labels.get("app.kubernetes.io/managed-by").map(String::as_str),
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
         Some("vkubelet")
     );
     assert_eq!(
@@ -1190,8 +1214,7 @@ async fn a_deleted_managed_namespace_is_made_again_and_its_pods_come_back() {
 /// delete) and leaves the namespace, which other installs may share.
 #[tokio::test]
 async fn same_name_mapping_uses_the_source_namespace_and_cleanup_empties_it() {
-    let Some(mut t) =
-        Burst::start_with(async |_, _| json!({"namespaceMapping": "sameName"})).await
+    let Some(mut t) = Burst::start_with(async |_, _| json!({"namespaceMapping": "sameName"})).await
     else {
         return;
     };
@@ -1219,11 +1242,7 @@ async fn same_name_mapping_uses_the_source_namespace_and_cleanup_empties_it() {
     assert_eq!(source_uid(&backend), uid(&running));
     let namespaces: Api<Namespace> = Api::all(t.b.client());
     assert!(
-        namespaces
-            .get_opt(&t.managed)
-            .await
-            .expect("get")
-            .is_none(),
+        namespaces.get_opt(&t.managed).await.expect("get").is_none(),
         "no managed namespace with sameName"
     );
     let made = namespaces.get(&ns).await.expect("the same-name namespace");
@@ -1249,7 +1268,14 @@ async fn same_name_mapping_uses_the_source_namespace_and_cleanup_empties_it() {
     assert!(same.list(&ours).await.expect("list").items.is_empty());
     assert!(secrets.list(&ours).await.expect("list").items.is_empty());
     let config_maps: Api<ConfigMap> = Api::namespaced(t.b.client(), &ns);
-    assert!(config_maps.list(&ours).await.expect("list").items.is_empty());
+    assert!(
+        config_maps
+            .list(&ours)
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
     assert!(namespaces.get_opt(&ns).await.expect("get").is_some());
     // The test's own tidy-up: B is shared by the other tests.
     t.b.kubectl(["delete", "namespace", &ns, "--wait=false"])

@@ -1030,7 +1030,10 @@ fn metadata_is_identity_only_with_labels_merged_and_ctx_winning() {
             ("team".to_string(), "a".to_string()),
             ("vkubelet.io/source".to_string(), "src/web".to_string()),
             (SOURCE_LABEL_KEYS_ANNOTATION.to_string(), "tier".to_string()),
-            (SOURCE_ANNOTATION_KEYS_ANNOTATION.to_string(), "team".to_string()),
+            (
+                SOURCE_ANNOTATION_KEYS_ANNOTATION.to_string(),
+                "team".to_string()
+            ),
         ]))
     );
     assert_eq!(m.owner_references, None);
@@ -1127,7 +1130,10 @@ fn label_and_annotation_changes_become_a_patch_that_spares_the_backends_own_keys
         "changed, added, removed; identity and the backend's own label untouched"
     );
     assert_eq!(patch["annotations"]["team"], "b");
-    assert_eq!(patch["annotations"][SOURCE_LABEL_KEYS_ANNOTATION], "new,tier");
+    assert_eq!(
+        patch["annotations"][SOURCE_LABEL_KEYS_ANNOTATION],
+        "new,tier"
+    );
     assert!(
         patch["annotations"].get(LAST_APPLIED).is_none(),
         "kubectl's copy of the object stays on the source"
