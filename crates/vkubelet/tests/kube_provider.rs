@@ -309,6 +309,24 @@ async fn deployment_bursts_into_the_backend_with_env_volumes_logs_exec_and_clean
             || memory["workingSetBytes"].as_u64().unwrap_or(0) > 0,
         "memory measured on B: {ours}"
     );
+    // `/metrics/resource` (what metrics-server and `kubectl top` read) from the same numbers.
+    let metrics =
+        t.a.kubectl([
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{}/proxy/metrics/resource", t.va.node),
+        ])
+        .await
+        .assert_success();
+    let series = format!(
+        r#"container_memory_working_set_bytes{{container="main",namespace="{}",pod="{name}"}} "#,
+        t.a.namespace()
+    );
+    assert!(
+        metrics.stdout.lines().any(|l| l.starts_with(&series)),
+        "{series} missing:\n{}",
+        metrics.stdout
+    );
     // Logs.
     let out = t.a.kubectl_ns(["logs", &name]).await.assert_success();
     assert!(out.stdout.contains(&format!("started-{name}")), "{out}");
@@ -474,12 +492,16 @@ async fn kill9_mid_burst_never_duplicates_a_backend_pod() {
     .expect("deployment");
     t.a.create(&dep).await;
     // Kill vkubelet-A once some backend pods exist, before all do.
-    wait_for(WAIT, Duration::from_millis(20), async || {
+    let at_kill = wait_for(WAIT, Duration::from_millis(20), async || {
         let n = t.backend_pods().await.len();
-        if n >= 1 { Ok(()) } else { Err(n) }
+        if n >= 1 { Ok(n) } else { Err(n) }
     })
     .await;
     t.va.kill9();
+    assert!(
+        at_kill < 20,
+        "not mid-burst: {at_kill} backend pods at the kill"
+    );
     t.va.resume();
     let pods = wait_running(&t.a, "app=burst", 20).await;
     let sources: BTreeSet<String> = pods.iter().map(uid).collect();
@@ -1281,4 +1303,166 @@ async fn same_name_mapping_uses_the_source_namespace_and_cleanup_empties_it() {
     t.b.kubectl(["delete", "namespace", &ns, "--wait=false"])
         .await
         .assert_success();
+}
+
+/// A token of B's ServiceAccount `limited`, which may do everything the provider needs except
+/// `nodes/proxy`: `(token secret name, token)` once the token controller has filled it.
+async fn service_account_token(b: &TestEnv, secret: &str) -> String {
+    let secrets: Api<Secret> = b.api();
+    wait_for(WAIT, POLL, async || {
+        let s = secrets.get(secret).await.map_err(|e| e.to_string())?;
+        s.data
+            .as_ref()
+            .and_then(|d| d.get("token"))
+            .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+            .ok_or_else(|| format!("{secret} has no token yet"))
+    })
+    .await
+}
+
+fn token_secret(name: &str) -> Secret {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "annotations": {"kubernetes.io/service-account.name": "limited"},
+        },
+        "type": "kubernetes.io/service-account-token",
+    }))
+    .expect("token secret")
+}
+
+/// `server` + `tokenFile` + `caFile` with a ServiceAccount of B that may not use `nodes/proxy`:
+/// pods run, stats answer a clear 501, and when the token file is rewritten with a new token
+/// (the old one revoked) vkubelet carries on with the new one.
+#[tokio::test]
+async fn a_rotating_token_file_keeps_working_and_stats_without_node_access_are_a_clear_501() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let dir = std::env::temp_dir().join(format!("vkubelet-e2e-token-{}", std::process::id()));
+    let token_file = dir.join("token");
+    let Some(t) = Burst::start_with(async |_, b| {
+        std::fs::create_dir_all(&dir).expect("token dir");
+        let rbac_name = format!("vkubelet-limited-{}", b.namespace());
+        let roles: Api<ClusterRole> = Api::all(b.client());
+        let _ = roles.delete(&rbac_name, &DeleteParams::default()).await;
+        roles
+            .create(
+                &Default::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": rbac_name},
+                    "rules": [
+                        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch", "create"]},
+                        {"apiGroups": [""], "resources": ["pods", "secrets", "configmaps"], "verbs": ["*"]},
+                        {"apiGroups": [""], "resources": ["pods/log", "pods/exec", "pods/attach", "pods/portforward"], "verbs": ["*"]},
+                        {"apiGroups": [""], "resources": ["events", "resourcequotas"], "verbs": ["get", "list", "watch"]},
+                    ],
+                }))
+                .expect("role"),
+            )
+            .await
+            .expect("create cluster role");
+        let bindings: Api<ClusterRoleBinding> = Api::all(b.client());
+        let _ = bindings.delete(&rbac_name, &DeleteParams::default()).await;
+        bindings
+            .create(
+                &Default::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": rbac_name},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": rbac_name},
+                    "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": b.namespace()}],
+                }))
+                .expect("binding"),
+            )
+            .await
+            .expect("create binding");
+        b.create(
+            &serde_json::from_value::<ServiceAccount>(json!({"metadata": {"name": "limited"}}))
+                .expect("sa"),
+        )
+        .await;
+        b.create(&token_secret("limited-first")).await;
+        let token = service_account_token(b, "limited-first").await;
+        std::fs::write(&token_file, token).expect("write token");
+        let kc = kube::config::Kubeconfig::read_from(b.kubeconfig_path()).expect("kubeconfig");
+        let cluster = kc.clusters[0].cluster.clone().expect("cluster");
+        json!({
+            "kubeconfig": null,
+            "server": cluster.server,
+            "tokenFile": token_file,
+            "caFile": cluster.certificate_authority,
+        })
+    })
+    .await
+    else {
+        return;
+    };
+    let first =
+        t.a.create(&t.pod("first", "echo first-ran; exec sleep 3600").build())
+            .await;
+    common::wait_pod_phase(&t.a, "first", "Running").await;
+    wait_backend_running(&t, &[uid(&first)].into()).await;
+
+    // Stats: B refuses nodes/proxy to this identity, and A's node says so plainly.
+    let path = format!("/api/v1/nodes/{}/proxy/stats/summary", t.va.node);
+    let out = t.a.kubectl(["get", "--raw", &path]).await;
+    assert!(!out.status.success(), "{out}");
+    assert!(
+        out.stderr.contains("(NotImplemented)") && out.stderr.contains("nodes/proxy"),
+        "a 501 naming what is missing: {out}"
+    );
+
+    // Rotate: a new token in the file, the old one revoked.
+    let old = std::fs::read_to_string(&token_file).expect("read token");
+    t.b.create(&token_secret("limited-second")).await;
+    let second = service_account_token(&t.b, "limited-second").await;
+    let staged = dir.join("token.new");
+    std::fs::write(&staged, second).expect("write token");
+    std::fs::rename(&staged, &token_file).expect("replace token");
+    let secrets: Api<Secret> = t.b.api();
+    secrets
+        .delete("limited-first", &DeleteParams::default())
+        .await
+        .expect("revoke the first token");
+    // B really refuses the old token now (its token cache lags the delete by a moment).
+    let kc = kube::config::Kubeconfig::read_from(t.b.kubeconfig_path()).expect("kubeconfig");
+    let cluster = kc.clusters[0].cluster.clone().expect("cluster");
+    let server = cluster.server.expect("server");
+    let ca = cluster.certificate_authority.expect("ca");
+    wait_for(WAIT, POLL, async || {
+        let out = tokio::process::Command::new("kubectl")
+            .args(["--kubeconfig", "/dev/null", "--server", &server])
+            .args(["--certificate-authority", &ca, "--token", old.trim()])
+            .args(["get", "--raw", "/api"])
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if err.contains("Unauthorized") {
+            Ok(())
+        } else {
+            Err(format!("old token still accepted: {err}"))
+        }
+    })
+    .await;
+    // Until the client reads the file again, B answers 401; each `kubectl logs` is a fresh call
+    // to B, so a success shows the new token in use.
+    wait_for(WAIT, Duration::from_secs(1), async || {
+        let out = t.a.kubectl_ns(["logs", "first"]).await;
+        if out.status.success() && out.stdout.contains("first-ran") {
+            Ok(())
+        } else {
+            Err(out.to_string())
+        }
+    })
+    .await;
+    let after = t.a.create(&t.pod("after", "exec sleep 3600").build()).await;
+    common::wait_pod_phase(&t.a, "after", "Running").await;
+    wait_backend_running(&t, &[uid(&first), uid(&after)].into()).await;
+
+    let rbac_name = format!("vkubelet-limited-{}", t.b.namespace());
+    let roles: Api<ClusterRole> = Api::all(t.b.client());
+    let _ = roles.delete(&rbac_name, &DeleteParams::default()).await;
+    let bindings: Api<ClusterRoleBinding> = Api::all(t.b.client());
+    let _ = bindings.delete(&rbac_name, &DeleteParams::default()).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
