@@ -1466,3 +1466,111 @@ async fn a_rotating_token_file_keeps_working_and_stats_without_node_access_are_a
     let _ = bindings.delete(&rbac_name, &DeleteParams::default()).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A source pod deleted while vkubelet-A is down: after the restart its backend pod is deleted
+/// (once both sides are fully listed), while the backend pod of a pod that still exists is
+/// adopted as it is, not re-created.
+#[tokio::test]
+async fn after_a_restart_orphans_are_deleted_and_the_rest_adopted() {
+    let Some(mut t) = Burst::start().await else {
+        return;
+    };
+    let kept = t.a.create(&t.pod("kept", "exec sleep 3600").build()).await;
+    let orphan =
+        t.a.create(&t.pod("orphan", "exec sleep 3600").build())
+            .await;
+    common::wait_pod_phase(&t.a, "kept", "Running").await;
+    common::wait_pod_phase(&t.a, "orphan", "Running").await;
+    let before = wait_backend_running(&t, &[uid(&kept), uid(&orphan)].into()).await;
+    let kept_instance = before
+        .iter()
+        .find(|p| source_uid(p) == uid(&kept))
+        .map(uid)
+        .expect("kept's backend pod");
+    t.va.kill9();
+    // Nobody answers for the node: only a forced delete removes the API object now.
+    t.a.kubectl_ns(["delete", "pod", "orphan", "--grace-period=0", "--force"])
+        .await
+        .assert_success();
+    let pods: Api<Pod> = t.a.api();
+    wait_for(WAIT, POLL, async || match pods.get_opt("orphan").await {
+        Ok(None) => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    assert_eq!(
+        t.backend_pods().await.len(),
+        2,
+        "B keeps both while A is down"
+    );
+    t.va.resume();
+    let after = wait_backend_running(&t, &[uid(&kept)].into()).await;
+    assert_eq!(uid(&after[0]), kept_instance, "adopted, not re-created");
+    common::wait_pod_phase(&t.a, "kept", "Running").await;
+}
+
+/// The pod's registry credentials (resolved on A) reach B as one per-pod
+/// `kubernetes.io/dockerconfigjson` Secret in the backend pod's `imagePullSecrets`; the source's
+/// own pull-secret names (objects of A) are not sent.
+#[tokio::test]
+async fn registry_credentials_become_a_per_pod_pull_secret() {
+    let Some(t) = Burst::start().await else {
+        return;
+    };
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode("alice:pw-on-a")
+    };
+    let config = json!({"auths": {"registry.example.com": {"auth": auth}}});
+    t.a.create(
+        &serde_json::from_value::<Secret>(json!({
+            "metadata": {"name": "regcred"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {".dockerconfigjson": config.to_string()},
+        }))
+        .expect("secret"),
+    )
+    .await;
+    let pod = common::pod_with(
+        &t.va,
+        "pull",
+        json!({}),
+        json!({"imagePullSecrets": [{"name": "regcred"}], "terminationGracePeriodSeconds": 2}),
+    );
+    let pod = t.a.create(&pod).await;
+    common::wait_pod_phase(&t.a, "pull", "Running").await;
+    let backend = wait_backend_running(&t, &[uid(&pod)].into()).await;
+    let refs: Vec<String> = backend[0]
+        .spec
+        .iter()
+        .flat_map(|s| s.image_pull_secrets.iter().flatten())
+        .map(|r| r.name.clone())
+        .collect();
+    let [name] = refs.as_slice() else {
+        panic!("one pull secret expected: {refs:?}");
+    };
+    assert_ne!(name, "regcred", "A's Secret name means nothing on B");
+    let secrets: Api<Secret> = Api::namespaced(t.b.client(), &t.managed);
+    let pull = secrets.get(name).await.expect("the per-pod pull secret");
+    assert_eq!(
+        pull.type_.as_deref(),
+        Some("kubernetes.io/dockerconfigjson")
+    );
+    let data = pull
+        .data
+        .as_ref()
+        .and_then(|d| d.get(".dockerconfigjson"))
+        .expect("data");
+    let sent: serde_json::Value = serde_json::from_slice(&data.0).expect("json");
+    let entry = &sent["auths"]["registry.example.com"];
+    assert_eq!(entry["username"], "alice", "{sent}");
+    assert_eq!(entry["password"], "pw-on-a", "{sent}");
+    let owner = pull
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .next()
+        .expect("owned");
+    assert_eq!(owner.uid, uid(&backend[0]));
+}
