@@ -4,6 +4,7 @@
 //! The core knows no provider; providers depend on it. See `docs/architecture.md`.
 
 pub mod burst;
+pub mod cache;
 pub mod client;
 pub mod error;
 pub mod events;

@@ -32,10 +32,17 @@ use self::env::{
 };
 use self::fields::NodeAllocatable;
 use self::refs::{Fetched, ObjectRef, RefKind, references, volume_references};
-use self::store::{Keep, ObjectStore, TtlCache};
+use self::store::{Keep, ObjectStore};
 use self::tokens::{BoundPod, TokenManager};
 pub use self::types::*;
 use self::volumes::{TokenSpec, VolumeInputs, resolve_volumes, token_specs};
+use crate::cache::TtlCache;
+
+/// How long objects read only at pod creation are reused: a pod burst reads each once.
+const MASTER_SERVICE_TTL: Duration = Duration::from_secs(60);
+const SERVICE_ACCOUNT_TTL: Duration = Duration::from_secs(30);
+/// At most this many ServiceAccounts are kept (a node's pods use few; the bound holds anyway).
+const SERVICE_ACCOUNTS_CACHED: usize = 1024;
 
 /// Why a pod could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -181,8 +188,8 @@ impl Resolver {
                 ServiceInfo::of,
                 Arc::new(|_: &str, _: &str| {}),
             ),
-            master_service: TtlCache::new(Duration::from_secs(60)),
-            service_accounts: TtlCache::new(Duration::from_secs(30)),
+            master_service: TtlCache::new(1),
+            service_accounts: TtlCache::new(SERVICE_ACCOUNTS_CACHED),
             tokens: TokenManager::new(client.clone()),
             deps,
             client,
@@ -440,12 +447,17 @@ impl Resolver {
         let client = self.client.clone();
         let master = self
             .master_service
-            .get(&(), || async move {
-                let api: Api<Service> = Api::namespaced(client, MASTER_SERVICE_NAMESPACE);
-                let svc = api.get_opt(MASTER_SERVICE_NAME).await?;
-                Ok::<_, kube::Error>(svc.as_ref().and_then(ServiceInfo::of))
-            })
-            .await?;
+            .get_or_try_fetch(
+                &(),
+                |_| MASTER_SERVICE_TTL,
+                || async move {
+                    let api: Api<Service> = Api::namespaced(client, MASTER_SERVICE_NAMESPACE);
+                    let svc = api.get_opt(MASTER_SERVICE_NAME).await?;
+                    Ok::<_, kube::Error>(svc.as_ref().and_then(ServiceInfo::of))
+                },
+            )
+            .await?
+            .value;
         let namespace_services = if links {
             match self.services.list(namespace, SERVICE_LIST_TIMEOUT).await {
                 Some(list) => list,
@@ -543,10 +555,13 @@ impl Resolver {
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
         let name = name.to_string();
         self.service_accounts
-            .get(&key, || async move {
-                Ok(api.get_opt(&name).await?.map(Arc::new))
-            })
+            .get_or_try_fetch(
+                &key,
+                |_| SERVICE_ACCOUNT_TTL,
+                || async move { Ok(api.get_opt(&name).await?.map(Arc::new)) },
+            )
             .await
+            .map(|found| found.value)
     }
 }
 

@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
-use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -320,87 +319,5 @@ where
                 changed.push(name);
             }
         }
-    }
-}
-
-/// A small time-bounded cache with one fetch in flight per key, for objects read at pod
-/// creation only (ServiceAccounts, the master Service).
-pub(crate) struct TtlCache<Key, V> {
-    ttl: Duration,
-    slots: Mutex<HashMap<Key, Arc<Slot<V>>>>,
-}
-
-struct Slot<V> {
-    created: tokio::time::Instant,
-    cell: tokio::sync::OnceCell<V>,
-}
-
-impl<Key: Eq + Hash + Clone, V: Clone> TtlCache<Key, V> {
-    pub(crate) fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            slots: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub(crate) async fn get<E, F, Fut>(&self, key: &Key, fetch: F) -> Result<V, E>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>>,
-    {
-        let slot = {
-            let mut slots = self.slots.lock();
-            let now = tokio::time::Instant::now();
-            slots.retain(|_, s| now.duration_since(s.created) < self.ttl);
-            slots
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    Arc::new(Slot {
-                        created: now,
-                        cell: tokio::sync::OnceCell::new(),
-                    })
-                })
-                .clone()
-        };
-        match slot.cell.get_or_try_init(fetch).await {
-            Ok(v) => Ok(v.clone()),
-            Err(e) => {
-                // Failures are not cached.
-                let mut slots = self.slots.lock();
-                if slots.get(key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-                    slots.remove(key);
-                }
-                Err(e)
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[tokio::test(start_paused = true)]
-    async fn ttl_cache_fetches_once_per_ttl_and_never_caches_errors() {
-        let cache: TtlCache<&str, u32> = TtlCache::new(Duration::from_secs(30));
-        let calls = AtomicUsize::new(0);
-        let fetch = || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Ok::<u32, ()>(7)
-        };
-        let (a, b) = tokio::join!(cache.get(&"k", fetch), cache.get(&"k", fetch));
-        assert_eq!((a, b), (Ok(7), Ok(7)));
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            1,
-            "one fetch in flight per key"
-        );
-        tokio::time::advance(Duration::from_secs(31)).await;
-        assert_eq!(cache.get(&"k", fetch).await, Ok(7));
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "refetched after the TTL");
-        let failing = || async { Err::<u32, &str>("boom") };
-        assert_eq!(cache.get(&"e", failing).await, Err("boom"));
-        assert_eq!(cache.get(&"e", fetch).await, Ok(7), "errors are not cached");
     }
 }

@@ -7,7 +7,6 @@
 //! subresource `stats` for `/stats/...`, `metrics` for `/metrics...`, `log` for `/logs/...`, and
 //! `proxy` for everything else — including `/containerLogs`, `/exec`, `/pods` and `/healthz`.
 
-pub mod cache;
 mod review;
 
 use std::collections::BTreeMap;
@@ -21,9 +20,9 @@ use tracing::{debug, warn};
 
 pub use review::{SubjectAccessReviewAuthorizer, TokenReviewAuthenticator};
 
-use self::cache::TtlCache;
 use crate::metrics::ApiMetrics;
 use crate::status::ApiError;
+use vk_core::cache::TtlCache;
 
 /// Every authenticated user is in this group (the API server's authenticated-group adder).
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
