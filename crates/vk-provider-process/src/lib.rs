@@ -37,12 +37,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateWaiting, ContainerStatus, NodeCondition, PodCondition, PodStatus,
-};
+use k8s_openapi::api::core::v1::NodeCondition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use nix::sys::signal::Signal;
 use parking_lot::Mutex;
 use tracing::{info, warn};
@@ -63,33 +59,9 @@ use volumes::VolumeDirs;
 /// The name of the node condition that says whether resource limits are enforced.
 pub const LIMITS_CONDITION: &str = "vkubelet.io/ResourceLimitsEnforced";
 
-enum Entry {
-    Running(PodHandle),
-    /// A pod this host cannot run (no command, unsupported volume, ...): it stays Pending with
-    /// the reason on its containers, as the kubelet leaves a pod whose image cannot be used.
-    Rejected {
-        key: PodKey,
-        status: Arc<PodStatus>,
-    },
-}
-
-impl Entry {
-    fn status(&self) -> Option<Arc<PodStatus>> {
-        match self {
-            Entry::Running(h) => h.status(),
-            Entry::Rejected { status, .. } => Some(status.clone()),
-        }
-    }
-
-    fn key(&self) -> PodKey {
-        match self {
-            Entry::Running(h) => h.plan.key(),
-            Entry::Rejected { key, .. } => key.clone(),
-        }
-    }
-}
-
-type Pods = Mutex<HashMap<String, Entry>>;
+/// The pods this host runs, by UID. A pod it cannot run is never in here: `create_pod` refuses
+/// it with an error (see [`refusal`]), so the core fails it with the reason.
+type Pods = Mutex<HashMap<String, PodHandle>>;
 
 /// Runs `f` on Tokio's blocking pool: file-system work never runs on an async worker thread.
 async fn blocking<T: Send + 'static>(
@@ -126,7 +98,22 @@ impl Drop for Creating<'_> {
 /// What preparing a new pod's files came to.
 enum Prepared {
     Plan(plan::PodPlan),
-    Rejected(&'static str, String),
+    /// The pod cannot run here; nothing of it is left on disk.
+    Refused(ProviderError),
+}
+
+/// The error that refuses a pod this host cannot run. The kubelet's reason for it
+/// (`InvalidImageName`, `CreateContainerConfigError`) leads the message, which the core puts in
+/// the pod's status message and in a Warning event; `unsupported` says the spec is valid but
+/// needs something this provider lacks (a volume kind, a gRPC probe), otherwise it is invalid
+/// for this host (an image it cannot map to a command, a bad probe port).
+fn refusal(reason: &str, message: &str, unsupported: bool) -> ProviderError {
+    let message = format!("{reason}: {message}");
+    if unsupported {
+        ProviderError::NotSupported(message)
+    } else {
+        ProviderError::InvalidInput(message)
+    }
 }
 
 pub struct ProcessProvider {
@@ -187,10 +174,7 @@ impl ProcessProvider {
         &self,
         uid: &str,
     ) -> Option<std::collections::BTreeMap<String, procs::ProcessId>> {
-        match self.pods.lock().get(uid)? {
-            Entry::Running(h) => Some(h.processes.lock().clone()),
-            Entry::Rejected { .. } => None,
-        }
+        Some(self.pods.lock().get(uid)?.processes.lock().clone())
     }
 
     /// CPU and memory usage of a pod's running containers, by container name: from their
@@ -210,72 +194,9 @@ impl ProcessProvider {
 
     /// A pod's directory and plan (for logs and exec).
     pub fn pod_plan(&self, uid: &str) -> Option<(PathBuf, Arc<plan::PodPlan>)> {
-        match self.pods.lock().get(uid)? {
-            Entry::Running(h) => Some((h.dir.clone(), h.plan.clone())),
-            Entry::Rejected { .. } => None,
-        }
-    }
-
-    fn reject(&self, pod: &ResolvedPod, reason: &str, message: String, sinks: &ProviderSinks) {
-        let spec = pod.pod.spec.as_ref();
-        let waiting = |name: &str, image: Option<&String>| ContainerStatus {
-            name: name.into(),
-            image: image.cloned().unwrap_or_default(),
-            state: Some(ContainerState {
-                waiting: Some(ContainerStateWaiting {
-                    reason: Some(reason.into()),
-                    message: Some(message.clone()),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let now = Time(Timestamp::now());
-        let cond = |t: &str| PodCondition {
-            type_: t.into(),
-            status: "False".into(),
-            reason: Some("ContainersNotReady".into()),
-            message: Some(message.clone()),
-            last_transition_time: Some(now.clone()),
-            ..Default::default()
-        };
-        let status = Arc::new(PodStatus {
-            phase: Some("Pending".into()),
-            host_ip: Some(self.node_ip.clone()),
-            start_time: Some(now.clone()),
-            conditions: Some(vec![cond("Ready"), cond("ContainersReady")]),
-            container_statuses: spec.map(|s| {
-                s.containers
-                    .iter()
-                    .map(|c| waiting(&c.name, c.image.as_ref()))
-                    .collect()
-            }),
-            init_container_statuses: spec.and_then(|s| {
-                s.init_containers.as_ref().map(|l| {
-                    l.iter()
-                        .map(|c| waiting(&c.name, c.image.as_ref()))
-                        .collect()
-                })
-            }),
-            ..Default::default()
-        });
-        warn!(pod = %pod.key, %reason, %message, "pod cannot run on this host");
-        sinks.pod(
-            &pod.key.uid,
-            PodUpdate::Event {
-                warning: true,
-                reason: "Failed".into(),
-                message: format!("Error: {reason}: {message}"),
-            },
-        );
-        sinks.pod(&pod.key.uid, PodUpdate::Status(status.clone()));
-        self.pods.lock().insert(
-            pod.key.uid.clone(),
-            Entry::Rejected {
-                key: pod.key.clone(),
-                status,
-            },
-        );
+        let pods = self.pods.lock();
+        let h = pods.get(uid)?;
+        Some((h.dir.clone(), h.plan.clone()))
     }
 
     /// The pods found in the state directory, to adopt (blocking). Directories of pods whose
@@ -383,7 +304,7 @@ impl Provider for ProcessProvider {
         let adopted = found.len();
         for (uid, p, dir) in found {
             let handle = runner::spawn(env.clone(), p, dir);
-            self.pods.lock().insert(uid, Entry::Running(handle));
+            self.pods.lock().insert(uid, handle);
         }
         info!(adopted, state_dir = %self.cfg.state_dir.display(), "process provider started");
         Ok(())
@@ -451,8 +372,12 @@ impl Provider for ProcessProvider {
                         && let Err(e) = probes::validate(p, c)
                     {
                         let msg = format!("container {:?}: {what}: {e}", c.name);
-                        self.reject(pod, "CreateContainerConfigError", msg, &env.sinks);
-                        return Ok(());
+                        warn!(pod = %pod.key, %msg, "refusing a pod with a probe this host cannot run");
+                        return Err(refusal(
+                            "CreateContainerConfigError",
+                            &msg,
+                            p.grpc.is_some(),
+                        ));
                     }
                 }
             }
@@ -481,10 +406,15 @@ impl Provider for ProcessProvider {
         match prepared.and_then(|p| p) {
             Ok(Prepared::Plan(plan)) => {
                 let handle = runner::spawn(env, plan, dir);
-                self.pods.lock().insert(uid.clone(), Entry::Running(handle));
+                self.pods.lock().insert(uid.clone(), handle);
             }
-            Ok(Prepared::Rejected(reason, message)) => {
-                self.reject(pod, reason, message, &env.sinks);
+            Ok(Prepared::Refused(e)) => {
+                warn!(pod = %pod.key, error = %e, "pod cannot run on this host");
+                if creating.finish().is_some() {
+                    // Deleted meanwhile: nothing of it exists here.
+                    env.sinks.pod(uid, PodUpdate::Gone);
+                }
+                return Err(e);
             }
             Err(e) => {
                 if creating.finish().is_none() {
@@ -517,7 +447,7 @@ impl Provider for ProcessProvider {
         key: &PodKey,
         volumes: &[ResolvedVolume],
     ) -> Result<(), ProviderError> {
-        if !matches!(self.pods.lock().get(&key.uid), Some(Entry::Running(_))) {
+        if !self.pods.lock().contains_key(&key.uid) {
             return Err(ProviderError::NotFound(key.to_string()));
         }
         let (dirs, volumes) = (self.volume_dirs(&key.uid), volumes.to_vec());
@@ -536,18 +466,9 @@ impl Provider for ProcessProvider {
             *pending = Some(pending.map_or(grace, |g| g.min(grace)));
             return Ok(());
         }
-        let mut pods = self.pods.lock();
-        match pods.get(&key.uid) {
-            Some(Entry::Running(h)) => {
+        match self.pods.lock().get(&key.uid) {
+            Some(h) => {
                 h.delete(grace);
-                Ok(())
-            }
-            Some(Entry::Rejected { .. }) => {
-                pods.remove(&key.uid);
-                drop(pods);
-                if let Ok(env) = self.runner_env() {
-                    env.sinks.pod(&key.uid, PodUpdate::Gone);
-                }
                 Ok(())
             }
             None => Err(ProviderError::NotFound(key.to_string())),
@@ -559,9 +480,9 @@ impl Provider for ProcessProvider {
             .pods
             .lock()
             .values()
-            .map(|e| BackendPod {
-                key: e.key(),
-                status: e.status(),
+            .map(|h| BackendPod {
+                key: h.plan.key(),
+                status: h.status(),
             })
             .collect())
     }
@@ -650,10 +571,8 @@ impl Provider for ProcessProvider {
     }
 
     async fn cleanup_all(&self) -> Result<usize, ProviderError> {
-        for entry in self.pods.lock().drain() {
-            if let (_, Entry::Running(h)) = entry {
-                h.detach();
-            }
+        for (_, h) in self.pods.lock().drain() {
+            h.detach();
         }
         let (pods_dir, secrets_dir) = (self.pods_dir(), self.cfg.secrets_dir.clone());
         let cgroups = self.cgroups.as_ref().ok().cloned();
@@ -736,17 +655,19 @@ impl ProcessProvider {
             }
             Err(e) => {
                 discard();
-                return Ok(Prepared::Rejected(
+                let unsupported = matches!(e, volumes::VolumeError::Unsupported { .. });
+                return Ok(Prepared::Refused(refusal(
                     "CreateContainerConfigError",
-                    e.to_string(),
-                ));
+                    &e.to_string(),
+                    unsupported,
+                )));
             }
         };
         let plan = match plan::plan(cfg, pod, dir, &prepared, node_ip) {
             Ok(p) => p,
             Err(e) => {
                 discard();
-                return Ok(Prepared::Rejected(e.reason, e.message));
+                return Ok(Prepared::Refused(refusal(e.reason, &e.message, false)));
             }
         };
         shim::write_json(dir, plan::PLAN_FILE, &plan)

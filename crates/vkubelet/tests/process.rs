@@ -839,8 +839,10 @@ async fn cleanup_leaves_no_process_behind() {
     );
 }
 
+/// A pod this host cannot run is refused by `create_pod` with an error, not accepted and left
+/// Pending: the core fails it with the reason and a Warning event, and records no success.
 #[tokio::test]
-async fn a_pod_without_a_runnable_command_gets_a_clear_reason() {
+async fn a_pod_without_a_runnable_command_fails_with_a_clear_reason_and_no_success_event() {
     let Some(env) = vk_testkit::env().await else {
         return;
     };
@@ -851,31 +853,53 @@ async fn a_pod_without_a_runnable_command_gets_a_clear_reason() {
         spec.containers[0].command = None;
     }
     env.create(&pod).await;
-    let p = wait_pod(&env, "noimage", "a waiting reason", |p| {
-        cstatus(p, "main")
-            .and_then(|s| s.state?.waiting?.reason)
-            .as_deref()
-            == Some("InvalidImageName")
-    })
-    .await;
-    assert_eq!(phase(&p).as_deref(), Some("Pending"));
-    let msg = cstatus(&p, "main")
-        .and_then(|s| s.state?.waiting?.message)
-        .unwrap_or_default();
+    let p = wait_pod_phase(&env, "noimage", "Failed").await;
+    let s = p.status.unwrap_or_default();
+    assert_eq!(s.reason.as_deref(), Some("ProviderRejected"), "{s:?}");
+    let msg = s.message.unwrap_or_default();
     assert!(
-        msg.contains("nginx:1.25") && msg.contains("names no command"),
+        msg.contains("InvalidImageName")
+            && msg.contains("nginx:1.25")
+            && msg.contains("names no command"),
         "{msg}"
     );
-    let ev = wait_event(&env, "noimage", "Failed").await;
-    assert!(ev.message.unwrap_or_default().contains("InvalidImageName"));
+    let failed = wait_event(&env, "noimage", "ProviderCreateFailed").await;
+    assert_eq!(failed.type_.as_deref(), Some("Warning"));
+    assert!(
+        failed
+            .message
+            .unwrap_or_default()
+            .contains("InvalidImageName"),
+        "the event names the kubelet's reason"
+    );
+    // The core emits ProviderRejected after ProviderCreateFailed, in the same reconcile as a
+    // success event would have been: once it is there, a success event would be too.
+    wait_event(&env, "noimage", "ProviderRejected").await;
     let reasons: Vec<String> = events_for(&env, "noimage")
         .await
         .into_iter()
         .filter_map(|e| e.reason)
         .collect();
     assert!(
-        !reasons.iter().any(|r| r == "Started"),
-        "nothing was started: {reasons:?}"
+        !reasons
+            .iter()
+            .any(|r| r == "ProviderCreateSuccess" || r == "Started"),
+        "nothing was created or started: {reasons:?}"
+    );
+    // What a user sees: the reason in `kubectl get`, the kubelet's reason in `kubectl describe`.
+    let get = env
+        .kubectl_ns(["get", "pod", "noimage", "--no-headers"])
+        .await
+        .assert_success();
+    assert!(get.stdout.contains("ProviderRejected"), "{}", get.stdout);
+    let describe = env
+        .kubectl_ns(["describe", "pod", "noimage"])
+        .await
+        .assert_success();
+    assert!(
+        describe.stdout.contains("InvalidImageName"),
+        "{}",
+        describe.stdout
     );
 }
 
