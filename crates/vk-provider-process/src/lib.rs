@@ -17,6 +17,7 @@
 pub mod cgroups;
 pub mod config;
 pub mod exec;
+pub mod lifecycle;
 pub mod logs;
 pub mod plan;
 pub mod probes;

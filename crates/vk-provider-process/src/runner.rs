@@ -7,6 +7,10 @@
 //! is driven exactly like one it started. Per-container progress that must survive a restart
 //! (instance number, last termination, backoff) is kept in `state.json` next to the shim files.
 //!
+//! What to do when something happens to a container (restart or not, backoff, which probes
+//! run, when to stop and kill) is decided by [`crate::lifecycle`], free of I/O; this module is
+//! the shell that observes, launches, signals and probes, and feeds each observation in there.
+//!
 //! The task sleeps until something happens, with no periodic wake-up: a shim's record renamed
 //! into a container directory (an inotify watch, [`crate::watch`]), a shim or container process
 //! exiting (a pidfd, [`ProcessId::exited`]), a probe result, a delete, or the next deadline
@@ -37,6 +41,7 @@ use vk_provider_api::{PodUpdate, ProviderSinks};
 
 use crate::cgroups::{Cgroups, Limits};
 use crate::exec::ContainerExec;
+use crate::lifecycle::{self, Action, Event, PodView, RestartPolicy, State, StopReason, Traits};
 use crate::logs::LogConfig;
 use crate::plan::{ContainerPlan, PodPlan, TERMINATION_LOG};
 use crate::probes::{self, ExecRunner, ProbeKind, ProbeOutcome, ProbeResult, ProbeTarget};
@@ -53,10 +58,6 @@ const UNWATCHED_POLL: Duration = Duration::from_millis(250);
 const WATCHED_FILES: &[&str] = &[SHIM_FILE, EXIT_FILE];
 /// How long a shim may take to start its container before the start counts as failed.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// A container that ran this long without exiting starts its backoff afresh.
-const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
 const MAX_MESSAGE: usize = 4096;
 const FALLBACK_LOG_LINES: usize = 80;
 
@@ -126,71 +127,82 @@ struct PodPersisted {
     deadline_exceeded: bool,
 }
 
-#[derive(Debug, Clone)]
-enum Now {
-    NotStarted,
-    /// Launched; waiting for the shim to report the container running.
-    Starting {
-        since: Instant,
-        shim: Option<ProcessId>,
-    },
-    Running(ShimRecord),
-    /// Waiting to be restarted.
-    Backoff {
-        until: Instant,
-    },
-    /// Will not run again (or, for init containers, completed).
-    Finished,
-}
-
 struct Ctr {
     plan: ContainerPlan,
-    init: bool,
     dir: PathBuf,
     p: Persisted,
-    now: Now,
-    started: bool,
-    ready: bool,
+    /// The decisions' state ([`lifecycle`]).
+    m: lifecycle::Container,
+    /// The shim of the instance being started, when known.
+    shim: Option<ProcessId>,
+    /// The running instance's record (its processes).
+    rec: Option<ShimRecord>,
     probe_tasks: Vec<AbortHandle>,
-    kill_at: Option<Instant>,
-    /// Set when vkubelet itself stops this instance (liveness, hook failure, deadline, delete).
-    killed_for: Option<&'static str>,
     oom_before: u64,
 }
 
 impl Ctr {
-    fn new(plan: ContainerPlan, init: bool, pod_dir: &Path) -> Self {
+    fn new(plan: ContainerPlan, init: bool, pod: &PodPlan, pod_dir: &Path) -> Self {
         let dir = plan.dir(pod_dir);
         let p: Persisted = read_json(&dir, STATE_FILE).unwrap_or_default();
-        let now = if p.finished.is_some() {
-            Now::Finished
+        let mut shim = None;
+        let state = if let Some(t) = &p.finished {
+            State::Finished {
+                succeeded: t.exit_code == 0,
+            }
         } else if let Some(at) = p.restart_at {
-            Now::Backoff {
+            State::BackOff {
                 until: instant_at(at),
             }
         } else if p.launched {
-            Now::Starting {
+            shim = read_json::<ShimRecord>(&dir, SHIM_FILE)
+                .filter(|r| r.restart == p.restart)
+                .map(|r| r.shim);
+            State::Starting {
                 since: Instant::now(),
-                shim: read_json::<ShimRecord>(&dir, SHIM_FILE)
-                    .filter(|r| r.restart == p.restart)
-                    .map(|r| r.shim),
+                stop: None,
             }
         } else {
-            Now::NotStarted
+            State::NotStarted
         };
+        let seconds = |s: i64| Duration::from_secs(s.max(0).unsigned_abs());
+        let spec = &plan.spec;
+        let lifecycle = spec.lifecycle.as_ref();
+        let traits = Traits {
+            init,
+            policy: RestartPolicy::parse(&pod.restart_policy),
+            startup_probe: spec.startup_probe.is_some(),
+            liveness_probe: spec.liveness_probe.is_some(),
+            readiness_probe: spec.readiness_probe.is_some(),
+            post_start: lifecycle.is_some_and(|l| l.post_start.is_some()),
+            pre_stop: lifecycle.is_some_and(|l| l.pre_stop.is_some()),
+            grace: seconds(pod.termination_grace_seconds),
+            startup_grace: spec
+                .startup_probe
+                .as_ref()
+                .and_then(|p| p.termination_grace_period_seconds)
+                .map(seconds),
+            liveness_grace: spec
+                .liveness_probe
+                .as_ref()
+                .and_then(|p| p.termination_grace_period_seconds)
+                .map(seconds),
+        };
+        let m = lifecycle::Container::new(traits, state, p.backoff_secs);
         Self {
             plan,
-            init,
             dir,
             p,
-            now,
-            started: false,
-            ready: false,
+            m,
+            shim,
+            rec: None,
             probe_tasks: Vec::new(),
-            kill_at: None,
-            killed_for: None,
             oom_before: 0,
         }
+    }
+
+    fn init(&self) -> bool {
+        self.m.traits.init
     }
 
     fn save(&self) {
@@ -204,15 +216,22 @@ impl Ctr {
     }
 
     fn is_active(&self) -> bool {
-        matches!(self.now, Now::Starting { .. } | Now::Running(_))
+        self.m.state.is_active()
     }
 
     fn stop_probes(&mut self) {
         for t in self.probe_tasks.drain(..) {
             t.abort();
         }
-        self.started = false;
-        self.ready = false;
+    }
+
+    fn exec(&self) -> Option<Arc<ContainerExec>> {
+        self.rec.as_ref().map(|rec| {
+            Arc::new(ContainerExec {
+                target: rec.container,
+                sandbox: self.plan.sandbox.clone(),
+            })
+        })
     }
 }
 
@@ -352,7 +371,13 @@ pub fn spawn(env: RunnerEnv, plan: PodPlan, dir: PathBuf) -> PodHandle {
 struct ProbeMsg {
     container: usize,
     restart: u32,
-    result: ProbeResult,
+    report: Report,
+}
+
+/// What a probe or hook task tells its pod's task.
+enum Report {
+    Probe(ProbeResult),
+    PostStartFailed(String),
 }
 
 /// The processes a pod task waits for (by pidfd, each in a small task of its own).
@@ -444,11 +469,11 @@ impl Runner {
         let ctrs: Vec<Ctr> = plan
             .init_containers
             .iter()
-            .map(|c| Ctr::new(c.clone(), true, &dir))
+            .map(|c| Ctr::new(c.clone(), true, &plan, &dir))
             .chain(
                 plan.containers
                     .iter()
-                    .map(|c| Ctr::new(c.clone(), false, &dir)),
+                    .map(|c| Ctr::new(c.clone(), false, &plan, &dir)),
             )
             .collect();
         let pod = read_json(&dir, POD_STATE_FILE).unwrap_or_default();
@@ -532,9 +557,9 @@ impl Runner {
     fn awaited_exits(&self) -> Vec<ProcessId> {
         let mut out = Vec::new();
         for c in &self.ctrs {
-            match &c.now {
-                Now::Starting { shim: Some(s), .. } => out.push(*s),
-                Now::Running(rec) => {
+            match (&c.m.state, c.shim, &c.rec) {
+                (State::Starting { .. }, Some(s), _) => out.push(s),
+                (State::Running { .. }, _, Some(rec)) => {
                     out.push(rec.shim);
                     if !rec.shim.is_alive() {
                         out.push(rec.container);
@@ -564,18 +589,18 @@ impl Runner {
             }
         };
         for c in &self.ctrs {
-            match &c.now {
-                Now::Starting { since, .. } => {
+            match &c.m.state {
+                State::Starting { since, .. } => {
                     at(*since + START_TIMEOUT);
                     if !self.dirs_watched {
                         at(Instant::now() + UNWATCHED_POLL);
                     }
                 }
-                Now::Backoff { until } => at(*until),
+                State::BackOff { until } => at(*until),
                 _ => {}
             }
-            if let Some(k) = c.kill_at {
-                at(k);
+            if let Some(s) = c.m.stopping() {
+                at(s.kill_at);
             }
         }
         let delete_deadline = self.control.lock().delete_deadline;
@@ -620,13 +645,9 @@ impl Runner {
             if !self.deleting {
                 self.deleting = true;
                 info!("stopping the pod");
-                self.stop_all(deadline, "pod deleted");
             }
-            for i in 0..self.ctrs.len() {
-                if Instant::now() >= deadline {
-                    self.ctrs[i].kill_at = Some(deadline);
-                }
-            }
+            // Every pass: a second delete may have brought the deadline forward.
+            self.stop_all(deadline, StopReason::PodDeleted);
         } else {
             self.check_deadline();
             if !self.pod.deadline_exceeded && !self.terminal() {
@@ -647,8 +668,9 @@ impl Runner {
     fn observe(&mut self, i: usize) {
         let c = &self.ctrs[i];
         let restart = c.p.restart;
-        match c.now.clone() {
-            Now::Starting { since, shim } => {
+        let shim = c.shim;
+        match (c.m.state.clone(), c.rec.clone()) {
+            (State::Starting { since, .. }, _) => {
                 if let Some(exit) =
                     read_json::<ExitRecord>(&c.dir, EXIT_FILE).filter(|e| e.restart == restart)
                 {
@@ -676,7 +698,7 @@ impl Runner {
                     );
                 }
             }
-            Now::Running(rec) => {
+            (State::Running { .. }, Some(rec)) => {
                 if let Some(exit) =
                     read_json::<ExitRecord>(&c.dir, EXIT_FILE).filter(|e| e.restart == restart)
                 {
@@ -698,80 +720,142 @@ impl Runner {
         }
     }
 
-    fn on_running(&mut self, i: usize, rec: ShimRecord) {
-        let uid = self.plan.uid.clone();
-        let pod_grace = self.plan.termination_grace_seconds;
-        let deleting_deadline = self.control.lock().delete_deadline;
-        let c = &mut self.ctrs[i];
-        debug!(container = %c.plan.name, pid = rec.container.pid, "container running");
-        c.now = Now::Running(rec.clone());
-        self.processes
-            .lock()
-            .insert(c.plan.name.clone(), rec.container);
-        let name = c.plan.name.clone();
-        let exec = Arc::new(ContainerExec {
-            target: rec.container,
-            sandbox: c.plan.sandbox.clone(),
-        });
-        let spec = c.plan.spec.clone();
-        let is_init = c.init;
-        self.event(false, "Started", format!("Started container {name}"));
-        if let Some(deadline) = deleting_deadline {
-            // Deleted while it was starting: stop it right away.
-            self.stop(i, deadline, "pod deleted");
-            return;
-        }
-        let _ = uid;
-        let _ = pod_grace;
-        if is_init {
-            self.ctrs[i].started = true;
-            return;
-        }
-        if let Some(handler) = spec.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
-            let tx = self.probe_tx.clone();
-            let restart = rec.restart;
-            let exec2 = exec.clone();
-            let target = ProbeTarget::for_container(&self.plan.pod_ip, &spec);
-            let task = tokio::spawn(async move {
-                if let ProbeOutcome::Failure(msg) =
-                    run_handler(&handler, &target, exec2.as_ref(), Duration::from_secs(60)).await
-                {
-                    let _ = tx.send(ProbeMsg {
-                        container: i,
-                        restart,
-                        result: ProbeResult {
-                            kind: ProbeKind::Liveness,
-                            success: false,
-                            message: format!("PostStartHook failed: {msg}"),
-                        },
-                    });
-                }
-            });
-            self.ctrs[i].probe_tasks.push(task.abort_handle());
-        }
-        let c = &mut self.ctrs[i];
-        if let Some(startup) = spec.startup_probe.clone() {
-            let handle = self.spawn_probe(i, rec.restart, ProbeKind::Startup, startup, exec);
-            self.ctrs[i].probe_tasks.push(handle);
-        } else {
-            c.started = true;
-            self.start_probes(i, rec.restart, exec);
+    fn pod_view(&self) -> PodView {
+        PodView {
+            deleting: self.deleting,
+            deadline_exceeded: self.pod.deadline_exceeded,
         }
     }
 
-    fn start_probes(&mut self, i: usize, restart: u32, exec: Arc<ContainerExec>) {
-        let spec = self.ctrs[i].plan.spec.clone();
-        if let Some(p) = spec.liveness_probe.clone() {
-            let h = self.spawn_probe(i, restart, ProbeKind::Liveness, p, exec.clone());
-            self.ctrs[i].probe_tasks.push(h);
+    /// Feed `event` to container `i`'s state machine and do what it decides. `detail` is the
+    /// message of a probe or hook failure, for its event.
+    fn apply(&mut self, i: usize, event: Event, detail: &str) {
+        let view = self.pod_view();
+        let actions = self.ctrs[i].m.step(view, event, Instant::now());
+        for action in actions {
+            self.execute(i, action, detail);
         }
-        match spec.readiness_probe.clone() {
-            Some(p) => {
-                let h = self.spawn_probe(i, restart, ProbeKind::Readiness, p, exec);
-                self.ctrs[i].probe_tasks.push(h);
+    }
+
+    fn execute(&mut self, i: usize, action: Action, detail: &str) {
+        let name = self.ctrs[i].plan.name.clone();
+        match action {
+            Action::StartProbe(kind) => {
+                let spec = &self.ctrs[i].plan.spec;
+                let probe = match kind {
+                    ProbeKind::Startup => spec.startup_probe.clone(),
+                    ProbeKind::Liveness => spec.liveness_probe.clone(),
+                    ProbeKind::Readiness => spec.readiness_probe.clone(),
+                };
+                if let (Some(probe), Some(exec), Some(restart)) = (
+                    probe,
+                    self.ctrs[i].exec(),
+                    self.ctrs[i].rec.as_ref().map(|r| r.restart),
+                ) {
+                    let handle = self.spawn_probe(i, restart, kind, probe, exec);
+                    self.ctrs[i].probe_tasks.push(handle);
+                }
             }
-            None => self.ctrs[i].ready = true,
+            Action::RunPostStart => self.run_post_start(i),
+            Action::StopProbes => self.ctrs[i].stop_probes(),
+            Action::Unhealthy(kind) => {
+                let label = match kind {
+                    ProbeKind::Startup => "Startup",
+                    ProbeKind::Liveness => "Liveness",
+                    ProbeKind::Readiness => "Readiness",
+                };
+                self.event(true, "Unhealthy", format!("{label} probe failed: {detail}"));
+            }
+            Action::PostStartHookFailed => {
+                self.event(
+                    true,
+                    "FailedPostStartHook",
+                    format!("PostStartHook failed: {detail}"),
+                );
+            }
+            Action::Killing(why) => {
+                let message = match why {
+                    StopReason::ProbeFailed(ProbeKind::Startup) => {
+                        format!("Container {name} failed startup probe, will be restarted")
+                    }
+                    StopReason::ProbeFailed(_) => {
+                        format!("Container {name} failed liveness probe, will be restarted")
+                    }
+                    StopReason::PostStartFailed => {
+                        format!("Container {name} failed its postStart hook, will be killed")
+                    }
+                    StopReason::PodDeleted | StopReason::DeadlineExceeded => return,
+                };
+                self.event(false, "Killing", message);
+            }
+            Action::Terminate { deadline, pre_stop } => self.terminate(i, deadline, pre_stop),
+            Action::Kill => {
+                // SIGKILL to PID 1 of the sandbox's PID namespace takes every process in it.
+                if let Some(rec) = &self.ctrs[i].rec
+                    && let Err(e) = rec.container.signal(Signal::SIGKILL)
+                {
+                    warn!(container = %name, error = %e, "sending SIGKILL");
+                }
+            }
+            Action::Cancel => {
+                let c = &mut self.ctrs[i];
+                if c.p.restart_at.take().is_some() {
+                    c.save();
+                }
+            }
+            // Recorded by `on_exit`, which has the termination.
+            Action::Restart { .. } | Action::Finish => {}
         }
+    }
+
+    fn on_running(&mut self, i: usize, rec: ShimRecord) {
+        let c = &mut self.ctrs[i];
+        debug!(container = %c.plan.name, pid = rec.container.pid, "container running");
+        self.processes
+            .lock()
+            .insert(c.plan.name.clone(), rec.container);
+        c.rec = Some(rec);
+        c.shim = None;
+        let name = c.plan.name.clone();
+        self.event(false, "Started", format!("Started container {name}"));
+        // Deleted while it was starting (perhaps in this very pass, before `step` saw the
+        // delete): it is stopped at once, without hooks or probes.
+        let delete_deadline = self.control.lock().delete_deadline;
+        if let Some(deadline) = delete_deadline {
+            let why = StopReason::PodDeleted;
+            self.apply(i, Event::Stop { why, deadline }, "");
+        }
+        self.apply(i, Event::Running, "");
+    }
+
+    fn run_post_start(&mut self, i: usize) {
+        let c = &self.ctrs[i];
+        let (Some(handler), Some(exec), Some(rec)) = (
+            c.plan
+                .spec
+                .lifecycle
+                .as_ref()
+                .and_then(|l| l.post_start.clone()),
+            c.exec(),
+            c.rec.as_ref(),
+        ) else {
+            return;
+        };
+        let tx = self.probe_tx.clone();
+        let restart = rec.restart;
+        let target = ProbeTarget::for_container(&self.plan.pod_ip, &c.plan.spec);
+        let task = tokio::spawn(async move {
+            if let ProbeOutcome::Failure(msg) =
+                run_handler(&handler, &target, exec.as_ref(), Duration::from_secs(60)).await
+            {
+                let _ = tx.send(ProbeMsg {
+                    container: i,
+                    restart,
+                    report: Report::PostStartFailed(msg),
+                });
+            }
+        });
+        self.ctrs[i].probe_tasks.push(task.abort_handle());
     }
 
     fn spawn_probe(
@@ -789,7 +873,7 @@ impl Runner {
             let _ = tx.send(ProbeMsg {
                 container: i,
                 restart,
-                result,
+                report: Report::Probe(result),
             });
         }))
         .abort_handle()
@@ -799,84 +883,26 @@ impl Runner {
         let Some(c) = self.ctrs.get(msg.container) else {
             return;
         };
-        let Now::Running(rec) = &c.now else {
-            return;
-        };
-        if rec.restart != msg.restart || self.deleting {
+        let current = matches!(c.m.state, State::Running { .. })
+            && c.rec.as_ref().is_some_and(|r| r.restart == msg.restart);
+        if !current || self.deleting {
             return;
         }
-        let name = c.plan.name.clone();
-        let exec = Arc::new(ContainerExec {
-            target: rec.container,
-            sandbox: c.plan.sandbox.clone(),
-        });
-        let restart = rec.restart;
-        let r = msg.result;
-        let label = match r.kind {
-            ProbeKind::Startup => "Startup",
-            ProbeKind::Liveness => "Liveness",
-            ProbeKind::Readiness => "Readiness",
+        let (event, detail) = match msg.report {
+            Report::Probe(r) => (
+                Event::Probe {
+                    kind: r.kind,
+                    success: r.success,
+                },
+                r.message,
+            ),
+            Report::PostStartFailed(m) => (Event::PostStartFailed, m),
         };
-        if !r.success {
-            let hook = r.message.starts_with("PostStartHook failed");
-            if hook {
-                self.event(true, "FailedPostStartHook", r.message.clone());
-            } else {
-                self.event(
-                    true,
-                    "Unhealthy",
-                    format!("{label} probe failed: {}", r.message),
-                );
-            }
-            match r.kind {
-                ProbeKind::Readiness => self.ctrs[msg.container].ready = false,
-                ProbeKind::Startup | ProbeKind::Liveness => {
-                    let why = if hook {
-                        format!("Container {name} failed its postStart hook, will be killed")
-                    } else {
-                        format!(
-                            "Container {name} failed {} probe, will be restarted",
-                            label.to_lowercase()
-                        )
-                    };
-                    self.event(false, "Killing", why);
-                    let probe = match r.kind {
-                        ProbeKind::Startup => {
-                            self.ctrs[msg.container].plan.spec.startup_probe.clone()
-                        }
-                        _ => self.ctrs[msg.container].plan.spec.liveness_probe.clone(),
-                    };
-                    let grace = probe
-                        .and_then(|p| p.termination_grace_period_seconds)
-                        .unwrap_or(self.plan.termination_grace_seconds)
-                        .max(0);
-                    let deadline = Instant::now() + Duration::from_secs(grace.unsigned_abs());
-                    self.stop(
-                        msg.container,
-                        deadline,
-                        if hook {
-                            "postStart hook failed"
-                        } else {
-                            "probe failed"
-                        },
-                    );
-                }
-            }
-        } else {
-            match r.kind {
-                ProbeKind::Readiness => self.ctrs[msg.container].ready = true,
-                ProbeKind::Liveness => {}
-                ProbeKind::Startup => {
-                    self.ctrs[msg.container].started = true;
-                    self.start_probes(msg.container, restart, exec);
-                }
-            }
-        }
+        self.apply(msg.container, event, &detail);
         self.publish();
     }
 
     fn on_exit(&mut self, i: usize, exit: ExitRecord) {
-        let policy = self.plan.restart_policy.clone();
         let uid = self.plan.uid.clone();
         let pod_name = format!("{}_{}({})", self.plan.name, self.plan.namespace, uid);
         let oom_now = self
@@ -886,8 +912,6 @@ impl Runner {
             .map(|cg| cg.container(&uid, &self.ctrs[i].plan.name).oom_kills())
             .unwrap_or(0);
         let c = &mut self.ctrs[i];
-        c.stop_probes();
-        c.kill_at = None;
         self.processes.lock().remove(&c.plan.name);
         let unknown = exit.start_error.as_deref() == Some("ContainerStatusUnknown");
         let reason = if unknown {
@@ -918,50 +942,53 @@ impl Runner {
             restart: exit.restart,
         };
         info!(container = %c.plan.name, exit_code = term.exit_code, reason = %term.reason, "container exited");
-        let failed = term.exit_code != 0;
-        let killed_by_us = c.killed_for.take();
-        let restart = !self.deleting
-            && !self.pod.deadline_exceeded
-            && if c.init {
-                failed && policy != "Never"
-            } else {
-                match policy.as_str() {
-                    "Never" => false,
-                    "OnFailure" => failed || killed_by_us == Some("probe failed"),
-                    _ => true,
+        let ran = exit
+            .finished_at
+            .duration_since(exit.started_at)
+            .try_into()
+            .unwrap_or_default();
+        let event = Event::Exited {
+            exit_code: term.exit_code,
+            ran,
+        };
+        let view = self.pod_view();
+        let actions = self.ctrs[i].m.step(view, event, Instant::now());
+        let c = &mut self.ctrs[i];
+        c.rec = None;
+        c.shim = None;
+        let mut term = Some(term);
+        for action in actions {
+            match action {
+                Action::Restart { delay } => {
+                    let c = &mut self.ctrs[i];
+                    let until = Instant::now() + delay;
+                    c.p.backoff_secs = c.m.backoff_secs;
+                    c.p.last = term.take();
+                    c.p.restart_at = Some(timestamp_at(until));
+                    c.p.waiting_reason = (!delay.is_zero()).then(|| {
+                        format!(
+                            "back-off {}s restarting failed container={} pod={pod_name}",
+                            delay.as_secs(),
+                            c.plan.name
+                        )
+                    });
+                    c.save();
+                    if !delay.is_zero() {
+                        let m = format!("Back-off restarting failed container {}", c.plan.name);
+                        self.event(true, "BackOff", m);
+                    }
                 }
-            };
-        if restart {
-            let ran = exit.finished_at.duration_since(exit.started_at);
-            let (delay, next) = crash_backoff(c.p.backoff_secs, ran.as_secs());
-            c.p.backoff_secs = next;
-            let until = Instant::now() + delay;
-            c.p.last = Some(term);
-            c.p.restart_at = Some(timestamp_at(until));
-            c.p.waiting_reason = (!delay.is_zero()).then(|| {
-                format!(
-                    "back-off {}s restarting failed container={} pod={pod_name}",
-                    delay.as_secs(),
-                    c.plan.name
-                )
-            });
-            c.now = Now::Backoff { until };
-            let backoff_message =
-                c.p.waiting_reason
-                    .is_some()
-                    .then(|| format!("Back-off restarting failed container {}", c.plan.name));
-            c.save();
-            if let Some(m) = backoff_message {
-                self.event(true, "BackOff", m);
-            }
-        } else {
-            let init_ok = c.init && !failed;
-            c.p.finished = Some(term);
-            c.p.restart_at = None;
-            c.now = Now::Finished;
-            c.save();
-            if c.init && !init_ok && !self.deleting {
-                warn!(container = %c.plan.name, "init container failed; the pod fails");
+                Action::Finish => {
+                    let c = &mut self.ctrs[i];
+                    let failed = term.as_ref().is_some_and(|t| t.exit_code != 0);
+                    c.p.finished = term.take();
+                    c.p.restart_at = None;
+                    c.save();
+                    if c.init() && failed && !self.deleting {
+                        warn!(container = %c.plan.name, "init container failed; the pod fails");
+                    }
+                }
+                other => self.execute(i, other, ""),
             }
         }
     }
@@ -987,46 +1014,14 @@ impl Runner {
             "Pod was active on the node longer than the specified deadline".into(),
         );
         let grace = Duration::from_secs(self.plan.termination_grace_seconds.unsigned_abs());
-        self.stop_all(Instant::now() + grace, "deadline exceeded");
-        for c in &mut self.ctrs {
-            if matches!(c.now, Now::Backoff { .. } | Now::NotStarted) {
-                c.now = Now::Finished;
-                c.p.restart_at = None;
-                c.save();
-            }
-        }
+        self.stop_all(Instant::now() + grace, StopReason::DeadlineExceeded);
     }
 
     /// Launch what is due: the next init container, else every app container not yet running.
     fn start_due(&mut self) {
-        let n_init = self.plan.init_containers.len();
-        for i in 0..n_init {
-            let c = &self.ctrs[i];
-            match &c.now {
-                Now::Finished if c.p.finished.as_ref().is_some_and(|t| t.exit_code == 0) => {
-                    continue;
-                }
-                Now::Finished => return, // a failed init container with restartPolicy Never
-                Now::NotStarted => {
-                    self.launch(i);
-                    return;
-                }
-                Now::Backoff { until } if Instant::now() >= *until => {
-                    self.launch(i);
-                    return;
-                }
-                _ => return,
-            }
-        }
-        for i in n_init..self.ctrs.len() {
-            let due = match &self.ctrs[i].now {
-                Now::NotStarted => true,
-                Now::Backoff { until } => Instant::now() >= *until,
-                _ => false,
-            };
-            if due {
-                self.launch(i);
-            }
+        let machines: Vec<&lifecycle::Container> = self.ctrs.iter().map(|c| &c.m).collect();
+        for i in lifecycle::due_to_start(&machines, Instant::now()) {
+            self.launch(i);
         }
     }
 
@@ -1069,32 +1064,26 @@ impl Runner {
         c.p.restart_at = None;
         c.p.waiting_reason = None;
         c.save();
-        let shim = match launch_shim(&env.shim_command, &args, &c.dir) {
+        c.shim = match launch_shim(&env.shim_command, &args, &c.dir) {
             Ok(pid) => pid,
             Err(e) => {
                 warn!(container = %c.plan.name, error = %e, "starting the shim");
                 None
             }
         };
-        c.now = Now::Starting {
-            since: Instant::now(),
-            shim,
-        };
+        c.rec = None;
+        self.apply(i, Event::Launched, "");
     }
 
-    /// Stop one container: preStop hook, SIGTERM, SIGKILL at `deadline`.
-    fn stop(&mut self, i: usize, deadline: Instant, why: &'static str) {
-        let c = &mut self.ctrs[i];
-        c.killed_for = Some(why);
-        c.kill_at = Some(match c.kill_at {
-            Some(k) if k <= deadline => k,
-            _ => deadline,
-        });
-        let Now::Running(rec) = &c.now else {
+    /// preStop hook (when `pre_stop`, within what is left until `deadline`), then SIGTERM. The
+    /// SIGKILL at `deadline` is the state machine's (a `Tick` past it).
+    fn terminate(&mut self, i: usize, deadline: Instant, pre_stop: bool) {
+        let c = &self.ctrs[i];
+        let Some(rec) = &c.rec else {
             return;
         };
         let target = rec.container;
-        let pre_stop = (!c.init)
+        let pre_stop = pre_stop
             .then(|| {
                 c.plan
                     .spec
@@ -1134,28 +1123,16 @@ impl Runner {
         });
     }
 
-    fn stop_all(&mut self, deadline: Instant, why: &'static str) {
+    fn stop_all(&mut self, deadline: Instant, why: StopReason) {
         for i in 0..self.ctrs.len() {
-            if self.ctrs[i].is_active() {
-                self.stop(i, deadline, why);
-            }
-            if matches!(self.ctrs[i].now, Now::Backoff { .. } | Now::NotStarted) && self.deleting {
-                self.ctrs[i].now = Now::Finished;
-            }
+            self.apply(i, Event::Stop { why, deadline }, "");
         }
     }
 
+    /// SIGKILL what is past its grace period.
     fn enforce_kills(&mut self) {
-        for c in &mut self.ctrs {
-            let (Some(at), Now::Running(rec)) = (c.kill_at, &c.now) else {
-                continue;
-            };
-            if Instant::now() >= at {
-                // SIGKILL to PID 1 of the sandbox's PID namespace takes every process in it.
-                if let Err(e) = rec.container.signal(Signal::SIGKILL) {
-                    warn!(container = %c.plan.name, error = %e, "sending SIGKILL");
-                }
-            }
+        for i in 0..self.ctrs.len() {
+            self.apply(i, Event::Tick, "");
         }
     }
 
@@ -1180,18 +1157,18 @@ impl Runner {
     fn init_done(&self) -> bool {
         self.ctrs
             .iter()
-            .filter(|c| c.init)
+            .filter(|c| c.init())
             .all(|c| c.p.finished.as_ref().is_some_and(|t| t.exit_code == 0))
     }
 
     fn init_failed(&self) -> bool {
         self.ctrs
             .iter()
-            .any(|c| c.init && c.p.finished.as_ref().is_some_and(|t| t.exit_code != 0))
+            .any(|c| c.init() && c.p.finished.as_ref().is_some_and(|t| t.exit_code != 0))
     }
 
     fn apps(&self) -> impl Iterator<Item = &Ctr> {
-        self.ctrs.iter().filter(|c| !c.init)
+        self.ctrs.iter().filter(|c| !c.init())
     }
 
     /// Whether the pod reached Succeeded or Failed.
@@ -1219,13 +1196,15 @@ impl Runner {
         let apps: Vec<&Ctr> = self.apps().collect();
         // As the kubelet: a container waiting for its first start (no earlier termination)
         // keeps the pod Pending; one waiting to restart does not.
-        if apps
-            .iter()
-            .any(|c| matches!(c.now, Now::NotStarted | Now::Starting { .. }) && c.p.last.is_none())
-        {
+        if apps.iter().any(|c| {
+            matches!(c.m.state, State::NotStarted | State::Starting { .. }) && c.p.last.is_none()
+        }) {
             return ("Pending", None, None);
         }
-        if apps.iter().any(|c| !matches!(c.now, Now::Finished)) {
+        if apps
+            .iter()
+            .any(|c| !matches!(c.m.state, State::Finished { .. }))
+        {
             return ("Running", None, None);
         }
         if apps
@@ -1269,22 +1248,24 @@ impl Runner {
             }),
             ..Default::default()
         };
-        let state = match &c.now {
-            Now::NotStarted if initializing || !c.init && !self.init_done() => {
+        let state = match (&c.m.state, &c.rec) {
+            (State::NotStarted, _) if initializing || !c.init() && !self.init_done() => {
                 waiting("PodInitializing", None)
             }
-            Now::NotStarted | Now::Starting { .. } => waiting("ContainerCreating", None),
-            Now::Running(rec) => ContainerState {
+            (State::NotStarted | State::Starting { .. }, _) | (State::Running { .. }, None) => {
+                waiting("ContainerCreating", None)
+            }
+            (State::Running { .. }, Some(rec)) => ContainerState {
                 running: Some(ContainerStateRunning {
                     started_at: Some(Time(rec.started_at)),
                 }),
                 ..Default::default()
             },
-            Now::Backoff { .. } => match &c.p.waiting_reason {
+            (State::BackOff { .. }, _) => match &c.p.waiting_reason {
                 Some(m) => waiting("CrashLoopBackOff", Some(m.clone())),
                 None => waiting("ContainerCreating", None),
             },
-            Now::Finished => match &c.p.finished {
+            (State::Finished { .. }, _) => match &c.p.finished {
                 Some(t) => ContainerState {
                     terminated: Some(t.to_k8s(&c.id(uid))),
                     ..Default::default()
@@ -1296,18 +1277,21 @@ impl Runner {
             terminated: Some(t.to_k8s(&format!("process://{uid}/{}/{}", c.plan.name, t.restart))),
             ..Default::default()
         });
-        let running = matches!(c.now, Now::Running(_));
+        let (running, started, ready) = match c.m.state {
+            State::Running { started, ready, .. } => (true, started, ready),
+            _ => (false, false, false),
+        };
         ContainerStatus {
             name: c.plan.name.clone(),
             image: c.plan.image.clone(),
             image_id: format!("process://{}", c.plan.image),
             container_id: c.p.launched.then(|| c.id(uid)),
-            ready: if c.init {
+            ready: if c.init() {
                 c.p.finished.as_ref().is_some_and(|t| t.exit_code == 0)
             } else {
-                running && c.ready
+                running && ready
             },
-            started: Some(running && c.started),
+            started: Some(running && started),
             restart_count: self.plan.restart_count_base
                 + i32::try_from(c.p.restart).unwrap_or(i32::MAX),
             state: Some(state),
@@ -1322,7 +1306,7 @@ impl Runner {
         let init_statuses: Vec<ContainerStatus> = self
             .ctrs
             .iter()
-            .filter(|c| c.init)
+            .filter(|c| c.init())
             .map(|c| self.container_status(c, false))
             .collect();
         let app_statuses: Vec<ContainerStatus> = self
@@ -1402,24 +1386,6 @@ impl Runner {
             .sinks
             .pod(&self.plan.uid, PodUpdate::Status(status));
     }
-}
-
-/// The kubelet's crash-loop backoff: given the delay stored for the next restart and how long the
-/// instance ran (seconds), the delay before this restart and the one stored for the next. The
-/// first restart is immediate, then 10 s doubling up to 5 min; 10 minutes of running resets it.
-fn crash_backoff(stored_secs: u64, ran_secs: i64) -> (Duration, u64) {
-    let stored = if ran_secs >= BACKOFF_RESET_AFTER.as_secs() as i64 {
-        0
-    } else {
-        stored_secs
-    };
-    let delay = Duration::from_secs(stored);
-    let next = if delay.is_zero() {
-        BACKOFF_INITIAL
-    } else {
-        (delay * 2).min(BACKOFF_MAX)
-    };
-    (delay, next.as_secs())
 }
 
 /// The message for `state.terminated.message`: the termination-message file, or with
@@ -1521,20 +1487,6 @@ fn launch_shim(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crash_backoff_doubles_to_five_minutes_and_resets_after_ten_minutes_of_running() {
-        let mut stored = 0;
-        let mut delays = Vec::new();
-        for _ in 0..8 {
-            let (delay, next) = crash_backoff(stored, 1);
-            delays.push(delay.as_secs());
-            stored = next;
-        }
-        assert_eq!(delays, [0, 10, 20, 40, 80, 160, 300, 300]);
-        assert_eq!(crash_backoff(300, 599), (Duration::from_secs(300), 300));
-        assert_eq!(crash_backoff(300, 600), (Duration::ZERO, 10));
-    }
 
     #[test]
     fn log_tail_joins_partial_records_and_keeps_the_last_lines() {
