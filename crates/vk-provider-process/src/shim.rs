@@ -168,9 +168,10 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> Option
     serde_json::from_slice(&bytes).ok()
 }
 
-/// The container's own process: bubblewrap (`--unshare-pid --as-pid-1`) forks the command as
-/// PID 1 of the sandbox, and that process, not bubblewrap, is what termination signals go to
-/// (bubblewrap itself would die of SIGTERM and report the signal instead of the exit code).
+/// The container's own process: PID 1 of the sandbox's PID namespace (bubblewrap's child, which
+/// builds the sandbox and then runs the command under it), and that process, not the outer
+/// bubblewrap, is what termination signals go to (the outer one would die of SIGTERM and report
+/// the signal instead of the exit code). Found only once the sandbox is complete.
 /// Without a sandbox (tests) the child itself is the container.
 async fn container_process(child: u32) -> Option<ProcessId> {
     let comm = || std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
@@ -185,13 +186,31 @@ async fn container_process(child: u32) -> Option<ProcessId> {
     if !is_bwrap {
         return ProcessId::of(child);
     }
+    let mut inner = None;
     for _ in 0..200 {
-        if let Some(inner) = crate::procs::first_child(child) {
-            return ProcessId::of(inner);
+        inner = crate::procs::first_child(child);
+        if inner.is_some() {
+            break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    None
+    let inner = inner?;
+    // The sandbox is ready only once bubblewrap has built it: its PID 1 (this child, cloned
+    // before any mount is made) forks the command only after the mount namespace is complete.
+    // Reported earlier, a hook or probe joining that namespace (`nsenter --mount --root`) may
+    // find a half-built root ("nsenter: failed to execute touch"). Also ready: PID 1 exec'd
+    // the command itself, or is gone. Bounded, so a stuck sandbox is still reported.
+    let ready = || match std::fs::read_to_string(format!("/proc/{inner}/comm")) {
+        Ok(comm) => comm.trim() != "bwrap" || crate::procs::first_child(inner).is_some(),
+        Err(_) => true,
+    };
+    for _ in 0..400 {
+        if ready() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    ProcessId::of(inner)
 }
 
 /// The shim's main: run the container to completion. Returns the shim's own exit code (0 once
