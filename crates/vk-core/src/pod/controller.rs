@@ -4,17 +4,22 @@
 //! table. Every change enqueues the pod's UID into a [`WorkQueue`]; a bounded set of workers runs
 //! [`PodController::reconcile`], which is level-triggered: it looks at the API object and the
 //! backend's latest word and does whatever brings them together (create, update, delete on the
-//! backend; patch `pods/status`; delete the API object once the backend has let go).
+//! backend; patch `pods/status`; delete the API object once the backend has let go). What to do
+//! is decided in `decide.rs`, without I/O; this module owns the inputs, the per-pod table and the
+//! thin async shell that carries the decisions out.
 //!
 //! Invariants:
 //! - nothing is created on the backend before the first full list of API pods *and* of backend
 //!   pods is known, so a restart adopts what runs instead of duplicating it;
 //! - a backend pod without an API pod is deleted only after that first list (and on every periodic
 //!   reconciliation after it);
-//! - a pod whose backend instance vanished follows its restartPolicy, with an event.
+//! - a pod whose backend instance vanished follows its restartPolicy, with an event;
+//! - a pod's [`PodState`] is changed only by the worker holding its key; inputs (watch, provider
+//!   pushes, referenced-object changes) change only what they observe;
+//! - which copy of an API pod is newest follows the watch's order ([`CopyOrder`]), never an
+//!   ordering of `resourceVersion`, which is opaque.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -31,26 +36,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::{Span, debug, info, instrument, warn};
 
-use super::admission::{UNSUPPORTED_REASON, unsupported_features};
-use super::status::{
-    Verdict, all_containers_terminated, desired_status, is_terminal_phase, owned_fields,
-    status_patch,
+use super::decide::{
+    Action, Backend, CreateResult, DeletePurpose, Done, Effect, Facts, Next, PodState, Policy,
+    Then, VolumesResult, after, decide, fingerprint, spec_hash,
 };
+use super::versions::{CopyOrder, Source};
 use crate::error::{Error, ProviderError, api_status_code};
 use crate::events::EventRecorder;
 use crate::metrics::{Metrics, NodeLabels, PhaseLabels, ProviderCallLabels, ReconcileLabels};
 use crate::provider::{DynProvider, PodKey, PodUpdate, ResolvedPod};
 use crate::queue::{Backoff, WorkQueue};
 use crate::resolve::{ResolveError, Resolver, volumes_fingerprint};
-use crate::sizing::{NORMALIZATION_FAILED_REASON, PodSize, SIZE_ANNOTATION, SizingProfile};
+use crate::sizing::{PodSize, SIZE_ANNOTATION, SizingProfile};
 use crate::virtual_node::NodeHealth;
-
-/// Reason for a pod whose backend instance disappeared without being asked to.
-pub const LOST_REASON: &str = "ProviderPodLost";
-/// The kubelet's reason for a container whose env or volumes cannot be resolved.
-pub const CONFIG_ERROR_REASON: &str = "CreateContainerConfigError";
-/// Reason for a pod whose resolved volume data exceeds the backend's limit.
-pub const TOO_LARGE_REASON: &str = "VolumeDataTooLarge";
 
 #[derive(Debug, Clone)]
 pub struct PodControllerConfig {
@@ -79,52 +77,28 @@ impl PodControllerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    /// Not known yet (before the first backend list).
-    Unknown,
-    /// The backend does not have this pod.
-    Absent,
-    Present,
-    /// The backend reported the pod gone.
-    Gone,
-}
-
 #[derive(Debug, Clone)]
 struct Entry {
     key: PodKey,
     api: Option<Arc<Pod>>,
+    /// Which copy of the API pod is the newest ([`CopyOrder`]: the watch's order, never the
+    /// resourceVersion's).
+    api_order: CopyOrder,
     backend: Backend,
     backend_status: Option<Arc<PodStatus>>,
-    /// Hash of the spec the backend last accepted.
-    applied_spec: Option<u64>,
     /// Hash of the API object's spec, taken before the stored copy was slimmed.
     api_spec: u64,
     restart_policy: Option<String>,
-    verdict: Option<Verdict>,
-    /// The verdict is final (rejected pod); never retried.
-    permanent: bool,
-    /// When the backend was asked to stop the pod for an API deletion.
-    stop_requested: Option<Instant>,
-    /// The final API delete succeeded; only the watch's Delete event is awaited.
-    api_delete_sent: bool,
-    restart_base: i32,
-    /// A lost instance was accounted for; the next create is a restart, not a duplicate.
-    restart_pending: bool,
+    /// The controller's progress with the pod; only the worker reconciling it changes it.
+    state: PodState,
+    /// How often a ConfigMap or Secret behind one of the pod's volumes changed.
+    references_changed: u64,
     created_at: Option<Instant>,
     status_writes: u32,
     /// What we last wrote, and the API server's echo of it: while both still hold, there is
     /// nothing to write even if the server dropped fields it does not know (hostIPs on 1.20).
     /// Kept as hashes: a parsed JSON tree per pod would cost kilobytes at 10,000 pods.
     written: Option<(u64, u64)>,
-    /// Fingerprint of the volume contents the backend last received.
-    volumes_applied: Option<u64>,
-    /// A referenced ConfigMap or Secret behind a volume changed since.
-    volumes_stale: bool,
-    /// When a service-account token in the pod's volumes is due for refresh.
-    refresh_at: Option<std::time::SystemTime>,
-    /// The resolver knows the pod's references (set at create, or on adoption after a restart).
-    tracked: bool,
     /// The kind of the error the last reconcile failed with, until one succeeds: a pod that
     /// keeps failing the same way is retried for as long as it exists, so only the first failure
     /// (and a change of kind) is worth a warning; repeats go to debug.
@@ -136,45 +110,40 @@ impl Entry {
         Self {
             key,
             api: None,
+            api_order: CopyOrder::default(),
             backend: Backend::Unknown,
             backend_status: None,
-            applied_spec: None,
             api_spec: 0,
             restart_policy: None,
-            verdict: None,
-            permanent: false,
-            stop_requested: None,
-            api_delete_sent: false,
-            restart_base: 0,
-            restart_pending: false,
+            state: PodState::New { verdict: None },
+            references_changed: 0,
             created_at: None,
             status_writes: 0,
             written: None,
-            volumes_applied: None,
-            volumes_stale: false,
-            refresh_at: None,
-            tracked: false,
             last_error: None,
+        }
+    }
+
+    /// What the decision step reads, with `api` as the pass sees it.
+    fn facts(&self, api: Option<Arc<Pod>>) -> Facts {
+        Facts {
+            uid: self.key.uid.clone(),
+            api,
+            api_spec: self.api_spec,
+            restart_policy: self.restart_policy.clone(),
+            backend: self.backend,
+            backend_status: self.backend_status.clone(),
+            references_changed: self.references_changed,
+            written: self.written,
+            now: Instant::now(),
+            wall: std::time::SystemTime::now(),
         }
     }
 }
 
-/// A fingerprint of a status's owned fields, as serialized.
-fn fingerprint(status: &PodStatus) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::Value::Object(owned_fields(status))
-        .to_string()
-        .hash(&mut h);
-    h.finish()
-}
-
-/// What the worker does with a key after a reconcile.
-#[derive(Debug, PartialEq)]
-enum Next {
-    Done,
-    After(Duration),
-    Retry(Duration),
-}
+/// A pass that takes more steps than this is cut short and requeued: a decision loop would
+/// otherwise spin a worker forever. No real pass comes near it (create: fetch, create, patch).
+const MAX_STEPS: usize = 12;
 
 /// A read-only view of one pod, for the kubelet API and tests.
 #[derive(Debug, Clone)]
@@ -248,7 +217,7 @@ impl PodController {
     /// retried now; a running pod's volumes are refreshed.
     fn referenced_object_changed(&self, uid: &str, volume: bool) {
         if volume {
-            self.update_entry(uid, |e| e.volumes_stale = true);
+            self.update_entry(uid, |e| e.references_changed += 1);
         }
         self.queue.add(uid.to_string());
     }
@@ -405,7 +374,8 @@ impl PodController {
         self.queue.add(uid.to_string());
     }
 
-    fn upsert_api_pod(&self, mut pod: Pod) -> Option<String> {
+    /// Keep `pod` as the API's word on it, if it is newer than the copy kept (see [`CopyOrder`]).
+    fn upsert_api_pod(&self, mut pod: Pod, source: Source) -> Option<String> {
         let key = PodKey::of(&pod)?;
         pod.metadata.managed_fields = None;
         let uid = key.uid.clone();
@@ -421,10 +391,13 @@ impl PodController {
             e
         });
         e.key = key;
-        let newer = match &e.api {
-            Some(old) => resource_version(old) <= resource_version(&pod),
-            None => true,
-        };
+        let kept = e
+            .api
+            .as_ref()
+            .and_then(|p| p.metadata.resource_version.as_deref());
+        let newer = e
+            .api_order
+            .accept(source, kept, pod.metadata.resource_version.as_deref());
         if newer {
             if pod.spec.is_some() {
                 e.api_spec = spec_hash(&pod);
@@ -433,7 +406,7 @@ impl PodController {
             // A pod running as specified needs only its metadata and status from here on; the
             // spec is the bulk of a Pod's memory (10,000 pods, one node). It is fetched again if
             // the backend ever needs it (a lost instance is re-created).
-            if e.backend == Backend::Present && e.applied_spec == Some(e.api_spec) {
+            if e.backend == Backend::Present && e.state.runs_spec(e.api_spec) {
                 pod.spec = None;
             }
             e.api = Some(Arc::new(pod));
@@ -444,6 +417,7 @@ impl PodController {
     fn api_pod_deleted(&self, uid: &str) {
         if let Some(e) = self.pods.lock().get_mut(uid) {
             e.api = None;
+            e.api_order.deleted();
         }
         self.queue.add(uid.to_string());
     }
@@ -524,7 +498,8 @@ impl PodController {
             match ev {
                 Ok(Event::Init) => relist = Some(HashSet::new()),
                 Ok(Event::InitApply(pod)) => {
-                    if let (Some(uid), Some(seen)) = (self.upsert_api_pod(pod), relist.as_mut()) {
+                    if let (Some(uid), Some(seen)) =
+                        (self.upsert_api_pod(pod, Source::Relist), relist.as_mut()) {
                         seen.insert(uid);
                     }
                 }
@@ -547,7 +522,7 @@ impl PodController {
                     self.api_listed.notify_one();
                 }
                 Ok(Event::Apply(pod)) => {
-                    if let Some(uid) = self.upsert_api_pod(pod) {
+                    if let Some(uid) = self.upsert_api_pod(pod, Source::Watch) {
                         self.queue.add(uid);
                     }
                 }
@@ -726,380 +701,300 @@ impl PodController {
         }
     }
 
-    /// Bring one pod's API object and backend instance into agreement.
+    fn policy(&self) -> Policy<'_> {
+        Policy {
+            node_name: &self.cfg.node_name,
+            provider_kind: self.provider.kind(),
+            fail_fast: self.cfg.fail_fast,
+            sizing: &self.cfg.sizing,
+        }
+    }
+
+    /// The pod's key, state and facts, with `api` (the pass's copy) instead of the stored one
+    /// when given.
+    fn observe(&self, uid: &str, api: Option<Option<Arc<Pod>>>) -> Option<(PodKey, PodState, Facts)> {
+        let pods = self.pods.lock();
+        let e = pods.get(uid)?;
+        let api = api.unwrap_or_else(|| e.api.clone());
+        Some((e.key.clone(), e.state.clone(), e.facts(api)))
+    }
+
+    /// Bring one pod's API object and backend instance into agreement: the decision step says
+    /// what to do ([`decide`], [`after`]); this runs it. The pass keeps the API copy it started
+    /// with (or the whole pod, once fetched); everything else is read again after each action.
     async fn reconcile(&self, uid: &str) -> Result<Next, Error> {
         if !self.is_synced() {
             return Ok(Next::Done); // everything is enqueued once the first lists are in
         }
-        let Some(entry) = self.entry(uid) else {
+        let Some((key, mut state, facts)) = self.observe(uid, None) else {
             return Ok(Next::Done);
         };
-        let Some(pod) = entry.api.clone() else {
-            return self.reconcile_without_api_pod(entry).await;
-        };
-        if pod.metadata.deletion_timestamp.is_some() {
-            return self.reconcile_deletion(&entry, &pod).await;
-        }
-        if is_terminal_phase(pod.status.as_ref()) {
-            self.resolver.forget(uid);
-            return Ok(Next::Done);
-        }
-        if entry.permanent {
-            return self.sync_status(&entry, &pod).await;
-        }
-        match entry.backend {
-            Backend::Unknown => Ok(Next::Done),
-            Backend::Gone if is_terminal_phase(entry.backend_status.as_deref()) => {
-                self.sync_status(&entry, &pod).await
-            }
-            Backend::Gone => self.instance_lost(&entry, &pod).await,
-            Backend::Absent if !entry.restart_pending && was_started(&pod) => {
-                self.instance_lost(&entry, &pod).await
-            }
-            Backend::Absent => self.create(&entry, &pod).await,
-            Backend::Present => {
-                if entry.applied_spec.is_some_and(|h| h != entry.api_spec)
-                    && let Some(next) = self.update(&entry, &pod).await?
-                {
-                    return Ok(next);
+        let mut pass_pod = facts.api.clone();
+        let policy = self.policy();
+        let mut step = decide(&mut state, &facts, &policy);
+        for _ in 0..MAX_STEPS {
+            self.apply(&key, &state, step.effects);
+            let action = match step.then {
+                Then::Finish(next) => return Ok(next),
+                Then::Do(action) => action,
+            };
+            let done = match action {
+                Action::PatchStatus {
+                    patch,
+                    desired_print,
+                    then,
+                } => {
+                    self.patch_status(&key, patch, desired_print).await?;
+                    return Ok(then);
                 }
-                if !entry.tracked && pod.spec.is_some() {
-                    self.adopt_references(&entry, &pod);
+                Action::FetchSpec => {
+                    let fetched = self.fetch_pod(&key).await?;
+                    let found = fetched.is_some();
+                    if let Some(pod) = fetched {
+                        pass_pod = Some(pod);
+                    }
+                    Done::SpecFetched { found }
                 }
-                let token_due = entry
-                    .refresh_at
-                    .is_some_and(|t| std::time::SystemTime::now() >= t);
-                if (entry.volumes_stale || token_due)
-                    && let Some(next) = self.refresh_volumes(&entry, &pod).await?
-                {
-                    return Ok(next);
+                action => self.execute(&key, pass_pod.as_ref(), action).await?,
+            };
+            let Some((_, _, facts)) = self.observe(uid, Some(pass_pod.clone())) else {
+                return Ok(Next::Done);
+            };
+            step = after(&mut state, &facts, &policy, done);
+        }
+        warn!(pod = %key, "reconcile took too many steps; requeued");
+        Ok(Next::After(Duration::ZERO))
+    }
+
+    /// Keep the decision's state and carry out its effects.
+    fn apply(&self, key: &PodKey, state: &PodState, effects: Vec<Effect>) {
+        let uid = key.uid.as_str();
+        self.update_entry(uid, |e| e.state = state.clone());
+        for effect in effects {
+            match effect {
+                Effect::Event {
+                    warning,
+                    reason,
+                    message,
+                } => self.events.pod(key, warning, &reason, message),
+                Effect::Rejected { reason, message } => {
+                    warn!(pod = %key, reason, %message, "rejecting pod");
                 }
-                let next = self.sync_status(&entry, &pod).await?;
-                // Come back when a token is due.
-                let refresh_in = self.entry(uid).and_then(|e| e.refresh_at).map(|t| {
-                    t.duration_since(std::time::SystemTime::now())
-                        .unwrap_or_default()
-                });
-                Ok(match (next, refresh_in) {
-                    (Next::Done, Some(d)) => Next::After(d),
-                    (next, _) => next,
-                })
+                Effect::ForgetReferences => self.resolver.forget(uid),
+                Effect::DropPod => self.drop_pod(uid),
+                Effect::BackendCreated => {
+                    self.update_entry(uid, |e| {
+                        if e.backend != Backend::Gone {
+                            e.backend = Backend::Present;
+                        }
+                        e.created_at = Some(Instant::now());
+                    });
+                    self.metrics
+                        .pods_created
+                        .get_or_create(&self.node_label)
+                        .inc();
+                }
+                Effect::BackendReplaced => self.update_entry(uid, |e| {
+                    e.backend = Backend::Absent;
+                    e.backend_status = None;
+                }),
+                Effect::BackendGone => self.update_entry(uid, |e| e.backend = Backend::Gone),
+                Effect::StatusMatches {
+                    desired_print,
+                    current_print,
+                } => self.update_entry(uid, |e| {
+                    e.written = Some((desired_print, current_print));
+                }),
             }
         }
     }
 
-    async fn reconcile_without_api_pod(&self, entry: Entry) -> Result<Next, Error> {
-        let uid = entry.key.uid.clone();
-        if matches!(entry.backend, Backend::Present | Backend::Unknown) {
-            // An orphan, or a pod deleted from the API (force delete, or our own final delete).
-            match self
-                .call(
-                    "delete",
-                    self.provider.delete_pod(&entry.key, Duration::ZERO),
-                )
-                .await
-            {
-                Ok(()) | Err(ProviderError::NotFound(_)) => {}
-                Err(e) => {
-                    self.events
-                        .pod(&entry.key, true, "ProviderDeleteFailed", e.to_string());
-                    return Ok(Next::Retry(e.retry_after().unwrap_or_default()));
-                }
-            }
-            if entry.created_at.is_none() && entry.status_writes == 0 {
-                info!(pod = %entry.key, "deleted backend pod that has no API pod");
-            }
-        }
+    /// Forget a pod that has neither an API object nor a backend instance.
+    fn drop_pod(&self, uid: &str) {
         let removed = {
             let mut pods = self.pods.lock();
             // Something may have arrived meanwhile (a re-listed API pod); only drop a still-orphaned entry.
-            match pods.get(&uid) {
-                Some(e) if e.api.is_none() => pods.remove(&uid),
+            match pods.get(uid) {
+                Some(e) if e.api.is_none() => pods.remove(uid),
                 _ => None,
             }
         };
         if let Some(e) = removed {
-            self.resolver.forget(&uid);
+            self.resolver.forget(uid);
             if e.created_at.is_some() {
                 self.metrics
                     .status_writes_per_pod
                     .get_or_create(&self.node_label)
                     .observe(f64::from(e.status_writes));
             }
-            self.queue.remove(&uid);
+            self.queue.remove(&uid.to_string());
         }
-        Ok(Next::Done)
     }
 
-    async fn reconcile_deletion(&self, entry: &Entry, pod: &Pod) -> Result<Next, Error> {
-        let grace = Duration::from_secs(
-            pod.metadata
-                .deletion_grace_period_seconds
-                .unwrap_or(30)
-                .max(0) as u64,
-        );
-        match entry.backend {
-            Backend::Unknown => return Ok(Next::Done),
-            Backend::Absent | Backend::Gone => return self.delete_api_pod(entry).await,
-            Backend::Present => {}
-        }
-        let stopped = is_terminal_phase(pod.status.as_ref())
-            || entry
-                .backend_status
-                .as_deref()
-                .is_some_and(all_containers_terminated);
-        let deadline_passed = entry.stop_requested.is_some_and(|t| t.elapsed() >= grace);
-        if stopped || deadline_passed || entry.stop_requested.is_none() {
-            // First ask: stop within the grace period. Later asks: the containers have stopped (or
-            // the deadline passed), so release the backend pod right away.
-            let first = entry.stop_requested.is_none() && !stopped;
-            let g = if first { grace } else { Duration::ZERO };
-            match self
-                .call("delete", self.provider.delete_pod(&entry.key, g))
-                .await
-            {
-                Ok(()) => {}
-                Err(ProviderError::NotFound(_)) => return self.delete_api_pod(entry).await,
-                Err(e) => {
-                    self.events
-                        .pod(&entry.key, true, "ProviderDeleteFailed", e.to_string());
-                    return Ok(Next::Retry(e.retry_after().unwrap_or_default()));
+    /// Run one action and say what it came to. `pod` is the pass's copy of the API pod.
+    async fn execute(
+        &self,
+        key: &PodKey,
+        pod: Option<&Arc<Pod>>,
+        action: Action,
+    ) -> Result<Done, Error> {
+        let uid = key.uid.as_str();
+        Ok(match action {
+            Action::DeleteBackend { grace, purpose } => {
+                let result = self
+                    .call("delete", self.provider.delete_pod(key, grace))
+                    .await;
+                if purpose == DeletePurpose::Orphan
+                    && result.is_ok()
+                    && self
+                        .entry(uid)
+                        .is_some_and(|e| e.created_at.is_none() && e.status_writes == 0)
+                {
+                    info!(pod = %key, "deleted backend pod that has no API pod");
                 }
+                Done::BackendDeleted { purpose, result }
             }
-            if first {
-                self.update_entry(&entry.key.uid, |e| e.stop_requested = Some(Instant::now()));
-                // The backend reports Gone (or terminated containers) before the deadline; this
-                // wake-up only enforces it.
-                return Ok(Next::After(grace + Duration::from_millis(100)));
+            Action::DeleteApi => Done::ApiDeleted {
+                existed: self.delete_api_pod(key).await?,
+            },
+            Action::Create {
+                sized,
+                size,
+                restart_base,
+                spec,
+            } => {
+                let seen = self.entry(uid).map(|e| e.references_changed).unwrap_or(0);
+                if let Some(pod) = pod {
+                    self.record_size(key, pod, size).await;
+                }
+                let result = self.create_on_backend(key, sized, restart_base).await?;
+                Done::Created { spec, seen, result }
             }
-            return self.delete_api_pod(entry).await;
+            Action::Update {
+                sized,
+                restart_base,
+                spec,
+            } => {
+                let resolved =
+                    ResolvedPod::new(key.clone(), sized).with_restart_count_base(restart_base);
+                let result = self
+                    .call("update", self.provider.update_pod(&resolved))
+                    .await;
+                Done::Updated { spec, result }
+            }
+            Action::Track => Done::Tracked {
+                refresh_at: pod.and_then(|pod| self.track_references(key, pod)),
+            },
+            Action::RefreshVolumes { applied } => {
+                let seen = self.entry(uid).map(|e| e.references_changed).unwrap_or(0);
+                let result = match pod {
+                    Some(pod) => self.refresh_volumes(key, pod, applied).await?,
+                    None => VolumesResult::PodGone,
+                };
+                Done::VolumesRefreshed { seen, result }
+            }
+            // Run by the pass itself: they end it, or change the pass's copy of the pod.
+            Action::PatchStatus { .. } | Action::FetchSpec => {
+                return Err(Error::Provider(ProviderError::Other(
+                    "internal: action run outside its pass".into(),
+                )));
+            }
+        })
+    }
+
+    /// The whole API pod by GET (the stored copy was slimmed), if it is still the same pod.
+    async fn fetch_pod(&self, key: &PodKey) -> Result<Option<Arc<Pod>>, Error> {
+        let ticket = self.api_ticket(&key.uid);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+        match api.get_opt(&key.name).await? {
+            Some(p) if p.metadata.uid.as_deref() == Some(key.uid.as_str()) => {
+                self.upsert_api_pod(p.clone(), Source::Answer { ticket });
+                Ok(Some(Arc::new(p)))
+            }
+            _ => Ok(None),
         }
-        let waited = entry
-            .stop_requested
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        Ok(Next::After(
-            grace.saturating_sub(waited) + Duration::from_millis(100),
-        ))
     }
 
     /// Remove the API object for good: grace 0, guarded by UID so a re-created pod of the same
-    /// name is never hit.
-    async fn delete_api_pod(&self, entry: &Entry) -> Result<Next, Error> {
-        if entry.api_delete_sent {
-            return Ok(Next::Done); // the watch's Delete event is on its way
-        }
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &entry.key.namespace);
+    /// name is never hit. `false` when it was gone (or replaced) already.
+    async fn delete_api_pod(&self, key: &PodKey) -> Result<bool, Error> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {
-                uid: Some(entry.key.uid.clone()),
+                uid: Some(key.uid.clone()),
                 resource_version: None,
             }),
             ..Default::default()
         };
-        match api.delete(&entry.key.name, &dp).await {
-            Ok(_) => {
-                self.update_entry(&entry.key.uid, |e| e.api_delete_sent = true);
-                Ok(Next::Done)
-            }
-            Err(e) if matches!(api_status_code(&e), Some(404 | 409)) => Ok(Next::Done),
+        match api.delete(&key.name, &dp).await {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(api_status_code(&e), Some(404 | 409)) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn create(&self, entry: &Entry, pod: &Arc<Pod>) -> Result<Next, Error> {
-        let fetched;
-        let pod = if pod.spec.is_some() {
-            pod
-        } else {
-            // The stored copy was slimmed while the pod ran; re-creating needs the whole spec.
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), &entry.key.namespace);
-            match api.get_opt(&entry.key.name).await? {
-                Some(p) if p.metadata.uid.as_deref() == Some(entry.key.uid.as_str()) => {
-                    self.upsert_api_pod(p.clone());
-                    fetched = Arc::new(p);
-                    &fetched
-                }
-                _ => return Ok(Next::Done), // gone; the watch will say so
-            }
-        };
-        // Checked on the whole spec: a running pod's stored copy is slimmed, and a lost
-        // instance is re-created from the fetched pod.
-        let mut problems = unsupported_features(pod);
-        problems.extend(self.cfg.sizing.spec_problems(pod));
-        if !problems.is_empty() {
-            let message = format!(
-                "Pod cannot run on virtual node {} (provider {}): {}",
-                self.cfg.node_name,
-                self.provider.kind(),
-                problems.join("; ")
-            );
-            return self.reject(entry, pod, UNSUPPORTED_REASON, message).await;
-        }
-        let (sized, size) = match self.sized(pod) {
-            Ok(sized) => sized,
-            Err(message) => {
-                return self
-                    .reject(entry, pod, NORMALIZATION_FAILED_REASON, message)
-                    .await;
-            }
-        };
-        self.record_size(entry, pod, size).await;
-        let resolved = match self.resolve_for_create(entry, &sized).await? {
+    /// Resolve what the backend needs and create the pod there. A missing reference, an invalid
+    /// one, too much volume data and a provider failure are results for the decision step; only
+    /// an unreachable API server is an error.
+    async fn create_on_backend(
+        &self,
+        key: &PodKey,
+        sized: Arc<Pod>,
+        restart_base: i32,
+    ) -> Result<CreateResult, Error> {
+        let provider = self.provider.clone();
+        let result = self
+            .resolver
+            .resolve(
+                &sized,
+                || async move { node_allocatable(&provider).await },
+                self.max_volume_bytes(),
+            )
+            .await;
+        let resolved = match result {
             Ok(r) => r,
-            Err(next) => return Ok(next),
+            Err(error) => {
+                self.metrics
+                    .error(&self.cfg.node_name, "resolve", resolve_error_label(&error));
+                return match error {
+                    ResolveError::Missing {
+                        message, volume, ..
+                    } => {
+                        debug!(pod = %key, %message, "pod waits for a referenced object");
+                        Ok(CreateResult::MissingReference {
+                            message,
+                            volume: volume.is_some(),
+                        })
+                    }
+                    ResolveError::Invalid(message) => Ok(CreateResult::InvalidReference(message)),
+                    e @ ResolveError::TooLarge { .. } => Ok(CreateResult::TooLarge(e.to_string())),
+                    ResolveError::Api(e) => Err(e.into()),
+                };
+            }
         };
+        for w in &resolved.warnings {
+            self.events.pod(key, true, w.reason, w.message.clone());
+        }
         let volumes_print = volumes_fingerprint(&resolved.resolution.volumes);
         let refresh_at = resolved.refresh_at;
-        let resolved = ResolvedPod::new(entry.key.clone(), sized)
-            .with_restart_count_base(entry.restart_base)
+        let pod = ResolvedPod::new(key.clone(), sized)
+            .with_restart_count_base(restart_base)
             .with_resolution(resolved.resolution);
-        match self
-            .call("create", self.provider.create_pod(&resolved))
-            .await
-        {
-            Ok(()) => {
-                let hash = spec_hash(pod);
-                self.update_entry(&entry.key.uid, |e| {
-                    if e.backend != Backend::Gone {
-                        e.backend = Backend::Present;
-                    }
-                    e.applied_spec = Some(hash);
-                    e.verdict = None;
-                    e.restart_pending = false;
-                    e.created_at = Some(Instant::now());
-                    e.volumes_applied = Some(volumes_print);
-                    e.volumes_stale = false;
-                    e.refresh_at = refresh_at;
-                    e.tracked = true;
-                });
-                self.metrics
-                    .pods_created
-                    .get_or_create(&self.node_label)
-                    .inc();
-                self.events.pod(
-                    &entry.key,
-                    false,
-                    "ProviderCreateSuccess",
-                    "Create pod in provider successfully",
-                );
-                // The backend may have reported already; clear any failure verdict on the API object.
-                let Some(fresh) = self.entry(&entry.key.uid) else {
-                    return Ok(Next::Done);
-                };
-                self.sync_status(&fresh, pod).await
-            }
-            Err(e) if e.is_permanent() => {
-                self.events
-                    .pod(&entry.key, true, "ProviderCreateFailed", e.to_string());
-                self.reject(entry, pod, e.pod_reason(), e.to_string()).await
-            }
-            Err(e) => {
-                self.events
-                    .pod(&entry.key, true, "ProviderCreateFailed", e.to_string());
-                let verdict = if self.cfg.fail_fast {
-                    Verdict::failed(e.pod_reason(), e.to_string())
-                } else {
-                    Verdict::pending(e.pod_reason(), e.to_string())
-                };
-                let permanent = self.cfg.fail_fast;
-                self.update_entry(&entry.key.uid, |en| {
-                    en.verdict = Some(verdict);
-                    en.permanent = permanent;
-                });
-                if let Some(fresh) = self.entry(&entry.key.uid) {
-                    self.sync_status(&fresh, pod).await?;
-                }
-                Ok(if permanent {
-                    Next::Done
-                } else {
-                    Next::Retry(e.retry_after().unwrap_or_default())
-                })
-            }
-        }
-    }
-
-    async fn update(&self, entry: &Entry, pod: &Arc<Pod>) -> Result<Option<Next>, Error> {
-        // A spec change the profile cannot size leaves the running pod as it is.
-        let (sized, _) = match self.sized(pod) {
-            Ok(sized) => sized,
-            Err(message) => {
-                self.events
-                    .pod(&entry.key, true, NORMALIZATION_FAILED_REASON, message);
-                let hash = spec_hash(pod);
-                self.update_entry(&entry.key.uid, |e| e.applied_spec = Some(hash));
-                return Ok(None);
-            }
-        };
-        let resolved =
-            ResolvedPod::new(entry.key.clone(), sized).with_restart_count_base(entry.restart_base);
-        match self
-            .call("update", self.provider.update_pod(&resolved))
-            .await
-        {
-            Ok(()) => {
-                let hash = spec_hash(pod);
-                self.update_entry(&entry.key.uid, |e| e.applied_spec = Some(hash));
-                self.events.pod(
-                    &entry.key,
-                    false,
-                    "ProviderUpdateSuccess",
-                    "Update pod in provider successfully",
-                );
-                Ok(None)
-            }
-            Err(ProviderError::NotFound(_)) => {
-                self.update_entry(&entry.key.uid, |e| e.backend = Backend::Gone);
-                Ok(Some(Next::After(Duration::ZERO)))
-            }
-            // An honest "cannot": say so once; the running pod keeps its spec.
-            Err(ProviderError::NotSupported(what)) => {
-                self.events.pod(
-                    &entry.key,
-                    false,
-                    "ProviderUpdateUnsupported",
-                    format!(
-                        "the {} backend does not change a running pod ({what}); the new spec applies when the pod is re-created",
-                        self.provider.kind()
-                    ),
-                );
-                let hash = spec_hash(pod);
-                self.update_entry(&entry.key.uid, |e| e.applied_spec = Some(hash));
-                Ok(None)
-            }
-            Err(e) => {
-                self.events
-                    .pod(&entry.key, true, "ProviderUpdateFailed", e.to_string());
-                if e.is_permanent() {
-                    // The running pod stays as it is; retrying cannot help.
-                    let hash = spec_hash(pod);
-                    self.update_entry(&entry.key.uid, |en| en.applied_spec = Some(hash));
-                    return Ok(None);
-                }
-                Ok(Some(Next::Retry(e.retry_after().unwrap_or_default())))
-            }
-        }
-    }
-
-    /// The pod as the backend is to run it: container resources normalised by the node's sizing
-    /// profile. `Err` quotes the rule the pod cannot meet.
-    fn sized(&self, pod: &Arc<Pod>) -> Result<(Arc<Pod>, Option<PodSize>), String> {
-        if self.cfg.sizing.is_none() {
-            return Ok((pod.clone(), None));
-        }
-        match self.cfg.sizing.normalize(pod) {
-            Ok(n) => Ok((Arc::new(n.pod), n.size)),
-            Err(e) => Err(format!(
-                "Pod cannot run on virtual node {}: {e}",
-                self.cfg.node_name
-            )),
-        }
+        Ok(
+            match self.call("create", self.provider.create_pod(&pod)).await {
+                Ok(()) => CreateResult::Created {
+                    volumes_print,
+                    refresh_at,
+                },
+                Err(e) => CreateResult::ProviderFailed(e),
+            },
+        )
     }
 
     /// Write the size the backend runs (`virtual-kubelet.io/size: <cores>_<GiB>`, CCI's own
     /// format) on the API pod, once. A failed write is not worth failing the pod over.
-    async fn record_size(&self, entry: &Entry, pod: &Pod, size: Option<PodSize>) {
+    async fn record_size(&self, key: &PodKey, pod: &Pod, size: Option<PodSize>) {
         let Some(size) = size else {
             return;
         };
@@ -1112,124 +1007,53 @@ impl PodController {
         if current == Some(&size) {
             return;
         }
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &entry.key.namespace);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
         let patch = serde_json::json!({
             "metadata": {
-                "uid": entry.key.uid,
+                "uid": key.uid,
                 "annotations": { SIZE_ANNOTATION: size },
             }
         });
         if let Err(e) = api
-            .patch(
-                &entry.key.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            warn!(pod = %entry.key, error = %e, "cannot record the pod's size annotation");
+            warn!(pod = %key, error = %e, "cannot record the pod's size annotation");
             self.metrics
                 .error(&self.cfg.node_name, "size_annotation", "api");
-        }
-    }
-
-    /// Resolve what the backend needs to create the pod. `Ok(Err(next))` when the pod cannot be
-    /// created yet (a missing reference: it waits, as a kubelet's pod does) or ever (rejected).
-    async fn resolve_for_create(
-        &self,
-        entry: &Entry,
-        pod: &Arc<Pod>,
-    ) -> Result<Result<crate::resolve::Resolved, Next>, Error> {
-        let provider = self.provider.clone();
-        let result = self
-            .resolver
-            .resolve(
-                pod,
-                || async move { node_allocatable(&provider).await },
-                self.max_volume_bytes(),
-            )
-            .await;
-        let error = match result {
-            Ok(r) => {
-                for w in &r.warnings {
-                    self.events
-                        .pod(&entry.key, true, w.reason, w.message.clone());
-                }
-                return Ok(Ok(r));
-            }
-            Err(e) => e,
-        };
-        self.metrics
-            .error(&self.cfg.node_name, "resolve", resolve_error_label(&error));
-        match error {
-            ResolveError::Missing {
-                message, volume, ..
-            } => {
-                debug!(pod = %entry.key, %message, "pod waits for a referenced object");
-                if volume.is_some() {
-                    self.events
-                        .pod(&entry.key, true, "FailedMount", message.clone());
-                } else {
-                    self.events
-                        .pod(&entry.key, true, "Failed", format!("Error: {message}"));
-                }
-                let verdict = Verdict::containers_waiting(pod, CONFIG_ERROR_REASON, message);
-                self.update_entry(&entry.key.uid, |e| e.verdict = Some(verdict));
-                if let Some(fresh) = self.entry(&entry.key.uid) {
-                    self.sync_status(&fresh, pod).await?;
-                }
-                // Backoff bounds the retries; the object's watch wakes the pod the moment the
-                // object appears.
-                Ok(Err(Next::Retry(Duration::ZERO)))
-            }
-            ResolveError::Invalid(message) => {
-                let next = self
-                    .reject(entry, pod, CONFIG_ERROR_REASON, message)
-                    .await?;
-                Ok(Err(next))
-            }
-            e @ ResolveError::TooLarge { .. } => {
-                let next = self
-                    .reject(entry, pod, TOO_LARGE_REASON, e.to_string())
-                    .await?;
-                Ok(Err(next))
-            }
-            ResolveError::Api(e) => Err(e.into()),
         }
     }
 
     /// A pod found running on the backend at start-up (created before a restart): watch what it
     /// references from now on, and refresh its service-account tokens soon, since when they were
     /// minted is unknown. The refresh is spread over a few minutes so a restart with many pods
-    /// does not mint all tokens at once.
-    fn adopt_references(&self, entry: &Entry, pod: &Pod) {
-        self.resolver.track(&entry.key.uid, pod);
+    /// does not mint all tokens at once. Returns when the tokens are due.
+    fn track_references(&self, key: &PodKey, pod: &Pod) -> Option<std::time::SystemTime> {
+        self.resolver.track(&key.uid, pod);
         let has_tokens = !crate::resolve::volumes::token_specs(pod).is_empty();
         let spread = Duration::from_millis(rand_below(ADOPTED_TOKEN_REFRESH_SPREAD.as_millis()));
-        self.update_entry(&entry.key.uid, |e| {
-            e.tracked = true;
-            if has_tokens && e.refresh_at.is_none() {
-                e.refresh_at = Some(std::time::SystemTime::now() + spread);
-            }
-        });
+        has_tokens.then(|| std::time::SystemTime::now() + spread)
     }
 
     /// Re-resolve a running pod's volumes after a referenced object changed or a token came due,
-    /// and hand the backend the new content if it differs.
-    async fn refresh_volumes(&self, entry: &Entry, pod: &Arc<Pod>) -> Result<Option<Next>, Error> {
-        let uid = entry.key.uid.as_str();
-        self.update_entry(uid, |e| e.volumes_stale = false);
+    /// and hand the backend the new content if it differs from `applied`.
+    async fn refresh_volumes(
+        &self,
+        key: &PodKey,
+        pod: &Arc<Pod>,
+        applied: Option<u64>,
+    ) -> Result<VolumesResult, Error> {
         let fetched;
         let pod = if pod.spec.is_some() {
             pod
         } else {
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), &entry.key.namespace);
-            match api.get_opt(&entry.key.name).await? {
-                Some(p) if p.metadata.uid.as_deref() == Some(uid) => {
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+            match api.get_opt(&key.name).await? {
+                Some(p) if p.metadata.uid.as_deref() == Some(key.uid.as_str()) => {
                     fetched = Arc::new(p);
                     &fetched
                 }
-                _ => return Ok(None),
+                _ => return Ok(VolumesResult::PodGone),
             }
         };
         let provider = self.provider.clone();
@@ -1243,49 +1067,36 @@ impl PodController {
             .await;
         let refreshed = match result {
             Ok(r) => r,
-            Err(ResolveError::Api(e)) => {
-                self.update_entry(uid, |e| e.volumes_stale = true);
-                return Err(e.into());
-            }
+            Err(ResolveError::Api(e)) => return Err(e.into()),
             Err(e) => {
-                // As a kubelet does, the running pod keeps the content it has.
                 self.metrics
                     .error(&self.cfg.node_name, "resolve", resolve_error_label(&e));
-                self.events
-                    .pod(&entry.key, true, "FailedMount", e.to_string());
-                return Ok(None);
+                return Ok(VolumesResult::Unresolvable(e.to_string()));
             }
         };
         let print = volumes_fingerprint(&refreshed.volumes);
-        if entry.volumes_applied != Some(print) {
+        if applied != Some(print) {
             match self
                 .call(
                     "update_volumes",
-                    self.provider.update_volumes(&entry.key, &refreshed.volumes),
+                    self.provider.update_volumes(key, &refreshed.volumes),
                 )
                 .await
             {
-                Ok(()) => debug!(pod = %entry.key, "refreshed volume contents on the backend"),
+                Ok(()) => debug!(pod = %key, "refreshed volume contents on the backend"),
                 Err(ProviderError::NotSupported(what)) => {
-                    debug!(pod = %entry.key, %what, "backend cannot refresh volumes of a running pod");
+                    debug!(pod = %key, %what, "backend cannot refresh volumes of a running pod");
                 }
-                Err(ProviderError::NotFound(_)) => return Ok(None),
-                Err(e) => {
-                    self.events
-                        .pod(&entry.key, true, "FailedVolumeUpdate", e.to_string());
-                    self.update_entry(uid, |e| e.volumes_stale = true);
-                    return Ok(Some(Next::Retry(e.retry_after().unwrap_or_default())));
-                }
+                Err(ProviderError::NotFound(_)) => return Ok(VolumesResult::PodGone),
+                Err(e) => return Ok(VolumesResult::UpdateFailed(e)),
             }
         }
-        self.update_entry(uid, |e| {
-            e.volumes_applied = Some(print);
-            e.refresh_at = refreshed.refresh_at;
-        });
-        Ok(None)
+        Ok(VolumesResult::Applied {
+            print,
+            refresh_at: refreshed.refresh_at,
+        })
     }
 
-    /// Fail the pod for good with `reason`.
     /// The provider's limit on resolved volume data, lowered by the sizing profile's.
     fn max_volume_bytes(&self) -> Option<u64> {
         let provider = self.provider.limits().max_volume_bytes;
@@ -1295,86 +1106,18 @@ impl PodController {
         }
     }
 
-    async fn reject(
+    /// Send the decided merge patch to `pods/status` and keep the API server's answer.
+    async fn patch_status(
         &self,
-        entry: &Entry,
-        pod: &Pod,
-        reason: &str,
-        message: String,
-    ) -> Result<Next, Error> {
-        warn!(pod = %entry.key, reason, %message, "rejecting pod");
-        self.events.pod(&entry.key, true, reason, message.clone());
-        let verdict = Verdict::failed(reason, message);
-        self.update_entry(&entry.key.uid, |e| {
-            e.verdict = Some(verdict);
-            e.permanent = true;
-        });
-        let Some(fresh) = self.entry(&entry.key.uid) else {
-            return Ok(Next::Done);
-        };
-        self.sync_status(&fresh, pod).await
-    }
-
-    /// The backend lost a pod it ran: like a container exit, the restartPolicy decides.
-    async fn instance_lost(&self, entry: &Entry, pod: &Arc<Pod>) -> Result<Next, Error> {
-        let policy = entry.restart_policy.as_deref().unwrap_or("Always");
-        if policy == "Never" {
-            let message = format!(
-                "the pod's instance vanished from the {} backend; restartPolicy is Never",
-                self.provider.kind()
-            );
-            return self.reject(entry, pod, LOST_REASON, message).await;
-        }
-        let restarts = max_restart_count(pod.status.as_ref());
-        self.events.pod(
-            &entry.key,
-            true,
-            LOST_REASON,
-            format!(
-                "the pod's instance vanished from the {} backend; re-creating it (restartPolicy {policy})",
-                self.provider.kind()
-            ),
-        );
-        self.update_entry(&entry.key.uid, |e| {
-            e.backend = Backend::Absent;
-            e.backend_status = None;
-            e.restart_base = restarts + 1;
-            e.restart_pending = true;
-        });
-        Ok(Next::After(Duration::ZERO))
-    }
-
-    /// Patch `pods/status` with whatever differs from what we want it to say.
-    async fn sync_status(&self, entry: &Entry, pod: &Pod) -> Result<Next, Error> {
-        let current = pod.status.clone().unwrap_or_default();
-        if is_terminal_phase(Some(&current)) {
-            return Ok(Next::Done); // a kubelet never moves a pod out of a terminal phase
-        }
-        let desired = desired_status(
-            &current,
-            entry.backend_status.as_deref(),
-            entry.verdict.as_ref(),
-        );
-        // Compared as serialized (second-precision timestamps, server defaults dropped).
-        let desired_print = fingerprint(&desired);
-        let current_print = fingerprint(&current);
-        if entry.written == Some((desired_print, current_print)) {
-            return Ok(Next::Done);
-        }
-        let Some(patch) = status_patch(&current, &desired, &entry.key.uid) else {
-            self.update_entry(&entry.key.uid, |e| {
-                e.written = Some((desired_print, current_print))
-            });
-            return Ok(Next::Done);
-        };
-        debug!(pod = %entry.key, %patch, "patching pod status");
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &entry.key.namespace);
+        key: &PodKey,
+        patch: serde_json::Value,
+        desired_print: u64,
+    ) -> Result<(), Error> {
+        debug!(pod = %key, %patch, "patching pod status");
+        let ticket = self.api_ticket(&key.uid);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
         match api
-            .patch_status(
-                &entry.key.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             Ok(updated) => {
@@ -1383,17 +1126,26 @@ impl PodController {
                     .get_or_create(&self.node_label)
                     .inc();
                 let echo = updated.status.as_ref().map(fingerprint).unwrap_or_default();
-                self.update_entry(&entry.key.uid, |e| {
+                self.update_entry(&key.uid, |e| {
                     e.status_writes += 1;
                     e.written = Some((desired_print, echo));
                 });
-                self.upsert_api_pod(updated);
-                Ok(Next::Done)
+                self.upsert_api_pod(updated, Source::Answer { ticket });
+                Ok(())
             }
             // Gone, or a different pod now has this name: nothing of ours to patch.
-            Err(e) if matches!(api_status_code(&e), Some(404 | 409)) => Ok(Next::Done),
+            Err(e) if matches!(api_status_code(&e), Some(404 | 409)) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// For [`Source::Answer`]: where the watch stands before a request that returns the pod.
+    fn api_ticket(&self, uid: &str) -> u64 {
+        self.pods
+            .lock()
+            .get(uid)
+            .map(|e| e.api_order.ticket())
+            .unwrap_or_default()
     }
 
     /// Call the provider, timing it for the latency histogram.
@@ -1622,129 +1374,9 @@ fn unknown_key(uid: &str) -> PodKey {
     PodKey::new(uid, "", "")
 }
 
-fn resource_version(pod: &Pod) -> u64 {
-    pod.metadata
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Whether a kubelet (us, before a restart) already reported this pod as started.
-fn was_started(pod: &Pod) -> bool {
-    pod.status.as_ref().is_some_and(|s| {
-        s.start_time.is_some() || s.container_statuses.as_ref().is_some_and(|c| !c.is_empty())
-    })
-}
-
-fn max_restart_count(status: Option<&PodStatus>) -> i32 {
-    status
-        .into_iter()
-        .flat_map(|s| {
-            s.container_statuses
-                .iter()
-                .flatten()
-                .chain(s.init_container_statuses.iter().flatten())
-        })
-        .map(|c| c.restart_count)
-        .max()
-        .unwrap_or(0)
-}
-
-/// Hash of what a running pod's backend instance must follow: the mutable parts of the spec and
-/// the metadata a backend may surface.
-fn spec_hash(pod: &Pod) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    if let Some(spec) = &pod.spec {
-        for c in spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-        {
-            c.name.hash(&mut h);
-            c.image.hash(&mut h);
-        }
-        spec.active_deadline_seconds.hash(&mut h);
-    }
-    pod.metadata.labels.hash(&mut h);
-    // The size annotation is vkubelet's own record of what the backend runs: writing it must
-    // not look like a change to pass to the backend.
-    for (k, v) in pod.metadata.annotations.iter().flatten() {
-        if k != SIZE_ANNOTATION {
-            (k, v).hash(&mut h);
-        }
-    }
-    h.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodSpec};
-
-    fn pod_with_image(image: &str) -> Pod {
-        Pod {
-            spec: Some(PodSpec {
-                containers: vec![Container {
-                    name: "c".into(),
-                    image: Some(image.into()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn own_size_annotation_is_not_a_spec_change() {
-        let a = pod_with_image("nginx:1");
-        let mut b = a.clone();
-        b.metadata.annotations = Some([(SIZE_ANNOTATION.to_string(), "0.5_1".to_string())].into());
-        assert_eq!(spec_hash(&a), spec_hash(&b));
-        b.metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert("team".into(), "a".into());
-        assert_ne!(
-            spec_hash(&a),
-            spec_hash(&b),
-            "other annotations still count"
-        );
-    }
-
-    #[test]
-    fn spec_hash_follows_images_not_status() {
-        let a = pod_with_image("nginx:1");
-        let mut b = a.clone();
-        b.status = Some(PodStatus {
-            phase: Some("Running".into()),
-            ..Default::default()
-        });
-        assert_eq!(spec_hash(&a), spec_hash(&b));
-        assert_ne!(spec_hash(&a), spec_hash(&pod_with_image("nginx:2")));
-    }
-
-    #[test]
-    fn restart_count_is_the_max_over_containers() {
-        let s = PodStatus {
-            container_statuses: Some(vec![
-                ContainerStatus {
-                    name: "a".into(),
-                    restart_count: 2,
-                    ..Default::default()
-                },
-                ContainerStatus {
-                    name: "b".into(),
-                    restart_count: 5,
-                    ..Default::default()
-                },
-            ]),
-            ..Default::default()
-        };
-        assert_eq!(max_restart_count(Some(&s)), 5);
-        assert_eq!(max_restart_count(None), 0);
-    }
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
@@ -1862,18 +1494,5 @@ mod tests {
         assert!(!is_api_unreachable(&Error::Provider(ProviderError::Other(
             "x".into()
         ))));
-    }
-
-    #[test]
-    fn started_means_reported_by_a_kubelet() {
-        let mut p = pod_with_image("x");
-        assert!(!was_started(&p));
-        p.status = Some(PodStatus {
-            start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-            )),
-            ..Default::default()
-        });
-        assert!(was_started(&p));
     }
 }

@@ -3,6 +3,9 @@
 
 pub mod admission;
 mod controller;
+mod decide;
 pub mod status;
+mod versions;
 
 pub use controller::{PodController, PodControllerConfig, PodSummary};
+pub use decide::{CONFIG_ERROR_REASON, LOST_REASON, TOO_LARGE_REASON};
