@@ -499,7 +499,8 @@ impl PodController {
                 Ok(Event::Init) => relist = Some(HashSet::new()),
                 Ok(Event::InitApply(pod)) => {
                     if let (Some(uid), Some(seen)) =
-                        (self.upsert_api_pod(pod, Source::Relist), relist.as_mut()) {
+                        (self.upsert_api_pod(pod, Source::Relist), relist.as_mut())
+                    {
                         seen.insert(uid);
                     }
                 }
@@ -712,7 +713,11 @@ impl PodController {
 
     /// The pod's key, state and facts, with `api` (the pass's copy) instead of the stored one
     /// when given.
-    fn observe(&self, uid: &str, api: Option<Option<Arc<Pod>>>) -> Option<(PodKey, PodState, Facts)> {
+    fn observe(
+        &self,
+        uid: &str,
+        api: Option<Option<Arc<Pod>>>,
+    ) -> Option<(PodKey, PodState, Facts)> {
         let pods = self.pods.lock();
         let e = pods.get(uid)?;
         let api = api.unwrap_or_else(|| e.api.clone());

@@ -221,7 +221,10 @@ pub(crate) enum Effect {
         message: String,
     },
     /// The pod fails for good (logged as such; the event comes separately).
-    Rejected { reason: String, message: String },
+    Rejected {
+        reason: String,
+        message: String,
+    },
     /// Stop watching what the pod references.
     ForgetReferences,
     /// Drop the pod from the table (it has no API object and no backend instance).
@@ -232,7 +235,10 @@ pub(crate) enum Effect {
     BackendReplaced,
     BackendGone,
     /// `pods/status` already says what we want: remember so, to skip the comparison next time.
-    StatusMatches { desired_print: u64, current_print: u64 },
+    StatusMatches {
+        desired_print: u64,
+        current_print: u64,
+    },
 }
 
 /// What comes after a step.
@@ -280,7 +286,10 @@ pub(crate) enum CreateResult {
         refresh_at: Option<SystemTime>,
     },
     /// A referenced ConfigMap/Secret/key does not exist (yet); `volume` when a volume needs it.
-    MissingReference { message: String, volume: bool },
+    MissingReference {
+        message: String,
+        volume: bool,
+    },
     InvalidReference(String),
     TooLarge(String),
     ProviderFailed(ProviderError),
@@ -309,9 +318,13 @@ pub(crate) enum Done {
         result: Result<(), ProviderError>,
     },
     /// `existed`: the delete was accepted (false: the object was already gone or replaced).
-    ApiDeleted { existed: bool },
+    ApiDeleted {
+        existed: bool,
+    },
     /// `found`: the facts now carry the whole pod; otherwise it is gone.
-    SpecFetched { found: bool },
+    SpecFetched {
+        found: bool,
+    },
     Created {
         spec: u64,
         /// [`Facts::references_changed`] when resolution started.
@@ -322,8 +335,13 @@ pub(crate) enum Done {
         spec: u64,
         result: Result<(), ProviderError>,
     },
-    Tracked { refresh_at: Option<SystemTime> },
-    VolumesRefreshed { seen: u64, result: VolumesResult },
+    Tracked {
+        refresh_at: Option<SystemTime>,
+    },
+    VolumesRefreshed {
+        seen: u64,
+        result: VolumesResult,
+    },
 }
 
 /// The first step of a pass over one pod.
@@ -349,9 +367,7 @@ pub(crate) fn decide(state: &mut PodState, f: &Facts, p: &Policy<'_>) -> Step {
             sync_status(f, &pod, state.verdict(), Next::Done)
         }
         Backend::Gone => instance_lost(state, f, &pod, p),
-        Backend::Absent
-            if !matches!(state, PodState::Restarting { .. }) && was_started(&pod) =>
-        {
+        Backend::Absent if !matches!(state, PodState::Restarting { .. }) && was_started(&pod) => {
             instance_lost(state, f, &pod, p)
         }
         Backend::Absent => create(state, f, &pod, p),

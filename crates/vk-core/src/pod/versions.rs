@@ -40,7 +40,12 @@ impl CopyOrder {
 
     /// Whether a copy with version `version` from `source` replaces the one kept, whose version
     /// is `kept`.
-    pub(crate) fn accept(&mut self, source: Source, kept: Option<&str>, version: Option<&str>) -> bool {
+    pub(crate) fn accept(
+        &mut self,
+        source: Source,
+        kept: Option<&str>,
+        version: Option<&str>,
+    ) -> bool {
         match source {
             Source::Relist => {
                 self.delivered += 1;
@@ -146,7 +151,10 @@ mod tests {
         let ticket = o.ticket();
         assert!(o.accept(Source::Answer { ticket }, None, Some("x")));
         o.deleted();
-        assert!(!o.accept(Source::Answer { ticket }, None, Some("x")), "stale ticket");
+        assert!(
+            !o.accept(Source::Answer { ticket }, None, Some("x")),
+            "stale ticket"
+        );
         assert!(o.accept(Source::Watch, None, Some("y")));
     }
 }

@@ -7,6 +7,10 @@
 //! A lookup that misses (the object was not referenced when the watch last saw it) falls back
 //! to a GET whose answer never overwrites what the watch stored meanwhile: the watch is ordered,
 //! the GET is not.
+//!
+//! `resourceVersion` is opaque (Kubernetes API conventions): it is compared for equality only,
+//! to tell a changed object from a repeat. Which copy is newer is the watch's order: its latest
+//! event for a name wins, whatever the versions' strings say.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
@@ -38,7 +42,8 @@ impl Drop for AbortOnDrop {
 
 struct Stored<V> {
     value: Option<V>,
-    resource_version: u64,
+    /// Only ever compared for equality.
+    resource_version: Option<String>,
 }
 
 struct NamespaceState<V> {
@@ -72,12 +77,8 @@ pub(crate) struct ObjectStore<K, V> {
     shared: Arc<Shared<K, V>>,
 }
 
-fn resource_version<K: Resource>(obj: &K) -> u64 {
-    obj.meta()
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+fn resource_version<K: Resource>(obj: &K) -> Option<String> {
+    obj.meta().resource_version.clone()
 }
 
 impl<K, V> ObjectStore<K, V>
@@ -160,7 +161,7 @@ where
         let api: Api<K> = Api::namespaced(self.shared.client.clone(), namespace);
         let fetched = api.get_opt(name).await?;
         let value = fetched.as_ref().and_then(self.shared.summarize);
-        let rv = fetched.as_ref().map(resource_version).unwrap_or(0);
+        let rv = fetched.as_ref().and_then(resource_version);
         let mut namespaces = self.shared.namespaces.lock();
         if let Some(state) = namespaces.get_mut(namespace)
             && state.refs.contains_key(name)
@@ -288,17 +289,18 @@ where
         if self.keep == Keep::Referenced && !state.refs.contains_key(&name) {
             return;
         }
-        let rv = obj.map(resource_version).unwrap_or(0);
+        let rv = obj.and_then(resource_version);
         let value = obj.and_then(self.summarize);
         match state.objects.get_mut(&name) {
             Some(stored) => {
+                // The watch delivers in order, so its copy replaces what is stored (a GET's answer
+                // included); the version only tells a change from a repeat.
                 let same = match obj {
-                    Some(_) => stored.value.is_some() && stored.resource_version == rv,
+                    Some(_) => {
+                        stored.value.is_some() && rv.is_some() && stored.resource_version == rv
+                    }
                     None => stored.value.is_none(),
                 };
-                if obj.is_some() && stored.value.is_some() && rv < stored.resource_version {
-                    return; // an older copy (a relist racing an update)
-                }
                 stored.value = value;
                 stored.resource_version = rv;
                 if !same {
@@ -319,5 +321,93 @@ where
                 changed.push(name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    /// A client for stores whose watch is never started: every request fails.
+    fn offline_client() -> kube::Client {
+        let svc = tower::service_fn(|_req: http::Request<kube::client::Body>| async {
+            Err::<http::Response<kube::client::Body>, tower::BoxError>(
+                "no API server in this test".into(),
+            )
+        });
+        kube::Client::new(svc, "default")
+    }
+
+    fn config_map(name: &str, version: &str, value: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(version.into()),
+                ..Default::default()
+            },
+            data: Some([("k".to_string(), value.to_string())].into()),
+            ..Default::default()
+        }
+    }
+
+    /// A store of ConfigMaps' `k` that references `cfg` in `ns`, fed by hand instead of a watch;
+    /// and the names its change hook was called with.
+    async fn store_fed_by_hand() -> (ObjectStore<ConfigMap, String>, Arc<Mutex<Vec<String>>>) {
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let seen = changes.clone();
+        let hook: ChangeHook = Arc::new(move |_, name| seen.lock().push(name.to_string()));
+        let store = ObjectStore::new(
+            offline_client(),
+            Keep::Referenced,
+            |cm: &ConfigMap| cm.data.as_ref().and_then(|d| d.get("k").cloned()),
+            hook,
+        );
+        let state = NamespaceState {
+            refs: [("cfg".to_string(), 1)].into(),
+            objects: HashMap::new(),
+            listing: None,
+            listed: watch::channel(false).0,
+            _watch: AbortOnDrop(tokio::spawn(async {})),
+        };
+        store
+            .shared
+            .namespaces
+            .lock()
+            .insert("ns".to_string(), state);
+        (store, changes)
+    }
+
+    #[tokio::test]
+    async fn non_numeric_versions_are_compared_for_equality_only() {
+        let (store, changes) = store_fed_by_hand().await;
+        let apply = |version: &str, value: &str| {
+            store
+                .shared
+                .apply("ns", Event::Apply(config_map("cfg", version, value)));
+        };
+        apply("etcd-zeta", "a");
+        apply("etcd-alpha", "b");
+        apply("etcd-alpha", "b"); // a repeat (a relist of an unchanged object)
+        assert_eq!(*changes.lock(), vec!["cfg", "cfg"], "each change once");
+        assert_eq!(store.cached("ns", "cfg"), Some(Some("b".to_string())));
+    }
+
+    #[tokio::test]
+    async fn the_watchs_order_wins_over_the_versions_strings() {
+        let (store, changes) = store_fed_by_hand().await;
+        for (version, value) in [("10", "a"), ("9", "b")] {
+            store
+                .shared
+                .apply("ns", Event::Apply(config_map("cfg", version, value)));
+        }
+        assert_eq!(store.cached("ns", "cfg"), Some(Some("b".to_string())));
+        assert_eq!(changes.lock().len(), 2);
+        store
+            .shared
+            .apply("ns", Event::Delete(config_map("cfg", "11", "b")));
+        assert_eq!(store.cached("ns", "cfg"), Some(None), "known not to exist");
+        assert_eq!(changes.lock().len(), 3);
     }
 }
