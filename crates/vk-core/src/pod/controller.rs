@@ -888,6 +888,7 @@ impl PodController {
                 Done::Updated { spec, result }
             }
             Action::Track => Done::Tracked {
+                seen: self.entry(uid).map(|e| e.references_changed).unwrap_or(0),
                 refresh_at: pod.and_then(|pod| self.track_references(key, pod)),
             },
             Action::RefreshVolumes { applied } => {

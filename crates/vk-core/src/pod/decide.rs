@@ -336,6 +336,8 @@ pub(crate) enum Done {
         result: Result<(), ProviderError>,
     },
     Tracked {
+        /// [`Facts::references_changed`] when tracking started.
+        seen: u64,
         refresh_at: Option<SystemTime>,
     },
     VolumesRefreshed {
@@ -375,7 +377,9 @@ pub(crate) fn decide(state: &mut PodState, f: &Facts, p: &Policy<'_>) -> Step {
     }
 }
 
-/// The step after `done`. `f` is read again after the action.
+/// The step after `done`. `f` is read again after the action, except its `api`: the pass keeps
+/// the copy it started with (or the whole pod it fetched), so it is there whenever the action was
+/// decided for an API pod.
 pub(crate) fn after(state: &mut PodState, f: &Facts, p: &Policy<'_>, done: Done) -> Step {
     match done {
         Done::BackendDeleted { purpose, result } => backend_deleted(state, f, purpose, result),
@@ -405,17 +409,17 @@ pub(crate) fn after(state: &mut PodState, f: &Facts, p: &Policy<'_>, done: Done)
             };
             updated(state, f, &pod, p, spec, result)
         }
-        Done::Tracked { refresh_at } => {
-            let Some(pod) = f.api.clone() else {
-                return Step::finish(Next::Done);
-            };
+        Done::Tracked { seen, refresh_at } => {
             *state = PodState::Running(Running {
                 applied_spec: None,
                 restart_base: state.restart_base(),
                 volumes_applied: None,
-                volumes_seen: f.references_changed,
+                volumes_seen: seen,
                 refresh_at,
             });
+            let Some(pod) = f.api.clone() else {
+                return Step::finish(Next::Done);
+            };
             running(Stage::Volumes, state, f, &pod, p)
         }
         Done::VolumesRefreshed { seen, result } => {

@@ -576,7 +576,10 @@ fn a_pod_found_on_the_backend_is_adopted_not_created() {
         &mut state,
         &f,
         &policy(),
-        Done::Tracked { refresh_at: None },
+        Done::Tracked {
+            seen: 0,
+            refresh_at: None,
+        },
     );
     assert!(
         matches!(&state, PodState::Running(r) if r.applied_spec.is_none()),
@@ -607,6 +610,7 @@ fn an_adopted_pods_tokens_are_refreshed_when_due() {
         &f,
         &policy(),
         Done::Tracked {
+            seen: 0,
             refresh_at: Some(due),
         },
     );
@@ -628,6 +632,27 @@ fn an_adopted_pods_tokens_are_refreshed_when_due() {
         finish_or_patch_then(&step),
         Next::After(Duration::from_secs(600))
     );
+}
+
+#[test]
+fn a_reference_change_while_adopting_refreshes_the_volumes() {
+    let p = pod().started(0).build();
+    let mut state = new_state();
+    let f = facts(Some(p), Backend::Present)
+        .references_changed(1)
+        .build();
+    decide(&mut state, &f, &policy());
+    // Tracking began before the change was counted.
+    let step = after(
+        &mut state,
+        &f,
+        &policy(),
+        Done::Tracked {
+            seen: 0,
+            refresh_at: None,
+        },
+    );
+    assert_eq!(action(&step), &Action::RefreshVolumes { applied: None });
 }
 
 /// What the pass returns: at once, or after its final status patch.
