@@ -141,8 +141,9 @@ impl Entry {
     }
 }
 
-/// A pass that takes more steps than this is cut short and requeued: a decision loop would
-/// otherwise spin a worker forever. No real pass comes near it (create: fetch, create, patch).
+/// A pass that would take more actions than this is cut short (its state kept) and requeued: a
+/// decision loop would otherwise spin a worker forever. No real pass comes near it (the longest:
+/// update, track, refresh volumes, patch status).
 const MAX_STEPS: usize = 12;
 
 /// A read-only view of one pod, for the kubelet API and tests.
@@ -737,12 +738,18 @@ impl PodController {
         let mut pass_pod = facts.api.clone();
         let policy = self.policy();
         let mut step = decide(&mut state, &facts, &policy);
-        for _ in 0..MAX_STEPS {
+        let mut steps = 0;
+        loop {
             self.apply(&key, &state, step.effects);
             let action = match step.then {
                 Then::Finish(next) => return Ok(next),
                 Then::Do(action) => action,
             };
+            steps += 1;
+            if steps > MAX_STEPS {
+                warn!(pod = %key, next = action.name(), "reconcile took too many steps; requeued");
+                return Ok(Next::After(Duration::ZERO));
+            }
             let done = match action {
                 Action::PatchStatus {
                     patch,
@@ -767,8 +774,6 @@ impl PodController {
             };
             step = after(&mut state, &facts, &policy, done);
         }
-        warn!(pod = %key, "reconcile took too many steps; requeued");
-        Ok(Next::After(Duration::ZERO))
     }
 
     /// Keep the decision's state and carry out its effects.

@@ -212,6 +212,22 @@ pub(crate) enum Action {
     },
 }
 
+impl Action {
+    /// A short name for logs (an action may carry a whole pod).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::DeleteBackend { .. } => "delete_backend",
+            Self::DeleteApi => "delete_api",
+            Self::FetchSpec => "fetch_spec",
+            Self::Create { .. } => "create",
+            Self::Update { .. } => "update",
+            Self::Track => "track",
+            Self::RefreshVolumes { .. } => "refresh_volumes",
+            Self::PatchStatus { .. } => "patch_status",
+        }
+    }
+}
+
 /// A side effect that needs no answer.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Effect {
