@@ -30,6 +30,7 @@ mod cluster;
 mod error;
 mod kubectl;
 mod names;
+mod service_account;
 mod wait;
 
 pub use builders::{DeploymentBuilder, PodBuilder};
@@ -40,4 +41,5 @@ pub use cluster::{
 pub use error::Error;
 pub use kubectl::KubectlOutput;
 pub use names::{current_test_name, is_dns_label, namespace_name};
+pub use service_account::{MintError, apply_manifests, mint_token, service_account_kubeconfig};
 pub use wait::{WaitTimeout, try_wait_for, wait_for};

@@ -1,19 +1,24 @@
 //! Drives a real `vkubelet` process against the test cluster: start it with a sim or process
 //! backend whose state lives in a per-test directory, kill -9 / SIGTERM / restart it, flip backend
 //! failures, and read what the backend holds.
+//!
+//! With `VKUBELET_TEST_RBAC=deploy` every vkubelet a test starts runs as deploy/'s
+//! ServiceAccount (a TokenRequest token, after applying deploy/'s RBAC) instead of the admin:
+//! the suites then prove that the install's ClusterRole covers what they exercise.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Api;
-use kube::api::ListParams;
+use kube::api::{ListParams, PostParams};
 use tokio::io::AsyncWriteExt as _;
 use vk_core::Provider;
-use vk_testkit::{PodBuilder, TestEnv, wait_for};
+use vk_testkit::{PodBuilder, TestCluster, TestEnv, wait_for};
 
 pub const WAIT: Duration = Duration::from_secs(90);
 pub const POLL: Duration = Duration::from_millis(250);
@@ -23,7 +28,12 @@ pub struct Vk {
     provider: &'static str,
     pub node: String,
     pub dir: PathBuf,
+    /// What vkubelet runs with: the admin's, or deploy/'s ServiceAccount's (see [`RBAC_ENV`]).
     kubeconfig: PathBuf,
+    /// The test's own access (node cleanup).
+    admin_kubeconfig: PathBuf,
+    /// Test-only RBAC objects made for this vkubelet, removed on drop.
+    extra_grant: Option<String>,
     extra_args: Vec<String>,
     /// The log file in `dir` (replicas of one node share the dir, not the log).
     log_name: String,
@@ -61,6 +71,23 @@ impl Vk {
         Self::launch(env, "sim", prefix, dir, sim, extra_args)
     }
 
+    /// A sim node (as [`Vk::start_node`] with prefix `vk`) whose vkubelet runs with
+    /// `kubeconfig`, whatever [`RBAC_ENV`] says: for tests of a particular identity.
+    pub fn start_as(
+        env: &TestEnv,
+        kubeconfig: PathBuf,
+        sim: serde_json::Value,
+        extra_args: &[&str],
+    ) -> Self {
+        let mut sim = sim;
+        let dir = std::env::temp_dir().join(format!("vkubelet-e2e-as-{}", env.namespace()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        sim["stateDir"] = dir.join("state").to_string_lossy().into();
+        sim["controlFile"] = dir.join("control.json").to_string_lossy().into();
+        Self::launch_as(env, "sim", "vk", dir, sim, extra_args, Some(kubeconfig))
+    }
+
     /// Start vkubelet with the process provider; its state and secrets live in the test's dir.
     pub fn start_process(env: &TestEnv, mut cfg: serde_json::Value, extra_args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("vkubelet-e2e-{}", env.namespace()));
@@ -87,19 +114,38 @@ impl Vk {
         cfg: serde_json::Value,
         extra_args: &[&str],
     ) -> Self {
+        Self::launch_as(env, provider, prefix, dir, cfg, extra_args, None)
+    }
+
+    fn launch_as(
+        env: &TestEnv,
+        provider: &'static str,
+        prefix: &str,
+        dir: PathBuf,
+        cfg: serde_json::Value,
+        extra_args: &[&str],
+        kubeconfig: Option<PathBuf>,
+    ) -> Self {
         let node = format!("{prefix}-{}", env.namespace());
         std::fs::write(
             dir.join("provider.json"),
             serde_json::to_vec_pretty(&cfg).expect("json"),
         )
         .expect("write provider config");
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let (kubeconfig, extra_grant) = match kubeconfig {
+            Some(k) => (k, None),
+            None => vkubelet_kubeconfig(env, &dir, &extra_args),
+        };
         let mut vk = Self {
             child: None,
             provider,
             node,
             dir,
-            kubeconfig: env.kubeconfig_path().to_path_buf(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            kubeconfig,
+            admin_kubeconfig: env.kubeconfig_path().to_path_buf(),
+            extra_grant,
+            extra_args,
             log_name: "vkubelet.log".into(),
         };
         vk.spawn();
@@ -122,6 +168,9 @@ impl Vk {
             node: self.node.clone(),
             dir: self.dir.clone(),
             kubeconfig: self.kubeconfig.clone(),
+            admin_kubeconfig: self.admin_kubeconfig.clone(),
+            // The grant belongs to the first process; a replica must not remove it.
+            extra_grant: None,
             extra_args,
             log_name: format!("vkubelet-{n}.log"),
         };
@@ -377,9 +426,19 @@ impl Drop for Vk {
                 eprintln!("{l}");
             }
         }
+        if let Some(grant) = &self.extra_grant {
+            let _ = Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&self.admin_kubeconfig)
+                .args(["delete", "clusterrole,clusterrolebinding", grant])
+                .arg("--ignore-not-found")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = Command::new("kubectl")
             .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+            .arg(&self.admin_kubeconfig)
             .args([
                 "delete",
                 "node",
@@ -394,6 +453,150 @@ impl Drop for Vk {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// `VKUBELET_TEST_RBAC`: unset, empty or `admin` runs vkubelet with the admin kubeconfig;
+/// `deploy` with a token of deploy/'s ServiceAccount, holding only deploy/'s RBAC.
+pub const RBAC_ENV: &str = "VKUBELET_TEST_RBAC";
+/// Where deploy/ puts vkubelet, and the identity it runs as.
+pub const DEPLOY_NAMESPACE: &str = "vkubelet-system";
+pub const DEPLOY_SERVICE_ACCOUNT: &str = "vkubelet";
+/// The webhook configuration name deploy/'s ClusterRole is limited to.
+const DEPLOY_WEBHOOK_NAME: &str = "vkubelet";
+
+/// The repository's deploy/ directory.
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+/// Whether vkubelet runs as deploy/'s ServiceAccount (see [`RBAC_ENV`]).
+pub fn rbac_mode() -> bool {
+    match std::env::var(RBAC_ENV) {
+        Err(_) => false,
+        Ok(v) if v.is_empty() || v == "admin" => false,
+        Ok(v) if v == "deploy" => true,
+        Ok(v) => panic!("{RBAC_ENV}={v:?}: expected `deploy` or `admin`"),
+    }
+}
+
+/// The kubeconfig a vkubelet started with `extra_args` runs with, and the name of a test-only
+/// grant made for it (see [`deploy_kubeconfig`]).
+fn vkubelet_kubeconfig(
+    env: &TestEnv,
+    dir: &Path,
+    extra_args: &[String],
+) -> (PathBuf, Option<String>) {
+    if !rbac_mode() {
+        return (env.kubeconfig_path().to_path_buf(), None);
+    }
+    let admin = env.kubeconfig_path().to_path_buf();
+    let dir = dir.to_path_buf();
+    let webhook_name = extra_args
+        .iter()
+        .position(|a| a == "--webhook-name")
+        .and_then(|i| extra_args.get(i + 1))
+        .cloned();
+    // Called from sync code inside the test's runtime: a thread of its own with its own
+    // runtime and client (a client is tied to the runtime that made it).
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(deploy_kubeconfig(&admin, &dir, webhook_name.as_deref()))
+    })
+    .join()
+    .expect("minting deploy/'s kubeconfig")
+}
+
+/// Apply deploy/'s Namespace, ServiceAccount and RBAC, and write into `dir` a kubeconfig with a
+/// TokenRequest token of that ServiceAccount. deploy/ grants the webhook configuration by its
+/// default name only; a test that registers another name (to run beside other tests) gets
+/// deploy/'s own rule for that name in a ClusterRole of its own (returned, for cleanup).
+pub async fn deploy_kubeconfig(
+    admin: &Path,
+    dir: &Path,
+    webhook_name: Option<&str>,
+) -> (PathBuf, Option<String>) {
+    let cluster = TestCluster::connect_to(admin)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let base = deploy_dir().join("base");
+    let files = ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"].map(|f| base.join(f));
+    let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    vk_testkit::apply_manifests(&cluster, &files)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let grant = match webhook_name {
+        Some(name) if name != DEPLOY_WEBHOOK_NAME => Some(grant_webhook_name(&cluster, name).await),
+        _ => None,
+    };
+    let kubeconfig = vk_testkit::service_account_kubeconfig(
+        &cluster,
+        DEPLOY_NAMESPACE,
+        DEPLOY_SERVICE_ACCOUNT,
+        Duration::from_secs(6 * 3600),
+        dir,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    (kubeconfig, grant)
+}
+
+/// deploy/'s rule for its webhook configuration, for `name` instead, bound to its account.
+async fn grant_webhook_name(cluster: &TestCluster, name: &str) -> String {
+    let roles: Api<ClusterRole> = Api::all(cluster.client());
+    let deployed = roles
+        .get(DEPLOY_SERVICE_ACCOUNT)
+        .await
+        .expect("deploy/'s ClusterRole");
+    let mut rule = deployed
+        .rules
+        .iter()
+        .flatten()
+        .find(|r| {
+            r.resources
+                .iter()
+                .flatten()
+                .any(|res| res == "mutatingwebhookconfigurations")
+                && r.resource_names
+                    .iter()
+                    .flatten()
+                    .any(|n| n == DEPLOY_WEBHOOK_NAME)
+        })
+        .cloned()
+        .expect("deploy/'s ClusterRole has a rule for its webhook configuration by name");
+    rule.resource_names = Some(vec![name.to_string()]);
+    let grant = format!("e2e-{name}");
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": grant, "labels": {"vkubelet.io/test": "true"}},
+        "rules": [rule],
+    }))
+    .expect("role");
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": grant, "labels": {"vkubelet.io/test": "true"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": grant},
+        "subjects": [{"kind": "ServiceAccount", "name": DEPLOY_SERVICE_ACCOUNT,
+                      "namespace": DEPLOY_NAMESPACE}],
+    }))
+    .expect("binding");
+    for result in [
+        roles
+            .create(&PostParams::default(), &role)
+            .await
+            .map(|_| ()),
+        Api::<ClusterRoleBinding>::all(cluster.client())
+            .create(&PostParams::default(), &binding)
+            .await
+            .map(|_| ()),
+    ] {
+        match result {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("granting webhook configuration {name}: {e}"),
+        }
+    }
+    grant
 }
 
 pub fn phase(p: &Pod) -> Option<String> {
