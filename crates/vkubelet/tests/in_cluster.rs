@@ -65,27 +65,78 @@ fn find<'a>(objects: &'a [serde_json::Value], kind: &str, name: &str) -> &'a ser
         .unwrap_or_else(|| panic!("no {kind} {name} in the rendering"))
 }
 
-/// A read-only root for the image: the binary and the shared libraries `ldd` says it loads,
-/// at their own paths (the test build is not static, unlike the Containerfile's).
+/// A read-only root for the image: the binary at `/vkubelet`, `setpriv` (the process provider
+/// switches to the pod's `runAsUser` with it, inside the root) and the shared libraries `ldd`
+/// says they load, at their own paths (the test build is not static, unlike the Containerfile's).
 fn image_root(binary: &Path, root: &Path) {
     let _ = std::fs::remove_dir_all(root);
-    for d in ["proc", "dev", "tmp", "etc", "var/run"] {
+    // The volumes' mount points exist in the image, world-readable: the process provider makes
+    // missing ones itself, but with their new parents mode 0700, which the pod's non-root user
+    // (65532) cannot enter.
+    for d in [
+        "proc",
+        "dev",
+        "tmp",
+        "var/run/secrets/kubernetes.io/serviceaccount",
+        "etc/vkubelet/config",
+        "etc/vkubelet/backend",
+    ] {
         std::fs::create_dir_all(root.join(d)).expect("root dirs");
     }
     let target = root.join("vkubelet");
     if std::fs::hard_link(binary, &target).is_err() {
         std::fs::copy(binary, &target).expect("copy vkubelet into the image root");
     }
-    let out = Command::new("ldd").arg(binary).output().expect("run ldd");
-    assert!(out.status.success(), "ldd {}", binary.display());
-    for lib in String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-    {
-        let dest = root.join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(dest.parent().expect("lib dir")).expect("lib dir");
-        std::fs::copy(lib, &dest).unwrap_or_else(|e| panic!("copy {lib}: {e}"));
+    let setpriv = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v setpriv"])
+            .output()
+            .expect("look for setpriv")
+            .stdout,
+    )
+    .expect("path");
+    let setpriv = setpriv.trim();
+    assert!(!setpriv.is_empty(), "setpriv (util-linux) is required");
+    copy_into(root, setpriv);
+    for exe in [binary.to_string_lossy().as_ref(), setpriv] {
+        let out = Command::new("ldd").arg(exe).output().expect("run ldd");
+        assert!(out.status.success(), "ldd {exe}");
+        for lib in String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            copy_into(root, lib);
+        }
     }
+}
+
+/// Copy the host file `path` to the same path under `root`.
+fn copy_into(root: &Path, path: &str) {
+    let dest = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(dest.parent().expect("parent dir")).expect("parent dir");
+    std::fs::copy(path, &dest).unwrap_or_else(|e| panic!("copy {path}: {e}"));
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// `to` as seen from `from` (kustomize takes no absolute paths); both absolute.
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<_> = from.components().collect();
+    let to: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut path = PathBuf::new();
+    for _ in common..from.len() {
+        path.push("..");
+    }
+    for c in &to[common..] {
+        path.push(c);
+    }
+    path
 }
 
 /// Everything the install made, removed on drop while the bootstrap node still runs (declare
@@ -136,7 +187,20 @@ fn replica_logs(bootstrap: &Vk) -> String {
     let mut out = String::new();
     let pods = bootstrap.dir.join("state").join("pods");
     for entry in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
-        let log = entry.path().join("containers/vkubelet/0.log");
+        // The newest instance's log: `<restartCount>.log`.
+        let dir = entry.path().join("containers/vkubelet");
+        let newest = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .max_by_key(|p| {
+                p.file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| s.parse::<u32>().ok())
+            });
+        let Some(log) = newest else { continue };
         if let Ok(text) = std::fs::read_to_string(&log) {
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
             out.push_str(&format!("--- {}\n", log.display()));
@@ -188,6 +252,7 @@ async fn deploy_installs_in_cluster_two_replicas_register_their_nodes() {
     let kdir = std::env::temp_dir().join(format!("vkubelet-e2e-install-{}", env.namespace()));
     let _ = std::fs::remove_dir_all(&kdir);
     std::fs::create_dir_all(&kdir).expect("kustomization dir");
+    let kdir = std::fs::canonicalize(&kdir).expect("kustomization dir");
     std::fs::write(
         kdir.join("kustomization.yaml"),
         format!(
@@ -196,7 +261,7 @@ async fn deploy_installs_in_cluster_two_replicas_register_their_nodes() {
              patches:\n  - patch: |-\n      apiVersion: apps/v1\n      kind: Deployment\n      \
              metadata: {{name: vkubelet, namespace: {DEPLOY_NAMESPACE}}}\n      \
              spec: {{template: {{spec: {{nodeSelector: {{kubernetes.io/hostname: {}}}}}}}}}\n",
-            overlay.display(),
+            relative(&kdir, &overlay).display(),
             bootstrap.node
         ),
     )
@@ -260,19 +325,20 @@ async fn deploy_installs_in_cluster_two_replicas_register_their_nodes() {
     let lp = ListParams::default().labels(SELECTOR);
     let replicas = wait_for(INSTALL_WAIT, POLL, async || {
         let list = pods.list(&lp).await.map_err(|e| e.to_string())?.items;
+        // Ready too: a container in a crash loop leaves its pod Running.
         let running: Vec<&Pod> = list
             .iter()
-            .filter(|p| phase(p).as_deref() == Some("Running"))
+            .filter(|p| phase(p).as_deref() == Some("Running") && is_ready(p))
             .collect();
         if running.len() == 2 && list.len() == 2 {
             Ok(list)
         } else {
             Err(format!(
-                "{} of {} replicas running: {:?}\n{}",
+                "{} of {} replicas running and ready: {:?}\n{}",
                 running.len(),
                 list.len(),
                 list.iter()
-                    .map(|p| (p.metadata.name.clone(), p.status.clone()))
+                    .map(|p| (p.metadata.name.clone(), phase(p), is_ready(p)))
                     .collect::<Vec<_>>(),
                 replica_logs(&bootstrap)
             ))
