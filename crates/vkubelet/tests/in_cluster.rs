@@ -5,6 +5,8 @@
 //! ServiceAccount's token and in-cluster config, registering their own virtual nodes. Also here:
 //! deploy/'s ClusterRole with one verb taken out fails loudly, naming the verb.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeSet;
