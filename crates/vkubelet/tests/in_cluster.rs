@@ -423,8 +423,9 @@ async fn deploy_installs_in_cluster_two_replicas_register_their_nodes() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// deploy/'s ClusterRole, as `kubectl` reads it from rbac.yaml.
-async fn deploy_cluster_role(env: &TestEnv) -> ClusterRole {
+/// deploy/'s RBAC objects, as `kubectl` reads them from rbac.yaml (nothing is applied: the
+/// install test may be taking deploy/'s objects apart meanwhile).
+async fn deploy_rbac(env: &TestEnv) -> Vec<serde_json::Value> {
     let out = env
         .kubectl([
             "create",
@@ -436,12 +437,10 @@ async fn deploy_cluster_role(env: &TestEnv) -> ClusterRole {
         ])
         .await
         .assert_success();
-    let items = objects(&out.stdout);
-    let role = find(&items, "ClusterRole", "vkubelet").clone();
-    serde_json::from_value(role).expect("ClusterRole")
+    objects(&out.stdout)
 }
 
-/// Test-only cluster-scoped RBAC objects, removed on drop.
+/// Test-only RBAC objects (cluster-wide, and in kube-node-lease), removed on drop.
 struct Grants {
     admin: PathBuf,
     name: String,
@@ -460,7 +459,13 @@ impl Drop for Grants {
         let _ = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(&self.admin)
-            .args(["-n", "kube-node-lease", "delete", "rolebinding", &self.name])
+            .args([
+                "-n",
+                "kube-node-lease",
+                "delete",
+                "role,rolebinding",
+                &self.name,
+            ])
             .arg("--ignore-not-found")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -480,16 +485,12 @@ async fn a_verb_missing_from_the_cluster_role_fails_loudly_naming_it() {
         admin: env.kubeconfig_path().to_path_buf(),
         name: name.clone(),
     };
-    // deploy/'s Role for node heartbeats must exist to be bound.
-    let base = deploy_dir().join("base");
-    let files = ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"].map(|f| base.join(f));
-    let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    vk_testkit::apply_manifests(env.cluster(), &files)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-
-    // deploy/'s ClusterRole without `patch` on pods/status.
-    let full = deploy_cluster_role(&env).await;
+    // deploy/'s ClusterRole without `patch` on pods/status, and its heartbeat Role as it is,
+    // under this test's names.
+    let rbac = deploy_rbac(&env).await;
+    let full: ClusterRole =
+        serde_json::from_value(find(&rbac, "ClusterRole", "vkubelet").clone()).expect("role");
+    let heartbeat_rules = find(&rbac, "Role", "vkubelet-node-lease")["rules"].clone();
     let full_rules = full.rules.clone().unwrap_or_default();
     let mut removed = false;
     let without: Vec<PolicyRule> = full_rules
@@ -522,14 +523,16 @@ async fn a_verb_missing_from_the_cluster_role_fails_loudly_naming_it() {
     .await;
     let subject = json!([{"kind": "ServiceAccount", "name": account, "namespace": ns}]);
     let bindings = [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": name, "namespace": "kube-node-lease"},
+               "rules": heartbeat_rules}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                "metadata": {"name": name},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
                "subjects": subject}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                "metadata": {"name": name, "namespace": "kube-node-lease"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                           "name": "vkubelet-node-lease"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
                "subjects": subject}),
     ];
     let manifest = std::env::temp_dir().join(format!("vkubelet-e2e-bindings-{ns}.json"));
