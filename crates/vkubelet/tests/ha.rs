@@ -137,7 +137,7 @@ async fn kill_9_of_the_leader_mid_burst_hands_the_node_over_and_loses_nothing() 
         "the first replica still leads while the second waits"
     );
 
-    const N: usize = 300;
+    const N: usize = 1000;
     let dep = DeploymentBuilder::new("burst")
         .replicas(N as i32)
         .selector_label("app", "burst")
