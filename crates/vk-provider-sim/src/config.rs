@@ -108,7 +108,12 @@ impl Latency {
 pub struct SimConfig {
     pub start_latency: Latency,
     pub stop_latency: Latency,
+    /// Let `stopLatency` run past the pod's grace period (and past a later forced delete): a
+    /// backend whose deletes take as long as they take, like a remote API's.
+    pub stop_beyond_grace: bool,
     pub failure_rate: f64,
+    /// Share of deletes that fail (Transient), like `failureRate` for creates.
+    pub delete_failure_rate: f64,
     pub capacity: BTreeMap<String, String>,
     #[serde(deserialize_with = "de_opt_duration")]
     pub pod_lifetime: Option<Duration>,
@@ -127,7 +132,9 @@ impl Default for SimConfig {
         Self {
             start_latency: Latency::default(),
             stop_latency: Latency::default(),
+            stop_beyond_grace: false,
             failure_rate: 0.0,
+            delete_failure_rate: 0.0,
             capacity: [("cpu", "1000"), ("memory", "4Ti"), ("pods", "10000")]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -170,11 +177,15 @@ impl SimConfig {
     }
 
     fn validated(mut self) -> Result<Self, ConfigError> {
-        if !(0.0..=1.0).contains(&self.failure_rate) {
-            return Err(ConfigError::Invalid(format!(
-                "failureRate must be within 0..1, got {}",
-                self.failure_rate
-            )));
+        for (name, rate) in [
+            ("failureRate", self.failure_rate),
+            ("deleteFailureRate", self.delete_failure_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be within 0..1, got {rate}"
+                )));
+            }
         }
         if self.record_resolved && self.state_dir.is_none() {
             return Err(ConfigError::Invalid(
@@ -244,7 +255,7 @@ mod tests {
         let c = SimConfig::from_json_str(
             r#"{"startLatency":{"uniform":{"min":"10ms","max":"20ms"}},"stopLatency":{"fixed":"1s"},
                "failureRate":0.5,"capacity":{"pods":"7"},"podLifetime":"3s","exitCode":2,"soldOut":true,
-               "controlFile":"/tmp/c","stateDir":"/tmp/s"}"#,
+               "controlFile":"/tmp/c","stateDir":"/tmp/s","deleteFailureRate":0.25,"stopBeyondGrace":true}"#,
         )
         .unwrap();
         assert_eq!(c.pod_capacity(), Some(7));
@@ -253,6 +264,8 @@ mod tests {
             "unset capacity keys keep defaults"
         );
         assert_eq!(c.pod_lifetime, Some(Duration::from_secs(3)));
+        assert_eq!(c.delete_failure_rate, 0.25);
+        assert!(c.stop_beyond_grace);
         let y =
             SimConfig::from_yaml_str("startLatency: {exponential: {mean: 1s}}\nsoldOut: true\n")
                 .unwrap();
@@ -271,6 +284,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("failureRate"), "{e}");
+        let e = SimConfig::from_json_str(r#"{"deleteFailureRate": -0.1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("deleteFailureRate"), "{e}");
         assert!(SimConfig::from_json_str(r#"{"bogus": 1}"#).is_err());
         assert!(SimConfig::from_json_str(r#"{"podLifetime": "soon"}"#).is_err());
         assert!(SimConfig::from_json_str(r#"{"capacity": {"pods": "many"}}"#).is_err());

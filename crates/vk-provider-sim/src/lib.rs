@@ -240,6 +240,15 @@ impl Inner {
         }
     }
 
+    /// Note an injected failure in `<stateDir>/faults.log` (nothing without a stateDir).
+    fn fault(&self, op: &str, kind: &str, uid: &str) {
+        if let Some(j) = self.journal.lock().as_mut()
+            && let Err(e) = j.fault(op, kind, uid)
+        {
+            tracing::warn!(error = %e, "sim faults log write failed");
+        }
+    }
+
     fn remove(&self, uid: &str) -> bool {
         let removed = self.pods.lock().remove(uid).is_some();
         self.received.lock().remove(uid);
@@ -389,14 +398,17 @@ impl Provider for SimProvider {
             return Ok(());
         }
         if inner.control().fail_creates {
+            inner.fault("create", "failCreates", &pod.key.uid);
             return Err(ProviderError::transient("simulated backend failure"));
         }
         if inner.sold_out() {
+            inner.fault("create", "soldOut", &pod.key.uid);
             return Err(ProviderError::SoldOut(
                 "the simulated backend is sold out".into(),
             ));
         }
         if inner.cfg.failure_rate > 0.0 && rand::rng().random_bool(inner.cfg.failure_rate) {
+            inner.fault("create", "failureRate", &pod.key.uid);
             return Err(ProviderError::transient("simulated random create failure"));
         }
         let rec = Inner::record_of(pod, &inner.cfg)?;
@@ -522,15 +534,30 @@ impl Provider for SimProvider {
     async fn delete_pod(&self, key: &PodKey, grace: Duration) -> Result<(), ProviderError> {
         let inner = &self.inner;
         if inner.control().fail_deletes {
+            inner.fault("delete", "failDeletes", &key.uid);
             return Err(ProviderError::transient("simulated backend delete failure"));
         }
-        let stop = inner.cfg.stop_latency.sample(&mut rand::rng()).min(grace);
+        if inner.cfg.delete_failure_rate > 0.0
+            && rand::rng().random_bool(inner.cfg.delete_failure_rate)
+        {
+            inner.fault("delete", "deleteFailureRate", &key.uid);
+            return Err(ProviderError::transient(
+                "simulated random delete failure",
+            ));
+        }
+        let latency = inner.cfg.stop_latency.sample(&mut rand::rng());
+        let stop = if inner.cfg.stop_beyond_grace {
+            latency
+        } else {
+            latency.min(grace)
+        };
         {
             let mut pods = inner.pods.lock();
             let Some(p) = pods.get_mut(&key.uid) else {
                 return Ok(());
             };
-            if p.terminating && !stop.is_zero() {
+            // A slow backend keeps stopping at its own pace whatever a later delete asks.
+            if p.terminating && (!stop.is_zero() || inner.cfg.stop_beyond_grace) {
                 return Ok(()); // already stopping
             }
             p.terminating = true;

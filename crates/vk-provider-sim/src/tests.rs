@@ -400,3 +400,59 @@ async fn state_dir_survives_a_restart_without_duplicate_creates() {
     assert_eq!(sim.pod_count(), 0, "cleanup is persisted");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn stop_beyond_grace_outlasts_the_grace_period_and_a_forced_delete() {
+    let cfg = SimConfig {
+        stop_latency: Latency::Fixed(Duration::from_secs(10)),
+        stop_beyond_grace: true,
+        ..Default::default()
+    };
+    let (sim, _) = started(cfg).await;
+    let p = pod("a").container("c", "x").build();
+    sim.create_pod(&p).await.unwrap();
+    sim.delete_pod(&p.key, Duration::from_secs(2))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sim.pod_count(), 1, "still stopping after the grace period");
+    sim.delete_pod(&p.key, Duration::ZERO).await.unwrap();
+    assert_eq!(sim.pod_count(), 1, "a forced delete does not hurry it");
+    tokio::time::sleep(Duration::from_millis(7100)).await;
+    assert_eq!(sim.pod_count(), 0, "gone once its own stop latency ran out");
+}
+
+#[tokio::test]
+async fn injected_failures_are_logged_per_pod() {
+    let dir = tmpdir("faults");
+    let cfg = SimConfig {
+        state_dir: Some(dir.clone()),
+        failure_rate: 1.0,
+        delete_failure_rate: 1.0,
+        ..Default::default()
+    };
+    let (sim, _) = started(cfg).await;
+    let a = pod("a").container("c", "x").build();
+    assert!(matches!(
+        sim.create_pod(&a).await,
+        Err(ProviderError::Transient { .. })
+    ));
+    assert!(matches!(
+        sim.delete_pod(&a.key, Duration::ZERO).await,
+        Err(ProviderError::Transient { .. })
+    ));
+    let faults: Vec<(String, String, String)> = state::faults(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.op, f.kind, f.uid))
+        .collect();
+    assert_eq!(
+        faults,
+        vec![
+            ("create".into(), "failureRate".into(), "uid-a".into()),
+            ("delete".into(), "deleteFailureRate".into(), "uid-a".into()),
+        ]
+    );
+    assert!(state::creates(&dir).unwrap().is_empty(), "nothing was created");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
