@@ -7,6 +7,8 @@
 #   scripts/cluster.sh up   DIR         start a cluster in DIR; prints the admin kubeconfig path
 #   scripts/cluster.sh down DIR         stop the processes that `up DIR` started (and only those)
 #   scripts/cluster.sh status DIR       exit 0 when the cluster in DIR answers /readyz
+#   scripts/cluster.sh kill-apiserver DIR     kill -9 DIR's kube-apiserver (fault tests)
+#   scripts/cluster.sh restart-apiserver DIR  start it again with the same flags; waits for /readyz
 #   scripts/cluster.sh legacy-kubectl   unpack (or reuse) Debian's kubectl 1.20 beside the
 #                                       installed one; prints its path. It speaks SPDY to the
 #                                       kubelet, where a modern kubectl speaks WebSocket.
@@ -175,7 +177,7 @@ up() {
     --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
     --initial-cluster "default=http://127.0.0.1:$pport" --quota-backend-bytes 4294967296
   echo "$BIN/kube-apiserver" > kube-apiserver.cmd
-  spawn kube-apiserver "$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$eport" \
+  local apiserver=("$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$eport" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$port" \
     --tls-cert-file pki/apiserver.crt --tls-private-key-file pki/apiserver.key --client-ca-file pki/ca.crt \
     --service-account-key-file pki/sa.pub --service-account-signing-key-file pki/sa.key \
@@ -186,7 +188,10 @@ up() {
     --service-cluster-ip-range 10.0.0.0/24 --allow-privileged \
     --enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota \
     --max-requests-inflight "${MAX_INFLIGHT:-400}" --max-mutating-requests-inflight "${MAX_MUT_INFLIGHT:-200}" \
-    --profiling=false
+    --profiling=false)
+  # Kept so `restart-apiserver` starts it again with exactly these flags.
+  printf '%s\0' "${apiserver[@]}" > kube-apiserver.args
+  spawn kube-apiserver "${apiserver[@]}"
   local i
   for i in $(seq 120); do ready && break; alive kube-apiserver >/dev/null || { tail -n 20 logs/kube-apiserver.log >&2; die "kube-apiserver exited"; }; sleep 0.5; done
   ready || { tail -n 20 logs/kube-apiserver.log >&2; die "kube-apiserver not ready after 60 s"; }
@@ -229,6 +234,36 @@ down() {
   log "cluster in $DIR stopped"
 }
 
+# kill -9 the API server that `up DIR` started (a crash, for fault tests); waits until it is gone.
+kill_apiserver() {
+  local pid
+  pid=$(alive kube-apiserver) || die "no kube-apiserver of $DIR is running"
+  kill -KILL "$pid"
+  local i
+  for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  ! kill -0 "$pid" 2>/dev/null || die "kube-apiserver $pid survived SIGKILL"
+  log "kube-apiserver of $DIR killed (pid $pid)"
+}
+
+# Start the API server of DIR again with the flags `up` gave it (same ports, same etcd), after a
+# kill or crash; waits for /readyz.
+restart_apiserver() {
+  DIR=$(cd "$DIR" && pwd)
+  [ -f "$DIR/kube-apiserver.args" ] || die "$DIR has no kube-apiserver.args: start it with \`up\` first"
+  ! alive kube-apiserver >/dev/null || die "kube-apiserver of $DIR is still running"
+  alive etcd >/dev/null || die "etcd of $DIR is not running"
+  local args=()
+  mapfile -d '' args < "$DIR/kube-apiserver.args"
+  cd "$DIR"
+  echo "---- restarted $(date -u +%FT%TZ)" >> logs/kube-apiserver.log
+  setsid "${args[@]}" >>logs/kube-apiserver.log 2>&1 < /dev/null &
+  echo $! > kube-apiserver.pid
+  local i
+  for i in $(seq 120); do ready && break; alive kube-apiserver >/dev/null || { tail -n 20 logs/kube-apiserver.log >&2; die "kube-apiserver exited"; }; sleep 0.5; done
+  ready || { tail -n 20 logs/kube-apiserver.log >&2; die "kube-apiserver not ready after 60 s"; }
+  log "kube-apiserver of $DIR restarted"
+}
+
 legacy_kubectl() {
   local dest=$CACHE_ROOT/kubectl-$K8S_VERSION
   local bin=$dest/usr/bin/kubectl
@@ -253,6 +288,8 @@ case "$cmd" in
   up) [ -n "$DIR" ] || die "usage: $0 up DIR"; up ;;
   down) [ -n "$DIR" ] || die "usage: $0 down DIR"; down ;;
   status) [ -n "$DIR" ] || die "usage: $0 status DIR"; ready ;;
+  kill-apiserver) [ -n "$DIR" ] || die "usage: $0 kill-apiserver DIR"; kill_apiserver ;;
+  restart-apiserver) [ -n "$DIR" ] || die "usage: $0 restart-apiserver DIR"; restart_apiserver ;;
   legacy-kubectl) legacy_kubectl ;;
-  *) echo "usage: $0 build | up DIR | down DIR | status DIR | legacy-kubectl" >&2; exit 2 ;;
+  *) echo "usage: $0 build | up DIR | down DIR | status DIR | kill-apiserver DIR | restart-apiserver DIR | legacy-kubectl" >&2; exit 2 ;;
 esac

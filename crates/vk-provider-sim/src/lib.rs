@@ -541,9 +541,7 @@ impl Provider for SimProvider {
             && rand::rng().random_bool(inner.cfg.delete_failure_rate)
         {
             inner.fault("delete", "deleteFailureRate", &key.uid);
-            return Err(ProviderError::transient(
-                "simulated random delete failure",
-            ));
+            return Err(ProviderError::transient("simulated random delete failure"));
         }
         let latency = inner.cfg.stop_latency.sample(&mut rand::rng());
         let stop = if inner.cfg.stop_beyond_grace {

@@ -255,7 +255,11 @@ mod tests {
             .write_all(b"half")
             .unwrap();
         let journal_before = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
-        let live: Vec<String> = live_pods(&dir).unwrap().into_iter().map(|p| p.uid).collect();
+        let live: Vec<String> = live_pods(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.uid)
+            .collect();
         assert_eq!(live, vec!["b"]);
         assert_eq!(creates(&dir).unwrap(), vec!["a", "b"]);
         assert_eq!(

@@ -453,6 +453,9 @@ async fn injected_failures_are_logged_per_pod() {
             ("delete".into(), "deleteFailureRate".into(), "uid-a".into()),
         ]
     );
-    assert!(state::creates(&dir).unwrap().is_empty(), "nothing was created");
+    assert!(
+        state::creates(&dir).unwrap().is_empty(),
+        "nothing was created"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -26,6 +26,13 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// `scripts/cluster.sh VERB DIR` failed for a test's own control plane.
+    #[error("scripts/cluster.sh {verb} {}: {detail}", dir.display())]
+    ControlPlane {
+        verb: String,
+        dir: PathBuf,
+        detail: String,
+    },
     /// Something did not happen in time.
     #[error("timed out after {after:?} waiting for {what}")]
     Timeout { what: String, after: Duration },

@@ -24,9 +24,13 @@
 //! env.cleanup().await; // optional: dropping `env` deletes the namespace too
 //! # }
 //! ```
+//!
+//! A test that breaks the control plane (kills its API server) starts one of its own with
+//! [`OwnControlPlane::start`] instead.
 
 mod builders;
 mod cluster;
+mod control_plane;
 mod error;
 mod kubectl;
 mod names;
@@ -38,6 +42,7 @@ pub use cluster::{
     KEEP_NAMESPACES_ENV, KUBECONFIG_ENV, REQUIRE_CLUSTER_ENV, TEST_LABEL, TEST_NAME_LABEL,
     TestCluster, TestEnv, cluster, cluster_required, env, env_named,
 };
+pub use control_plane::{OwnControlPlane, cluster_script};
 pub use error::Error;
 pub use kubectl::KubectlOutput;
 pub use names::{current_test_name, is_dns_label, namespace_name};

@@ -211,3 +211,85 @@ fn describe(pod: &Pod) -> String {
             .collect::<Vec<_>>()
     )
 }
+
+/// A test's own control plane: its API server killed with SIGKILL stops answering, comes back
+/// with the same flags (same port, certificates and etcd: the kubeconfig still works and the data
+/// is still there) as a new process, and dropping the control plane stops all its processes.
+#[tokio::test]
+async fn own_control_plane_survives_an_apiserver_kill_and_restart() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::PostParams;
+
+    let Some(cp) = vk_testkit::OwnControlPlane::start().await else {
+        return;
+    };
+    let client = cp.cluster().client();
+    let cms = kube::Api::<ConfigMap>::namespaced(client.clone(), "default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("kept".into());
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let first = cp.apiserver_pid().expect("the API server runs");
+
+    cp.kill_apiserver().await.unwrap();
+    assert_eq!(cp.apiserver_pid(), None, "killed");
+    let err = cms
+        .get("kept")
+        .await
+        .expect_err("nothing answers while it is down");
+    assert!(
+        matches!(err, kube::Error::HyperError(_) | kube::Error::Service(_)),
+        "a connection error, not an API answer: {err:?}"
+    );
+
+    cp.restart_apiserver().await.unwrap();
+    let second = cp.apiserver_pid().expect("the API server runs again");
+    assert_ne!(first, second, "a new process");
+    let kept = cms
+        .get("kept")
+        .await
+        .expect("same port, certificates and etcd");
+    assert_eq!(kept.metadata.name.as_deref(), Some("kept"));
+
+    let dir = cp.dir().to_path_buf();
+    let pids: Vec<u32> = [
+        "etcd",
+        "kube-apiserver",
+        "kube-scheduler",
+        "kube-controller-manager",
+    ]
+    .iter()
+    .map(|n| {
+        std::fs::read_to_string(dir.join(format!("{n}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    })
+    .collect();
+    assert!(
+        pids.iter()
+            .all(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    );
+    drop(cp);
+    // `down` sends SIGTERM (SIGKILL after 10 s) and returns; the processes are gone soon after.
+    wait_for(TIMEOUT, POLL, async || {
+        let running: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+                })
+            })
+            .collect();
+        if running.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still running after the drop: {running:?}"))
+        }
+    })
+    .await;
+    assert!(!dir.exists(), "its directory is removed");
+}
