@@ -29,6 +29,7 @@
 //! [`OwnControlPlane::start`] instead.
 
 mod builders;
+mod burst;
 mod cluster;
 mod control_plane;
 mod error;
@@ -38,6 +39,7 @@ mod service_account;
 mod wait;
 
 pub use builders::{DeploymentBuilder, PodBuilder};
+pub use burst::{Burst, PodHistory, PodRecorder, event_reasons_by_uid};
 pub use cluster::{
     KEEP_NAMESPACES_ENV, KUBECONFIG_ENV, REQUIRE_CLUSTER_ENV, TEST_LABEL, TEST_NAME_LABEL,
     TestCluster, TestEnv, cluster, cluster_required, env, env_named,

