@@ -244,6 +244,9 @@ pub enum Error {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
