@@ -22,6 +22,8 @@ mod error;
 mod idle;
 mod outcome;
 mod portforward;
+#[cfg(test)]
+mod props;
 mod query;
 mod remotecommand;
 mod serve;
