@@ -4,6 +4,9 @@
 pub mod logs;
 pub mod streaming;
 
+#[cfg(test)]
+mod props;
+
 use std::sync::Arc;
 
 use axum::Router;
