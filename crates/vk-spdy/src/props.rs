@@ -143,8 +143,14 @@ fn decode_in_chunks(bytes: &[u8], chunks: &[usize]) -> Result<(Vec<Frame>, usize
 /// Header names a peer may send: lowercase, not the hop-by-hop ones SPDY forbids.
 fn header_name() -> impl Strategy<Value = String> {
     "[a-z0-9:-][a-z0-9:._-]{0,15}".prop_filter("a connection-specific header", |n| {
-        !["connection", "host", "keep-alive", "proxy-connection", "transfer-encoding"]
-            .contains(&n.as_str())
+        ![
+            "connection",
+            "host",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+        ]
+        .contains(&n.as_str())
     })
 }
 

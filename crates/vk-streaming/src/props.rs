@@ -37,7 +37,9 @@ fn streams() -> impl Strategy<Value = Streams> {
     (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>())
         // Only stderr with a terminal is refused like the kubelet refuses it (the terminal drops
         // stderr, which leaves no stream): covered by the raw-query property.
-        .prop_filter("at least one stream", |(i, o, e, t)| *i || *o || (*e && !*t))
+        .prop_filter("at least one stream", |(i, o, e, t)| {
+            *i || *o || (*e && !*t)
+        })
         .prop_map(|(stdin, stdout, stderr, tty)| Streams {
             stdin,
             stdout,

@@ -83,7 +83,10 @@ fn log_query(o: &LogOptions, spell: &[bool]) -> String {
         };
     }
     if let Some(t) = o.tail_lines {
-        q.append_pair(if o.legacy_tail { "tail" } else { "tailLines" }, &t.to_string());
+        q.append_pair(
+            if o.legacy_tail { "tail" } else { "tailLines" },
+            &t.to_string(),
+        );
     }
     match &o.since {
         Some(Since::Seconds(s)) => {
@@ -108,9 +111,23 @@ fn raw_query() -> impl Strategy<Value = String> {
         vec(
             (
                 prop::sample::select(vec![
-                    "follow", "previous", "timestamps", "tail", "tailLines", "sinceSeconds",
-                    "sinceTime", "limitBytes", "stream", "command", "cmd", "input", "output",
-                    "error", "tty", "port", "ports",
+                    "follow",
+                    "previous",
+                    "timestamps",
+                    "tail",
+                    "tailLines",
+                    "sinceSeconds",
+                    "sinceTime",
+                    "limitBytes",
+                    "stream",
+                    "command",
+                    "cmd",
+                    "input",
+                    "output",
+                    "error",
+                    "tty",
+                    "port",
+                    "ports",
                 ]),
                 prop_oneof![
                     "[ -~]{0,12}",
