@@ -139,6 +139,25 @@ pub fn with_arg_prefix(prefix: &[u8]) -> Vec<ProcessId> {
         .collect()
 }
 
+/// Live processes whose arguments include every one of `args` exactly (a container's shim by
+/// its `dir=` and `restart=` arguments).
+pub fn with_args(args: &[&[u8]]) -> Vec<ProcessId> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let have: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.iter().all(|want| have.contains(want))
+            })
+        })
+        .filter_map(ProcessId::of)
+        .collect()
+}
+
 fn stat_fields(proc_root: &Path, pid: u32) -> Option<Vec<String>> {
     let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
     // The command name (field 2) is in parentheses and may contain spaces or ')'.

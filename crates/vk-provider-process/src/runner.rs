@@ -125,6 +125,11 @@ struct Persisted {
 #[serde(rename_all = "camelCase")]
 struct PodPersisted {
     deadline_exceeded: bool,
+    /// When the pod's deletion must be over (SIGKILL), once it was asked to stop. Persisted so
+    /// that a vkubelet restart in the middle of a graceful stop carries on stopping instead of
+    /// starting containers that the stop already ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stop_by: Option<Timestamp>,
 }
 
 struct Ctr {
@@ -144,7 +149,7 @@ struct Ctr {
 impl Ctr {
     fn new(plan: ContainerPlan, init: bool, pod: &PodPlan, pod_dir: &Path) -> Self {
         let dir = plan.dir(pod_dir);
-        let p: Persisted = read_json(&dir, STATE_FILE).unwrap_or_default();
+        let mut p: Persisted = read_json(&dir, STATE_FILE).unwrap_or_default();
         let mut shim = None;
         let state = if let Some(t) = &p.finished {
             State::Finished {
@@ -154,10 +159,20 @@ impl Ctr {
             State::BackOff {
                 until: instant_at(at),
             }
+        } else if p.launched && !launch_got_going(&dir, p.restart) {
+            // vkubelet died between recording the launch and the shim starting: nothing ran,
+            // so this is the same start again, not a restart.
+            if p.restart == 0 {
+                p.launched = false;
+            } else {
+                p.restart -= 1;
+            }
+            State::NotStarted
         } else if p.launched {
             shim = read_json::<ShimRecord>(&dir, SHIM_FILE)
                 .filter(|r| r.restart == p.restart)
-                .map(|r| r.shim);
+                .map(|r| r.shim)
+                .or_else(|| shim_of(&dir, p.restart));
             State::Starting {
                 since: Instant::now(),
                 stop: None,
@@ -236,6 +251,25 @@ impl Ctr {
 }
 
 /// The instance number (restart count) of a container's latest instance, if it ever started.
+/// Whether instance `restart` of the container in `dir` ever got going: its shim wrote a record
+/// or an exit, or is alive.
+fn launch_got_going(dir: &Path, restart: u32) -> bool {
+    read_json::<ShimRecord>(dir, SHIM_FILE).is_some_and(|r| r.restart == restart)
+        || read_json::<ExitRecord>(dir, EXIT_FILE).is_some_and(|e| e.restart == restart)
+        || shim_of(dir, restart).is_some()
+}
+
+/// The live shim of instance `restart` of the container in `dir`, found by its arguments (before
+/// it wrote its record).
+fn shim_of(dir: &Path, restart: u32) -> Option<ProcessId> {
+    let mut dir_arg = b"dir=".to_vec();
+    dir_arg.extend_from_slice(dir.as_os_str().as_encoded_bytes());
+    let restart_arg = format!("restart={restart}");
+    crate::procs::with_args(&[&dir_arg, restart_arg.as_bytes()])
+        .into_iter()
+        .next()
+}
+
 pub fn latest_instance(container_dir: &Path) -> Option<u32> {
     let p: Persisted = read_json(container_dir, STATE_FILE)?;
     p.launched.then_some(p.restart)
@@ -476,7 +510,14 @@ impl Runner {
                     .map(|c| Ctr::new(c.clone(), false, &plan, &dir)),
             )
             .collect();
-        let pod = read_json(&dir, POD_STATE_FILE).unwrap_or_default();
+        let pod: PodPersisted = read_json(&dir, POD_STATE_FILE).unwrap_or_default();
+        if let Some(stop_by) = pod.stop_by {
+            // Adopted mid-stop: the stop goes on with what is left of its grace period.
+            let left = Timestamp::now().duration_until(stop_by);
+            let deadline = Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO);
+            let mut c = control.lock();
+            c.delete_deadline = Some(c.delete_deadline.map_or(deadline, |d| d.min(deadline)));
+        }
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
         // Watching before the first look at the files: no record can slip in between.
         let mut dir_watches = Vec::new();
@@ -634,6 +675,30 @@ impl Runner {
         );
     }
 
+    /// Record the stop's deadline (when it is new or earlier) for a vkubelet that adopts the pod
+    /// mid-stop.
+    fn persist_stop(&mut self, deadline: Instant) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(left) = k8s_openapi::jiff::SignedDuration::try_from(left) else {
+            return;
+        };
+        let Ok(stop_by) = Timestamp::now().checked_add(left) else {
+            return;
+        };
+        // Within a second is the same deadline: no rewrite on every pass.
+        if self
+            .pod
+            .stop_by
+            .is_some_and(|prev| prev.as_second() <= stop_by.as_second())
+        {
+            return;
+        }
+        self.pod.stop_by = Some(stop_by);
+        if let Err(e) = write_json(&self.dir, POD_STATE_FILE, &self.pod) {
+            warn!(error = %e, "saving pod state");
+        }
+    }
+
     /// One pass over the pod (blocking: run it on the blocking pool). Returns `true` once the
     /// pod is deleted and cleaned up.
     fn step(&mut self) -> bool {
@@ -646,6 +711,7 @@ impl Runner {
                 self.deleting = true;
                 info!("stopping the pod");
             }
+            self.persist_stop(deadline);
             // Every pass: a second delete may have brought the deadline forward.
             self.stop_all(deadline, StopReason::PodDeleted);
         } else {
@@ -1487,6 +1553,49 @@ fn launch_shim(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_launch_counts_only_once_its_shim_left_a_trace() {
+        let dir = std::env::temp_dir().join(format!("vk-runner-launch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Recorded as launched, but no shim record, no exit and no live shim: never got going.
+        assert!(!launch_got_going(&dir, 0));
+        let now = Timestamp::now();
+        let exit = ExitRecord {
+            restart: 1,
+            exit_code: 1,
+            signal: None,
+            started_at: now,
+            finished_at: now,
+            start_error: None,
+        };
+        write_json(&dir, EXIT_FILE, &exit).unwrap();
+        assert!(
+            launch_got_going(&dir, 1),
+            "an exit of this instance is a trace"
+        );
+        assert!(
+            !launch_got_going(&dir, 2),
+            "an exit of an earlier instance is not"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stop_deadline_survives_in_the_pod_record() {
+        let stop_by = Timestamp::now();
+        let rec = PodPersisted {
+            deadline_exceeded: false,
+            stop_by: Some(stop_by),
+        };
+        let back: PodPersisted =
+            serde_json::from_slice(&serde_json::to_vec(&rec).unwrap()).unwrap();
+        assert_eq!(back, rec);
+        // Records written before the field existed still read.
+        let old: PodPersisted = serde_json::from_str(r#"{"deadlineExceeded":true}"#).unwrap();
+        assert_eq!(old.stop_by, None);
+    }
 
     #[test]
     fn log_tail_joins_partial_records_and_keeps_the_last_lines() {

@@ -778,29 +778,11 @@ fn process_pods(vk: &Vk) -> usize {
         .unwrap_or(0)
 }
 
+/// Also requires that no container is started again after the mid-delete kill: a stop under way
+/// when vkubelet dies is carried on by the next one (the runner persists its deadline), instead
+/// of restarting containers that the grace period's SIGKILL ended.
 #[tokio::test]
 async fn process_vkubelet_killed_mid_burst_and_mid_delete() {
-    process_kill9_mid_burst_and_mid_delete(MidDeleteStarts::NotChecked).await;
-}
-
-/// The same run, also requiring that no container is started again after the mid-delete kill.
-/// Fails today: a container that the grace period's SIGKILL ends while vkubelet is down is
-/// restarted by the process provider when the next vkubelet adopts the pod (its runner does not
-/// persist that the pod is stopping; vk-provider-process/src/runner.rs), and killed again at the
-/// end of a second grace period. Run it with `--run-ignored only`.
-#[tokio::test]
-#[ignore = "known bug: the process provider restarts a stopping pod's container on adoption"]
-async fn process_pods_stopped_while_vkubelet_is_down_are_not_started_again() {
-    process_kill9_mid_burst_and_mid_delete(MidDeleteStarts::Once).await;
-}
-
-#[derive(PartialEq)]
-enum MidDeleteStarts {
-    Once,
-    NotChecked,
-}
-
-async fn process_kill9_mid_burst_and_mid_delete(mid_delete_starts: MidDeleteStarts) {
     let Some(env) = vk_testkit::env().await else {
         return;
     };
@@ -880,9 +862,7 @@ async fn process_kill9_mid_burst_and_mid_delete(mid_delete_starts: MidDeleteStar
         }
     })
     .await;
-    if mid_delete_starts == MidDeleteStarts::Once {
-        reports.assert_started_once(&settled.uids, "after the deletion");
-    }
+    reports.assert_started_once(&settled.uids, "after the deletion");
     assert_never_ended(&rec, PROCESS_N);
     lives.assert_started(&vk, 2);
 }
