@@ -219,8 +219,8 @@ impl Observed {
     /// was down.
     fn list_done(&mut self, now: Instant) {
         if let Some(listed) = self.listed.take() {
-            for i in 0..listed.len() {
-                if self.present[i] && !listed[i] {
+            for (i, in_list) in listed.into_iter().enumerate() {
+                if self.present[i] && !in_list {
                     self.delete(i, now);
                 }
             }
@@ -426,7 +426,7 @@ pub async fn run(client: kube::Client, spec: BurstSpec) -> anyhow::Result<BurstR
         writes_before.push(
             apimetrics::scrape(c)
                 .await
-                .with_context(|| format!("{name}"))?,
+                .with_context(|| format!("write counters of API server {name}"))?,
         );
     }
     let loadavg_start = procstat::loadavg();
@@ -481,7 +481,7 @@ pub async fn run(client: kube::Client, spec: BurstSpec) -> anyhow::Result<BurstR
     for (k, ((name, c), before)) in metrics.iter().zip(&writes_before).enumerate() {
         let after = apimetrics::scrape(c)
             .await
-            .with_context(|| format!("{name}"))?;
+            .with_context(|| format!("write counters of API server {name}"))?;
         let delta = apimetrics::delta(before, &after);
         api_writes_per_pod.insert(name.clone(), per_pod(&delta, n));
         let mut kubelet = delta.clone();
