@@ -13,7 +13,11 @@
 #   make run               dev control plane + `vkubelet run` (node vk-local, process provider, the
 #                          burst-policy webhook on 127.0.0.1:9443) in the foreground; Ctrl-C stops
 #                          vkubelet, `make cluster-down` the control plane
-#   make bench [N=1000]    burst benchmark vs the null kubelet (bench/burst.py); not part of test
+#   make bench [N="1000 10000"] [BENCH_KUBE=1]
+#                          burst benchmark, vkubelet (sim provider; with BENCH_KUBE=1 the kube
+#                          provider bursting into a second cluster) beside the null kubelet, same
+#                          Rust load generator (crates/vk-bench); JSON + PNG in target/bench/latest.
+#                          Not part of test
 
 SHELL := /bin/bash
 CLUSTER_DIR ?= .cluster/dev
@@ -24,7 +28,7 @@ ARGS ?=
 .PHONY: test lint unit integration cluster-up cluster-down build run bench
 NODE ?= vk-local
 PROVIDER ?= process
-N ?= 1000
+N ?= 1000 10000
 WEBHOOK_PORT ?= 9443
 
 test:
@@ -64,4 +68,4 @@ run: build
 	    --webhook-addr 127.0.0.1:$(WEBHOOK_PORT) --webhook-cert-dir "$$dir/webhook"
 
 bench:
-	python3 bench/burst.py $(foreach n,$(N),--n $(n))
+	python3 bench/burst.py $(foreach n,$(N),--n $(n)) $(if $(filter 1,$(BENCH_KUBE)),--kube)

@@ -1,137 +1,272 @@
 #!/usr/bin/env python3
-"""vkubelet burst benchmark: the same burst of N pods against the null kubelet (the API server's own
-limit: one status patch per pod, ../shared/tools/burst.py --null-kubelet) and against vkubelet with
-the sim provider, in one run on one control plane, printed side by side with ratios.
+"""vkubelet burst benchmark (`make bench`): the same burst of N pods, from the same Rust load
+generator (crates/vk-bench), against vkubelet and against the null kubelet (vk-bench
+null-kubelet: one status write and one final delete per pod, the API server's own limit), in one
+run on fresh control planes, printed side by side with ratios, written as JSON with a PNG plot
+of pods Running over time next to it.
 
-usage: bench/burst.py [--n 1000] [--n 10000] [--keep-cluster] [--json FILE]
+usage: bench/burst.py [--n 1000 --n 10000] [--kube] [--out DIR] [--concurrency 128]
+                      [--no-sweep] [--no-plot] [--keep-cluster]
 
-Measures per run: create->Running latency p50/p90/p99/max, pods/s to all Running, delete-to-gone
-time; for vkubelet also its RSS and CPU seconds over the burst and API writes per pod (from its
-own /metrics, vkubelet_api_requests_total by verb).
+Modes:
+  default  vkubelet on the `sim` provider (zero start latency) on cluster A.
+  --kube   (BENCH_KUBE=1) issue 12's A→B benchmark: vkubelet-A on the `kube` provider bursts
+           into cluster B, whose pods are run by vkubelet-B on the `sim` provider; writes are
+           counted on A and on B. The baseline is still the null kubelet on A.
+
+Control-plane settings reach scripts/cluster.sh through the environment (MAX_INFLIGHT,
+MAX_MUT_INFLIGHT, SCHED_QPS, CM_QPS): e.g. `MAX_MUT_INFLIGHT=400 make bench N=100000`.
 """
-import argparse, json, os, re, shutil, subprocess, sys, tempfile, time, urllib.request
+import argparse, datetime, json, os, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BURST = os.environ.get("BURST_PY", os.path.join(ROOT, "..", "shared", "tools", "burst.py"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common as c  # noqa: E402
 
-
-def sh(*cmd, **kw):
-    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
-
-
-def free_port():
-    import socket
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+VK_BENCH = os.path.join(c.RELEASE, "vk-bench")
+VKUBELET = os.path.join(c.RELEASE, "vkubelet")
+# Room for every pod of the largest burst on one node.
+def sim_config(n):
+    return {"capacity": {"pods": str(max(2 * n, 10000)), "cpu": str(max(n, 1000)), "memory": f"{max(n // 50, 4)}Ti"}}
 
 
-def kubectl(kc, *args, stdin=None):
-    return subprocess.run(["kubectl", "--kubeconfig", kc, *args], input=stdin, text=True, capture_output=True)
+def uptime():
+    return subprocess.run(["uptime"], text=True, capture_output=True).stdout.strip()
 
 
-def burst(kc, node, n, ns, pid=None, null=False, timeout=900):
-    cmd = [sys.executable, BURST, "--kubeconfig", kc, "--node", node, "--n", str(n), "--ns", ns,
-           "--timeout", str(timeout)]
-    if pid: cmd += ["--pid", str(pid)]
-    if null: cmd += ["--null-kubelet"]
-    out = subprocess.run(cmd, text=True, capture_output=True, timeout=timeout * 3 + 60)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
-    if out.returncode != 0 or not lines:
-        raise SystemExit(f"burst.py failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-    kubectl(kc, "delete", "namespace", ns, "--wait=false")
-    return json.loads(lines[-1])
-
-
-def scrape(port):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    writes = 0.0
-    for m in re.finditer(r'^vkubelet_api_requests_total\{verb="(\w+)",code="[^"]*"\} (\d+)', text, re.M):
-        if m.group(1) in ("POST", "PUT", "PATCH", "DELETE"):
-            writes += float(m.group(2))
-    patches = sum(float(v) for v in re.findall(r'^vkubelet_pod_status_patches_total\{[^}]*\} (\d+)', text, re.M))
-    return writes, patches
-
-
-def ensure_node(kc, name):
-    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"bench": "null"}}}
-    kubectl(kc, "apply", "-f", "-", stdin=json.dumps(node))
-
-
-def run_vkubelet(kc, binary, node, workdir, metrics_port):
-    log = open(os.path.join(workdir, f"{node}.log"), "w")
-    proc = subprocess.Popen([binary, "run", "--kubeconfig", kc, "--node-name", node, "--provider", "sim",
-                             "--metrics-addr", f"127.0.0.1:{metrics_port}", "--kubelet-port", "0",
-                             "--kubelet-bind-address", "127.0.0.1"],
-                            stdout=log, stderr=log, env={**os.environ, "VKUBELET_LOG": "warn"})
-    for _ in range(300):
-        r = kubectl(kc, "get", "node", node, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
-        if r.stdout.strip() == "True": return proc
-        if proc.poll() is not None: raise SystemExit(f"vkubelet exited; see {log.name}")
-        time.sleep(0.2)
-    raise SystemExit("vkubelet node did not become Ready")
+def burst(kc, node, n, label, ns, out_dir, pids, concurrency, metrics=(), timeout=None):
+    path = os.path.join(out_dir, f"{label}-{n}.json")
+    cmd = [VK_BENCH, "burst", "--kubeconfig", kc, "--node", node, "--n", str(n), "--namespace", ns,
+           "--label", label, "--concurrency", str(concurrency), "--json", path]
+    for role, pid in pids.items():
+        cmd += ["--pid", f"{role}={pid}"]
+    for name, mkc in metrics:
+        cmd += ["--metrics", f"{name}={mkc}"]
+    if timeout:
+        cmd += ["--timeout", str(timeout)]
+    load = uptime()
+    print(f"  {label} N={n}: {load}", flush=True)
+    r = subprocess.run(cmd, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if not os.path.exists(path):
+        raise SystemExit(f"vk-bench burst failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    with open(path) as f:
+        report = json.load(f)
+    report["uptime"] = load
+    if r.returncode != 0:
+        print(f"  warning: {label} N={n} incomplete:\n{r.stderr[-1500:]}", flush=True)
+    return report
 
 
 def ratio(a, b):
     return round(a / b, 2) if a and b else None
 
 
+def get(d, *path):
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+# (metric label, path into a burst report)
+ROWS = [
+    ("pods/s to all Running", ("pods_per_s",)),
+    ("create→Running p50 (ms)", ("create_to_running", "p50_ms")),
+    ("create→Running p90 (ms)", ("create_to_running", "p90_ms")),
+    ("create→Running p99 (ms)", ("create_to_running", "p99_ms")),
+    ("create→Running max (ms)", ("create_to_running", "max_ms")),
+    ("delete→gone, all (s)", ("delete_to_gone_s",)),
+    ("delete→gone p99 (ms)", ("delete_to_gone", "p99_ms")),
+    ("kubelet writes/pod on A", ("kubelet_writes_per_pod", "A", "total")),
+    ("  PATCH pods/status", ("kubelet_writes_per_pod", "A", "PATCH pods/status")),
+    ("  DELETE pods (final)", ("kubelet_writes_per_pod", "A", "DELETE pods")),
+    ("  POST events", ("kubelet_writes_per_pod", "A", "POST events")),
+    ("kubelet peak RSS (MB)", ("processes", "kubelet", "peak_rss_mb")),
+    ("kubelet steady RSS (MB)", ("processes", "kubelet", "steady_rss_mb")),
+    ("kubelet CPU s, burst", ("processes", "kubelet", "cpu_s_burst")),
+    ("kubelet CPU s, delete", ("processes", "kubelet", "cpu_s_delete")),
+    ("apiserver cores, burst", ("processes", "apiserver", "cores_burst")),
+    ("etcd cores, burst", ("processes", "etcd", "cores_burst")),
+    ("generator cores, creating", ("generator", "cores_create")),
+    ("creates/s", ("generator", "create_rate_per_s")),
+    ("create request p99 (ms)", ("generator", "create_request", "p99_ms")),
+]
+KUBE_ROWS = [
+    ("writes/pod on B (all)", ("api_writes_per_pod", "B", "total")),
+    ("vkubelet-B peak RSS (MB)", ("processes", "kubelet_b", "peak_rss_mb")),
+    ("apiserver-B cores, burst", ("processes", "apiserver_b", "cores_burst")),
+]
+
+
+def table(entry, rows):
+    vk, base = entry["vkubelet"], entry["null_kubelet"]
+    lines = [f"{'metric':<28}{'null kubelet':>14}{'vkubelet':>12}{'ratio':>8}"]
+    for name, path in rows:
+        b, v = get(base, *path), get(vk, *path)
+        lines.append(f"{name:<28}{str(b if b is not None else '-'):>14}{str(v if v is not None else '-'):>12}"
+                     f"{str(ratio(v, b) or '-'):>8}")
+    return "\n".join(lines)
+
+
+def wait_empty(kc, ns, tries=600):
+    """Waits until ns on kc holds no pods (the kube provider's backend between runs)."""
+    for _ in range(tries):
+        r = c.kubectl(kc, "get", "pods", "-n", ns, "--no-headers", "--ignore-not-found")
+        if r.returncode == 0 and not r.stdout.strip():
+            return True
+        time.sleep(1)
+    return False
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, action="append", help="pods per burst (repeatable); default 1000")
+    ap.add_argument("--n", type=int, action="append", help="pods per burst (repeatable); default 1000 and 10000")
+    ap.add_argument("--kube", action="store_true", default=os.environ.get("BENCH_KUBE") == "1",
+                    help="A→B through the kube provider (BENCH_KUBE=1)")
+    ap.add_argument("--out", help="output directory (default target/bench/<UTC time>)")
+    ap.add_argument("--concurrency", type=int, default=int(os.environ.get("BENCH_CONCURRENCY", "128")))
+    ap.add_argument("--no-sweep", action="store_true", help="skip the generator saturation sweep")
+    ap.add_argument("--sweep-pods", type=int, default=2000, help="pods per sweep level")
+    ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--keep-cluster", action="store_true")
-    ap.add_argument("--json", help="also write the results as JSON here")
-    ap.add_argument("--vkubelet-only", action="store_true", help="skip the null-kubelet baseline")
-    ap.add_argument("--timeout", type=float, help="seconds each burst may take (default: 60 + N/25)")
     a = ap.parse_args()
-    sizes = a.n or [1000]
-    if not os.path.exists(BURST):
-        raise SystemExit(f"{BURST} not found (set BURST_PY)")
-    sh(os.path.join(ROOT, "scripts", "cluster.sh"), "build")
-    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "vkubelet"], cwd=ROOT, check=True)
-    binary = os.path.join(ROOT, "target", "release", "vkubelet")
-    cdir = os.path.join(ROOT, "target", "bench-cluster")
-    subprocess.run([os.path.join(ROOT, "scripts", "cluster.sh"), "down", cdir], capture_output=True)
-    shutil.rmtree(cdir, ignore_errors=True)
-    kc = sh(os.path.join(ROOT, "scripts", "cluster.sh"), "up", cdir).strip().splitlines()[-1]
+    sizes = a.n or [1000, 10000]
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = os.path.abspath(a.out or os.path.join(c.ROOT, "target", "bench", stamp))
+    os.makedirs(out_dir, exist_ok=True)
+    mode = "kube" if a.kube else "sim"
+
+    c.sh(c.CLUSTER_SH, "build")
+    c.build("vkubelet", "vk-bench")
+    cdir_a = os.path.join(c.ROOT, "target", "bench", "cluster-a")
+    cdir_b = os.path.join(c.ROOT, "target", "bench", "cluster-b")
+    settings = {k: os.environ[k] for k in ("MAX_INFLIGHT", "MAX_MUT_INFLIGHT", "SCHED_QPS", "CM_QPS") if k in os.environ}
+    print(f"control plane A (settings {settings or 'default'})", flush=True)
+    kc = c.cluster_up(cdir_a, settings)
+    kc_b = None
+    if a.kube:
+        # B's scheduler binds every backend pod: give it the rate of the burst.
+        kc_b = c.cluster_up(cdir_b, {"SCHED_QPS": "1000", **settings})
     workdir = tempfile.mkdtemp(prefix="vkubelet-bench-")
-    results = []
+    results = {"mode": mode, "date": stamp, "concurrency": a.concurrency, "cluster_settings": settings,
+               "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=c.ROOT, text=True,
+                                     capture_output=True).stdout.strip(),
+               "uptime_start": uptime(), "runs": []}
+    procs = []
     try:
-        ensure_node(kc, "null-kubelet")
+        server = {"apiserver": c.cluster_pid(cdir_a, "kube-apiserver"), "etcd": c.cluster_pid(cdir_a, "etcd")}
+        if not a.no_sweep:
+            print("saturation sweep (creates at rising concurrency, no kubelet)", flush=True)
+            path = os.path.join(out_dir, "sweep.json")
+            cmd = [VK_BENCH, "sweep", "--kubeconfig", kc, "--pods", str(a.sweep_pods), "--concurrency", "8,32,128,512",
+                   "--json", path] + [f"--pid={k}={v}" for k, v in server.items()]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            with open(path) as f:
+                results["sweep"] = json.load(f)
+            for s in results["sweep"]:
+                procs_txt = ", ".join(f"{r} {cores} cores" for r, _, cores in s["processes"])
+                print(f"  concurrency {s['concurrency']:>4}: {s['create_rate_per_s']:>7} creates/s, "
+                      f"p50 {s['create_request']['p50_ms']} ms, p99 {s['create_request']['p99_ms']} ms, "
+                      f"generator {s['generator_cores']} cores, {procs_txt}", flush=True)
+        vk_b = None
+        managed = "cce-burst-bench"
+        if a.kube:
+            server.update({"apiserver_b": c.cluster_pid(cdir_b, "kube-apiserver"), "etcd_b": c.cluster_pid(cdir_b, "etcd")})
+            vk_b = c.run_vkubelet(kc_b, VKUBELET, "vk-b", workdir, 0, provider="sim",
+                                  provider_config=sim_config(max(sizes)))
+            procs.append(vk_b)
         for n in sizes:
-            timeout = a.timeout or 60 + n / 25
-            # vkubelet first: a baseline that stalls (its watch can be dropped by the API server
-            # as a slow consumer at large N) leaves pods behind that would load the second run.
-            port = free_port()
-            node = f"vk-bench-{n}"
-            proc = run_vkubelet(kc, binary, node, workdir, port)
-            w0, p0 = scrape(port)
-            vk = burst(kc, node, n, f"vk-{n}", pid=proc.pid, timeout=timeout)
-            w1, p1 = scrape(port)
-            proc.terminate(); proc.wait(timeout=30)
-            kubectl(kc, "delete", "node", node, "--wait=false")
-            base = {} if a.vkubelet_only else burst(kc, "null-kubelet", n, f"null-{n}", null=True, timeout=timeout)
-            vk["api_writes_per_pod"] = round((w1 - w0) / n, 2)
-            vk["status_patches_per_pod"] = round((p1 - p0) / n, 2)
-            results.append({"n": n, "null_kubelet": base, "vkubelet": vk,
-                            "throughput_ratio": ratio(vk["pods_per_s"], base.get("pods_per_s")),
-                            "p99_ratio": ratio(vk["lat_p99_ms"], base.get("lat_p99_ms")),
-                            "delete_ratio": ratio(vk.get("delete_to_gone_s"), base.get("delete_to_gone_s"))})
+            print(f"N={n} ({mode})", flush=True)
+            # vkubelet first, then the baseline, each on its own node and namespace.
+            if a.kube:
+                node = f"vk-a-{n}"
+                cfg = {"kubeconfig": kc_b, "clusterID": "bench",
+                       "nodeSelector": {"kubernetes.io/hostname": "vk-b"},
+                       "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
+                       "capacity": {"pods": str(max(2 * n, 10000)), "cpu": str(max(n, 1000)), "memory": "100Ti"},
+                       "qps": 0}
+                vk = c.run_vkubelet(kc, VKUBELET, node, workdir, 0, provider="kube", provider_config=cfg)
+                pids = {"kubelet": vk.pid, "kubelet_b": vk_b.pid, **server}
+                metrics = [("B", kc_b)]
+            else:
+                node = f"vk-bench-{n}"
+                vk = c.run_vkubelet(kc, VKUBELET, node, workdir, 0, provider="sim", provider_config=sim_config(n))
+                pids = {"kubelet": vk.pid, **server}
+                metrics = []
+            procs.append(vk)
+            vk_report = burst(kc, node, n, "vkubelet", f"vk-{n}", out_dir, pids, a.concurrency, metrics)
+            c.stop(vk)
+            c.kubectl(kc, "delete", "node", node, "--wait=false")
+            if a.kube and not wait_empty(kc_b, managed):
+                print(f"  warning: backend namespace {managed} still has pods", flush=True)
+            null_node = f"null-kubelet-{n}"
+            log = open(os.path.join(workdir, f"{null_node}.log"), "w")
+            null = subprocess.Popen([VK_BENCH, "null-kubelet", "--kubeconfig", kc, "--node", null_node,
+                                     "--concurrency", str(a.concurrency)], stdout=log, stderr=log)
+            procs.append(null)
+            pids = {"kubelet": null.pid, **{k: v for k, v in server.items() if not k.endswith("_b")}}
+            time.sleep(1)  # its watch is open before the first create
+            base = burst(kc, null_node, n, "null-kubelet", f"null-{n}", out_dir, pids, a.concurrency)
+            c.stop(null)
+            c.kubectl(kc, "delete", "node", null_node, "--wait=false")
+            entry = {"n": n, "mode": mode, "vkubelet": vk_report, "null_kubelet": base, "ratios": {
+                "throughput": ratio(vk_report["pods_per_s"], base["pods_per_s"]),
+                "p50": ratio(get(vk_report, "create_to_running", "p50_ms"), get(base, "create_to_running", "p50_ms")),
+                "p99": ratio(get(vk_report, "create_to_running", "p99_ms"), get(base, "create_to_running", "p99_ms")),
+                "delete_to_gone": ratio(vk_report["delete_to_gone_s"], base["delete_to_gone_s"]),
+                "kubelet_writes_per_pod": ratio(get(vk_report, "kubelet_writes_per_pod", "A", "total"),
+                                                get(base, "kubelet_writes_per_pod", "A", "total")),
+                "peak_rss": ratio(get(vk_report, "processes", "kubelet", "peak_rss_mb"),
+                                  get(base, "processes", "kubelet", "peak_rss_mb")),
+                "cpu_s_burst": ratio(get(vk_report, "processes", "kubelet", "cpu_s_burst"),
+                                     get(base, "processes", "kubelet", "cpu_s_burst")),
+            }}
+            kubelet = vk_report["processes"]["kubelet"]
+            if n:
+                entry["vkubelet_rss_bytes_per_pod"] = round(
+                    (kubelet["steady_rss_mb"] - kubelet["idle_rss_mb"]) * 1e6 / n)
+            results["runs"].append(entry)
+            print(table(entry, ROWS + (KUBE_ROWS if a.kube else [])), flush=True)
+            if "vkubelet_rss_bytes_per_pod" in entry:
+                print(f"vkubelet RSS per pod (steady − idle) / N: {entry['vkubelet_rss_bytes_per_pod']} bytes", flush=True)
     finally:
+        for p in procs:
+            c.stop(p)
         if not a.keep_cluster:
-            subprocess.run([os.path.join(ROOT, "scripts", "cluster.sh"), "down", cdir], capture_output=True)
-    cols = ["pods_per_s", "to_all_running_s", "lat_p50_ms", "lat_p90_ms", "lat_p99_ms", "lat_max_ms",
-            "delete_to_gone_s", "vk_rss_mb", "vk_cpu_s_burst", "api_writes_per_pod", "status_patches_per_pod"]
-    for r in results:
-        print(f"\n== N={r['n']} ==")
-        print(f"{'metric':<24}{'null-kubelet':>14}{'vkubelet':>12}{'ratio':>8}")
-        for c in cols:
-            b, v = r["null_kubelet"].get(c), r["vkubelet"].get(c)
-            print(f"{c:<24}{str(b if b is not None else '-'):>14}{str(v if v is not None else '-'):>12}"
-                  f"{str(ratio(v, b) or '-'):>8}")
-        print(f"all running: null={r['null_kubelet'].get('all_running')} vkubelet={r['vkubelet']['all_running']}; "
-              f"throughput ratio {r['throughput_ratio']}, p99 ratio {r['p99_ratio']}")
-    if a.json:
-        with open(a.json, "w") as f: json.dump(results, f, indent=2)
-    print(json.dumps(results))
+            c.cluster_down(cdir_a)
+            if a.kube:
+                c.cluster_down(cdir_b)
+    results["uptime_end"] = uptime()
+    path = os.path.join(out_dir, f"bench-{mode}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"results: {path}")
+    if not a.no_plot:
+        png = path[:-5] + ".png"
+        try:
+            py = plot_python()
+            subprocess.run([py, os.path.join(c.ROOT, "bench", "plot.py"), path, png], check=True)
+            print(f"plot: {png}")
+        except (subprocess.CalledProcessError, OSError) as e:
+            print(f"plot skipped: {e}")
+    latest = os.path.join(c.ROOT, "target", "bench", "latest")
+    if os.path.islink(latest) or not os.path.exists(latest):
+        if os.path.islink(latest):
+            os.unlink(latest)
+        os.symlink(out_dir, latest)
+
+
+def plot_python():
+    """A Python with matplotlib: the system's, else a venv in target/bench/venv (pip, PyPI)."""
+    if subprocess.run([sys.executable, "-c", "import matplotlib"], capture_output=True).returncode == 0:
+        return sys.executable
+    venv = os.path.join(c.ROOT, "target", "bench", "venv")
+    py = os.path.join(venv, "bin", "python")
+    if subprocess.run([py, "-c", "import matplotlib"], capture_output=True).returncode != 0:
+        print("installing matplotlib into target/bench/venv", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", "matplotlib"], check=True)
+    return py
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ Prints the three RSS figures, the deltas and the resolver's own counters from /m
 import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import burst as b  # noqa: E402  (shared helpers: kubectl, cluster, vkubelet launch)
+import common as b  # noqa: E402  (shared helpers: kubectl, cluster, vkubelet launch)
 
 ROOT = b.ROOT
 
