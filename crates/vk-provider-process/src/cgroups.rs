@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -404,15 +404,36 @@ impl Cgroups {
 
     /// SIGKILL every process left in the pod's cgroups (`cgroup.kill` on v2 when the kernel
     /// has it, and `cgroup.procs` plus kill(2) regardless, to catch the rest), then remove the
-    /// directories, children first, retrying while the processes exit. Ok if there is none.
-    /// Blocks for up to 3 s when processes are slow to die.
-    pub fn remove_pod(&self, pod_uid: &str) -> Result<(), CgroupError> {
+    /// directories, children first, retrying while the processes exit (up to 3 s). Ok if there is
+    /// none. The file work of each attempt runs on the blocking pool; the waits between attempts
+    /// are timers, so no thread is held while processes die.
+    pub async fn remove_pod(&self, pod_uid: &str) -> Result<(), CgroupError> {
+        let deadline = tokio::time::Instant::now() + REMOVE_TIMEOUT;
+        let mut first = true;
+        loop {
+            let (this, uid) = (self.clone(), pod_uid.to_string());
+            let attempt = tokio::task::spawn_blocking(move || this.remove_pod_once(&uid, first))
+                .await
+                .map_err(|e| CgroupError::Unavailable(format!("removal task failed: {e}")))?;
+            first = false;
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e @ CgroupError::InvalidName { .. }) => return Err(e),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(REMOVE_POLL).await,
+            }
+        }
+    }
+
+    /// One attempt of [`Self::remove_pod`] (blocking): kill what is left, remove the directories.
+    /// `first` also writes `cgroup.kill` on v2. An error names what is still there.
+    fn remove_pod_once(&self, pod_uid: &str, first: bool) -> Result<(), CgroupError> {
         let pod = self.top.join(validate(pod_uid)?);
         let dirs: Vec<&Path> = pod.distinct().into_iter().filter(|d| d.is_dir()).collect();
         if dirs.is_empty() {
             return Ok(());
         }
-        if self.version == CgroupVersion::V2 {
+        if first && self.version == CgroupVersion::V2 {
             for dir in &dirs {
                 let kill_file = dir.join("cgroup.kill");
                 if kill_file.exists()
@@ -422,34 +443,28 @@ impl Cgroups {
                 }
             }
         }
-        let deadline = Instant::now() + REMOVE_TIMEOUT;
-        loop {
-            let mut pids = Vec::new();
-            for dir in &dirs {
-                tree_pids(dir, &mut pids);
+        let mut pids = Vec::new();
+        for dir in &dirs {
+            tree_pids(dir, &mut pids);
+        }
+        for &pid in &pids {
+            kill_pid(pid);
+        }
+        let mut last_err = None;
+        for dir in &dirs {
+            if let Err(e) = remove_tree(dir) {
+                last_err = Some(e);
             }
-            for &pid in &pids {
-                kill_pid(pid);
-            }
-            let mut last_err = None;
-            for dir in &dirs {
-                if let Err(e) = remove_tree(dir) {
-                    last_err = Some(e);
-                }
-            }
-            let Some(err) = last_err else {
+        }
+        match last_err {
+            None => {
                 debug!(pod = pod_uid, "pod cgroups removed");
-                return Ok(());
-            };
-            if Instant::now() >= deadline {
-                return Err(match err {
-                    CgroupError::Io { path, .. } if !pids.is_empty() => {
-                        CgroupError::Busy { path, pids }
-                    }
-                    other => other,
-                });
+                Ok(())
             }
-            std::thread::sleep(REMOVE_POLL);
+            Some(CgroupError::Io { path, .. }) if !pids.is_empty() => {
+                Err(CgroupError::Busy { path, pids })
+            }
+            Some(other) => Err(other),
         }
     }
 
@@ -1361,7 +1376,7 @@ mod tests {
                 "container {bad:?}"
             );
             assert!(matches!(
-                cg.remove_pod(bad),
+                cg.remove_pod_blocking(bad),
                 Err(CgroupError::InvalidName { .. })
             ));
             let h = cg.container(bad, "c");
@@ -1397,14 +1412,14 @@ mod tests {
             fs::write(cg.top.cpu.join("cgroup.procs"), "").unwrap();
             fs::create_dir(cg.top.memory.join(".tmp")).unwrap();
             assert_eq!(cg.pods(), vec!["pod-a", "pod-b"], "{v:?}");
-            cg.remove_pod("pod-b").unwrap();
+            cg.remove_pod_blocking("pod-b").unwrap();
             assert_eq!(cg.pods(), vec!["pod-a"], "{v:?}");
             for d in cg.base_dirs() {
                 assert!(!d.join("pod-b").exists());
                 assert!(d.join("pod-a/c1").is_dir());
             }
-            cg.remove_pod("pod-b").unwrap();
-            cg.remove_pod("never-existed").unwrap();
+            cg.remove_pod_blocking("pod-b").unwrap();
+            cg.remove_pod_blocking("never-existed").unwrap();
             let h = cg.container("pod-a", "c1");
             assert_eq!(
                 h.procs_files(),
@@ -1496,12 +1511,31 @@ mod tests {
         assert_eq!(e, "no cgroup filesystem is mounted");
     }
 
+    use std::time::Instant;
+
+    impl Cgroups {
+        /// [`Cgroups::remove_pod`] for synchronous tests.
+        fn remove_pod_blocking(&self, pod_uid: &str) -> Result<(), CgroupError> {
+            let deadline = Instant::now() + REMOVE_TIMEOUT;
+            let mut first = true;
+            loop {
+                match self.remove_pod_once(pod_uid, first) {
+                    Ok(()) => return Ok(()),
+                    Err(e @ CgroupError::InvalidName { .. }) => return Err(e),
+                    Err(e) if Instant::now() >= deadline => return Err(e),
+                    Err(_) => std::thread::sleep(REMOVE_POLL),
+                }
+                first = false;
+            }
+        }
+    }
+
     /// Removes a real test pod and the test's top directories even when an assertion fails.
     struct Cleanup<'a>(&'a Cgroups, &'static str);
 
     impl Drop for Cleanup<'_> {
         fn drop(&mut self) {
-            let _ = self.0.remove_pod(self.1);
+            let _ = self.0.remove_pod_blocking(self.1);
             for d in self.0.base_dirs() {
                 let _ = remove_tree(&d);
             }
@@ -1598,7 +1632,7 @@ mod tests {
         let handle = cg.container("test-pod", "sleeper");
         assert_eq!(handle.procs_files(), c.procs_files());
 
-        cg.remove_pod("test-pod").unwrap();
+        cg.remove_pod_blocking("test-pod").unwrap();
         let status = child.wait().unwrap();
         assert_eq!(status.signal(), Some(9), "{status:?}");
         for d in cg.base_dirs() {
@@ -1641,7 +1675,7 @@ mod tests {
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
         let status = child.wait().unwrap();
         let after = c.oom_kills();
-        cg.remove_pod("oom-pod").unwrap();
+        cg.remove_pod_blocking("oom-pod").unwrap();
         if status.code() == Some(127) {
             skip("no python3 to allocate memory with");
             return;

@@ -577,32 +577,54 @@ impl Provider for ProcessProvider {
         }
         let (pods_dir, secrets_dir) = (self.pods_dir(), self.cfg.secrets_dir.clone());
         let cgroups = self.cgroups.as_ref().ok().cloned();
-        // Killing waits for the processes to die, removing cgroups too: both block.
-        blocking(move || remove_all_pods(&pods_dir, &secrets_dir, cgroups.as_ref())).await?
+        remove_all_pods(pods_dir, secrets_dir, cgroups).await
     }
 }
 
-/// SIGKILL every pod's processes and remove its files and cgroups (blocking).
-fn remove_all_pods(
-    pods_dir: &Path,
-    secrets_dir: &Path,
-    cgroups: Option<&cgroups::Cgroups>,
+/// SIGKILL every pod's processes and remove its files and cgroups. File work runs on the
+/// blocking pool; waiting for the processes to die is a pidfd wait, holding no thread.
+async fn remove_all_pods(
+    pods_dir: PathBuf,
+    secrets_dir: PathBuf,
+    cgroups: Option<cgroups::Cgroups>,
 ) -> Result<usize, ProviderError> {
+    let list = pods_dir.clone();
+    let pods: Vec<(PathBuf, String)> = blocking(move || {
+        std::fs::read_dir(&list)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| (e.path(), e.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+    .await?;
     let mut removed = 0;
-    let Ok(entries) = std::fs::read_dir(pods_dir) else {
-        return Ok(0);
-    };
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        let uid = entry.file_name().to_string_lossy().into_owned();
-        kill_pod_processes(&dir);
-        if let Some(cg) = cgroups
-            && let Err(e) = cg.remove_pod(&uid)
+    for (dir, uid) in pods {
+        let victims = {
+            let dir = dir.clone();
+            blocking(move || kill_pod_processes(&dir)).await?
+        };
+        // All were killed at once, so waiting for each in turn takes as long as the slowest;
+        // bounded, so a process stuck in the kernel does not hold up the rest.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            for p in victims {
+                p.exited().await;
+            }
+        })
+        .await;
+        if let Some(cg) = &cgroups
+            && let Err(e) = cg.remove_pod(&uid).await
         {
             warn!(pod = %uid, error = %e, "removing cgroups");
         }
-        let _ = std::fs::remove_dir_all(secrets_dir.join(&uid));
-        std::fs::remove_dir_all(&dir).map_err(|e| io_err("removing", &dir, e))?;
+        let secrets = secrets_dir.join(&uid);
+        blocking(move || {
+            let _ = std::fs::remove_dir_all(&secrets);
+            std::fs::remove_dir_all(&dir).map_err(|e| io_err("removing", &dir, e))
+        })
+        .await??;
         removed += 1;
     }
     Ok(removed)
@@ -696,11 +718,11 @@ impl ProcessProvider {
     }
 }
 
-/// SIGKILL every container and shim a pod directory records, and wait (briefly) until they
-/// are gone (blocking: up to 2 s).
-fn kill_pod_processes(pod_dir: &Path) {
+/// SIGKILL every container and shim a pod directory records (blocking: reads the records);
+/// returns them, to wait for.
+fn kill_pod_processes(pod_dir: &Path) -> Vec<procs::ProcessId> {
     let Ok(containers) = std::fs::read_dir(pod_dir.join("containers")) else {
-        return;
+        return Vec::new();
     };
     let mut victims: Vec<procs::ProcessId> = containers
         .flatten()
@@ -716,10 +738,5 @@ fn kill_pod_processes(pod_dir: &Path) {
     for p in &victims {
         let _ = p.signal(Signal::SIGKILL);
     }
-    for _ in 0..100 {
-        if victims.iter().all(|p| !p.is_alive()) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    victims
 }

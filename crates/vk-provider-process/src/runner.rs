@@ -579,6 +579,7 @@ impl Runner {
             };
             self = runner;
             if done {
+                self.finish().await;
                 return;
             }
             self.exits.set(&waits);
@@ -722,9 +723,9 @@ impl Runner {
         }
         self.enforce_kills();
         self.publish();
+        // Once this says done, the task removes the pod's cgroups and files and reports it
+        // gone (`finish`): the cgroup removal waits for exiting processes on a timer.
         if self.deleting && self.ctrs.iter().all(|c| !c.is_active()) && self.shims_gone() {
-            self.remove_files();
-            self.env.sinks.pod(&self.plan.uid, PodUpdate::Gone);
             return true;
         }
         false
@@ -1208,16 +1209,28 @@ impl Runner {
             .all(|c| read_json::<ShimRecord>(&c.dir, SHIM_FILE).is_none_or(|r| !r.shim.is_alive()))
     }
 
-    fn remove_files(&self) {
+    /// The deleted pod's last step: remove its cgroups and files, then report it gone.
+    async fn finish(self) {
         if let Some(cg) = &self.env.cgroups
-            && let Err(e) = cg.remove_pod(&self.plan.uid)
+            && let Err(e) = cg.remove_pod(&self.plan.uid).await
         {
             warn!(error = %e, "removing the pod's cgroups");
         }
-        let _ = std::fs::remove_dir_all(self.env.secrets_dir.join(&self.plan.uid));
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            warn!(error = %e, dir = %self.dir.display(), "removing the pod's directory");
+        let secrets = self.env.secrets_dir.join(&self.plan.uid);
+        let dir = self.dir.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&secrets);
+            std::fs::remove_dir_all(&dir)
+        })
+        .await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, dir = %self.dir.display(), "removing the pod's directory")
+            }
+            Err(e) => warn!(error = %e, "removing the pod's directory: task failed"),
         }
+        self.env.sinks.pod(&self.plan.uid, PodUpdate::Gone);
     }
 
     fn init_done(&self) -> bool {
