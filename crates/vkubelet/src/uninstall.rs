@@ -123,16 +123,7 @@ pub async fn uninstall(
     println!("removed {removed} backend pod(s)");
 
     let node_leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
-    let all_leases: Api<Lease> = Api::all(client.clone());
-    let elections: Vec<Lease> = all_leases
-        .list(&ListParams::default().labels(&format!(
-            "{}={}",
-            vk_leader::MANAGED_BY_LABEL,
-            vk_leader::MANAGED_BY
-        )))
-        .await
-        .context("listing vkubelet's election Leases")?
-        .items;
+    let elections = election_leases(&client).await?;
     for spec in specs {
         gone(nodes.delete(&spec.name, &DeleteParams::default()).await)
             .with_context(|| format!("deleting node {}", spec.name))?;
@@ -163,14 +154,7 @@ pub async fn uninstall(
             left.push(format!("Lease {LEASE_NAMESPACE}/{}", spec.name));
         }
     }
-    let elections_now = all_leases
-        .list(&ListParams::default().labels(&format!(
-            "{}={}",
-            vk_leader::MANAGED_BY_LABEL,
-            vk_leader::MANAGED_BY
-        )))
-        .await?
-        .items;
+    let elections_now = election_leases(&client).await?;
     for spec in specs {
         for (ns, name) in elections_of(&elections_now, &spec.name) {
             left.push(format!("Lease {ns}/{name}"));
@@ -189,6 +173,17 @@ pub async fn uninstall(
     }
     println!("uninstalled: nothing of vkubelet's is left");
     Ok(())
+}
+
+/// Every Lease vkubelet's elections wrote, in any namespace (found by their label).
+async fn election_leases(client: &kube::Client) -> anyhow::Result<Vec<Lease>> {
+    let all: Api<Lease> = Api::all(client.clone());
+    let selector = format!("{}={}", vk_leader::MANAGED_BY_LABEL, vk_leader::MANAGED_BY);
+    Ok(all
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .context("listing vkubelet's election Leases")?
+        .items)
 }
 
 /// The election Leases (namespace, name) of `node` among `leases`.
@@ -278,16 +273,7 @@ async fn wait_unserved(
 /// without an election — whose heartbeat Lease is still within its duration.
 async fn served_nodes(client: &kube::Client, specs: &[NodeSpec]) -> anyhow::Result<Vec<String>> {
     let node_leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
-    let all: Api<Lease> = Api::all(client.clone());
-    let elections = all
-        .list(&ListParams::default().labels(&format!(
-            "{}={}",
-            vk_leader::MANAGED_BY_LABEL,
-            vk_leader::MANAGED_BY
-        )))
-        .await
-        .context("listing vkubelet's election Leases")?
-        .items;
+    let elections = election_leases(client).await?;
     let now = k8s_openapi::jiff::Timestamp::now();
     let mut served = BTreeSet::new();
     for spec in specs {

@@ -447,37 +447,16 @@ async fn kill_9_mid_burst_then_restart_runs_every_pod_exactly_once() {
     .await;
     vk.restart();
     let running = wait_running(&env, "app=burst", 60).await;
-    let api_uids: BTreeSet<String> = running
-        .iter()
-        .filter_map(|p| p.metadata.uid.clone())
-        .collect();
     for p in &running {
-        let restarts: i32 = p
-            .status
-            .iter()
-            .flat_map(|s| s.container_statuses.iter().flatten())
-            .map(|c| c.restart_count)
-            .sum();
         assert_eq!(
-            restarts, 0,
+            common::restarts(p),
+            0,
             "pod {:?} was restarted instead of adopted",
             p.metadata.name
         );
     }
     vk.terminate();
-    let creates = vk.backend_creates();
-    let unique: BTreeSet<String> = creates.iter().cloned().collect();
-    assert_eq!(
-        creates.len(),
-        unique.len(),
-        "some pod was created twice on the backend"
-    );
-    assert_eq!(
-        unique, api_uids,
-        "backend creates match the API pods one to one"
-    );
-    let on_backend: BTreeSet<String> = vk.backend_pods().await.into_iter().collect();
-    assert_eq!(on_backend, api_uids, "no orphans, nothing missing");
+    vk.assert_backend_matches(&running).await;
 }
 
 #[tokio::test]

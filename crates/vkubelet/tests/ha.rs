@@ -14,7 +14,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{POLL, Vk, WAIT, phase, wait_running};
+use common::{POLL, Vk, WAIT, phase, restarts, wait_running};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -73,35 +73,6 @@ async fn running_count(env: &TestEnv, selector: &str) -> Result<usize, String> {
         .iter()
         .filter(|p| phase(p).as_deref() == Some("Running"))
         .count())
-}
-
-fn restarts(p: &Pod) -> i32 {
-    p.status
-        .iter()
-        .flat_map(|s| s.container_statuses.iter().flatten())
-        .map(|c| c.restart_count)
-        .sum()
-}
-
-/// Every API pod ran exactly once on the backend and nothing else is there.
-async fn assert_backend_matches(vk: &Vk, running: &[Pod]) {
-    let api_uids: BTreeSet<String> = running
-        .iter()
-        .filter_map(|p| p.metadata.uid.clone())
-        .collect();
-    let creates = vk.backend_creates();
-    let unique: BTreeSet<String> = creates.iter().cloned().collect();
-    assert_eq!(
-        creates.len(),
-        unique.len(),
-        "some pod was created twice on the backend"
-    );
-    assert_eq!(
-        unique, api_uids,
-        "backend creates match the API pods one to one"
-    );
-    let on_backend: BTreeSet<String> = vk.backend_pods().await.into_iter().collect();
-    assert_eq!(on_backend, api_uids, "no orphans, nothing missing");
 }
 
 #[tokio::test]
@@ -169,7 +140,7 @@ async fn kill_9_of_the_leader_mid_burst_hands_the_node_over_and_loses_nothing() 
         "the takeover is the second replica's"
     );
     assert!(second.terminate(), "the new leader exits cleanly");
-    assert_backend_matches(&second, &running).await;
+    second.assert_backend_matches(&running).await;
 }
 
 #[tokio::test]
@@ -264,7 +235,7 @@ async fn a_graceful_stop_hands_over_at_once_and_recreates_nothing() {
         creates_before,
         "the hand-over created nothing on the backend"
     );
-    assert_backend_matches(&second, &after).await;
+    second.assert_backend_matches(&after).await;
 }
 
 /// A registration shaped like vkubelet's that matches no namespace, so no other test is affected.

@@ -599,6 +599,40 @@ async fn grant_webhook_name(cluster: &TestCluster, name: &str) -> String {
     grant
 }
 
+/// Container restarts of a pod, summed.
+pub fn restarts(p: &Pod) -> i32 {
+    p.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .map(|c| c.restart_count)
+        .sum()
+}
+
+impl Vk {
+    /// Every API pod in `running` was created exactly once on the (sim) backend and nothing else
+    /// is there. Reads the backend's state, so only while vkubelet is stopped.
+    pub async fn assert_backend_matches(&self, running: &[Pod]) {
+        let api_uids: std::collections::BTreeSet<String> = running
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        let creates = self.backend_creates();
+        let unique: std::collections::BTreeSet<String> = creates.iter().cloned().collect();
+        assert_eq!(
+            creates.len(),
+            unique.len(),
+            "some pod was created twice on the backend"
+        );
+        assert_eq!(
+            unique, api_uids,
+            "backend creates match the API pods one to one"
+        );
+        let on_backend: std::collections::BTreeSet<String> =
+            self.backend_pods().await.into_iter().collect();
+        assert_eq!(on_backend, api_uids, "no orphans, nothing missing");
+    }
+}
+
 pub fn phase(p: &Pod) -> Option<String> {
     p.status.as_ref().and_then(|s| s.phase.clone())
 }
