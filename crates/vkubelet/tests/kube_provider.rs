@@ -484,7 +484,7 @@ async fn kill9_mid_burst_never_duplicates_a_backend_pod() {
     let dep: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "burst"},
         "spec": {
-            "replicas": 20,
+            "replicas": 60,
             "selector": {"matchLabels": {"app": "burst"}},
             "template": {"metadata": {"labels": {"app": "burst"}}, "spec": template["spec"]},
         },
@@ -499,16 +499,16 @@ async fn kill9_mid_burst_never_duplicates_a_backend_pod() {
     .await;
     t.va.kill9();
     assert!(
-        at_kill < 20,
+        at_kill < 60,
         "not mid-burst: {at_kill} backend pods at the kill"
     );
     t.va.resume();
-    let pods = wait_running(&t.a, "app=burst", 20).await;
+    let pods = wait_running(&t.a, "app=burst", 60).await;
     let sources: BTreeSet<String> = pods.iter().map(uid).collect();
     let backend = wait_backend_running(&t, &sources).await;
     assert_eq!(
         backend.len(),
-        20,
+        60,
         "one backend pod per source pod, no duplicate"
     );
 }
