@@ -173,7 +173,7 @@ def main():
         if a.kube:
             server.update({"apiserver_b": c.cluster_pid(cdir_b, "kube-apiserver"), "etcd_b": c.cluster_pid(cdir_b, "etcd")})
             vk_b = c.run_vkubelet(kc_b, VKUBELET, "vk-b", workdir, 0, provider="sim",
-                                  provider_config=sim_config(max(sizes)))
+                                  provider_config=sim_config(max(sizes)), profiled=False)
             procs.append(vk_b)
         for n in sizes:
             print(f"N={n} ({mode})", flush=True)
@@ -186,12 +186,12 @@ def main():
                        "capacity": {"pods": str(max(2 * n, 10000)), "cpu": str(max(n, 1000)), "memory": "100Ti"},
                        "qps": 0}
                 vk = c.run_vkubelet(kc, VKUBELET, node, workdir, 0, provider="kube", provider_config=cfg)
-                pids = {"kubelet": vk.pid, "kubelet_b": vk_b.pid, **server}
+                pids = {"kubelet": vk.measured_pid, "kubelet_b": vk_b.measured_pid, **server}
                 metrics = [("B", kc_b)]
             else:
                 node = f"vk-bench-{n}"
                 vk = c.run_vkubelet(kc, VKUBELET, node, workdir, 0, provider="sim", provider_config=sim_config(n))
-                pids = {"kubelet": vk.pid, **server}
+                pids = {"kubelet": vk.measured_pid, **server}
                 metrics = []
             procs.append(vk)
             vk_report = burst(kc, node, n, "vkubelet", f"vk-{n}", out_dir, pids, a.concurrency, metrics)

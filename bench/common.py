@@ -1,7 +1,7 @@
 """Helpers the benchmark scripts share: the repository root, control planes from
 scripts/cluster.sh, kubectl, and starting a release vkubelet. Only the repository's own files are
 used (no file outside the clone)."""
-import json, os, shutil, socket, subprocess, time
+import json, os, shlex, shutil, socket, subprocess, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER_SH = os.path.join(ROOT, "scripts", "cluster.sh")
@@ -60,9 +60,11 @@ def wait_node_ready(kc, node, proc, log_path, tries=300):
     raise SystemExit(f"node {node} did not become Ready; see {log_path}")
 
 
-def run_vkubelet(kc, binary, node, workdir, metrics_port, provider="sim", provider_config=None, log_level="warn"):
+def run_vkubelet(kc, binary, node, workdir, metrics_port, provider="sim", provider_config=None, log_level="warn",
+                 profiled=True):
     """Starts `vkubelet run` for one node (release build) and waits until the node is Ready.
-    provider_config: a dict written as the node's provider config."""
+    provider_config: a dict written as the node's provider config. profiled: whether BENCH_WRAP
+    applies (not to the kube mode's backend vkubelet)."""
     log_path = os.path.join(workdir, f"{node}.log")
     log = open(log_path, "w")
     cmd = [binary, "run", "--kubeconfig", kc, "--node-name", node, "--provider", provider,
@@ -73,16 +75,37 @@ def run_vkubelet(kc, binary, node, workdir, metrics_port, provider="sim", provid
         with open(path, "w") as f:
             json.dump(provider_config, f)
         cmd += ["--provider-config", path]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, "VKUBELET_LOG": log_level})
+    # BENCH_WRAP runs vkubelet under a profiler, e.g. BENCH_WRAP="heaptrack -o target/bench/heap"
+    # (docs/testing.md, "Memory"); the process measured and stopped is then vkubelet itself.
+    wrap = shlex.split(os.environ.get("BENCH_WRAP", "")) if profiled else []
+    proc = subprocess.Popen(wrap + cmd, stdout=log, stderr=log, env={**os.environ, "VKUBELET_LOG": log_level})
     wait_node_ready(kc, node, proc, log_path)
+    proc.measured_pid = descendant(proc.pid, "vkubelet") if wrap else proc.pid
     return proc
+
+
+def descendant(pid, comm):
+    """The first process named comm at or below pid (a wrapper's child)."""
+    todo = [pid]
+    while todo:
+        p = todo.pop(0)
+        try:
+            with open(f"/proc/{p}/comm") as f:
+                if f.read().strip() == comm:
+                    return p
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    raise SystemExit(f"no {comm} process under pid {pid}")
 
 
 def stop(proc, timeout=60):
     """SIGTERM a process we started and wait for it (SIGKILL if it does not go)."""
     if proc is None or proc.poll() is not None:
         return
-    proc.terminate()
+    # A wrapped vkubelet (BENCH_WRAP) gets the signal itself; the wrapper then ends with it.
+    os.kill(getattr(proc, "measured_pid", proc.pid), 15)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

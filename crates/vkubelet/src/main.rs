@@ -205,8 +205,9 @@ struct RunArgs {
     /// Do not taint the node with virtual-kubelet.io/provider=<provider>:NoSchedule.
     #[arg(long)]
     disable_taint: bool,
-    /// Pods reconciled concurrently per node (bounds concurrent provider calls).
-    #[arg(long, default_value_t = 64)]
+    /// Pods reconciled concurrently per node (bounds concurrent provider calls and pod status
+    /// writes in flight).
+    #[arg(long, default_value_t = vk_core::pod::DEFAULT_POD_WORKERS)]
     pod_workers: usize,
     /// Seconds between full API/backend reconciliations.
     #[arg(long, default_value_t = 60)]

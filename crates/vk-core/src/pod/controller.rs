@@ -40,6 +40,7 @@ use super::decide::{
     Action, Backend, CreateResult, DeletePurpose, Done, Effect, Facts, Next, PodState, Policy,
     Then, VolumesResult, after, decide, fingerprint, spec_hash,
 };
+use super::stored::StoredPod;
 use super::versions::{CopyOrder, Source};
 use crate::error::{Error, ProviderError, api_status_code};
 use crate::events::EventRecorder;
@@ -49,6 +50,13 @@ use crate::queue::{Backoff, WorkQueue};
 use crate::resolve::{ResolveError, Resolver, volumes_fingerprint};
 use crate::sizing::{PodSize, SIZE_ANNOTATION, SizingProfile};
 use crate::virtual_node::NodeHealth;
+
+/// Pods reconciled at once unless configured otherwise. Almost every pass of a burst waits on
+/// one API write (the pod's status, or its final delete), so this is how many writes are in
+/// flight: at 64, a burst of 10,000 pods queued in vkubelet for tens of seconds while the API
+/// server had room (docs/testing.md, "Benchmark"). The API server's in-flight limits and its
+/// 429s, which the client honours, are what protect it, as for any client.
+pub const DEFAULT_POD_WORKERS: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct PodControllerConfig {
@@ -68,7 +76,7 @@ impl PodControllerConfig {
     pub fn new(node_name: impl Into<String>) -> Self {
         Self {
             node_name: node_name.into(),
-            workers: 64,
+            workers: DEFAULT_POD_WORKERS,
             resync_interval: Duration::from_secs(60),
             fail_fast: false,
             backoff: Backoff::default(),
@@ -80,7 +88,7 @@ impl PodControllerConfig {
 #[derive(Debug, Clone)]
 struct Entry {
     key: PodKey,
-    api: Option<Arc<Pod>>,
+    api: Option<StoredPod>,
     /// Which copy of the API pod is the newest ([`CopyOrder`]: the watch's order, never the
     /// resourceVersion's).
     api_order: CopyOrder,
@@ -254,7 +262,7 @@ impl PodController {
             .values()
             .map(|e| PodSummary {
                 key: e.key.clone(),
-                pod: e.api.clone(),
+                pod: e.api.as_ref().map(StoredPod::to_pod),
                 on_backend: e.backend == Backend::Present,
             })
             .collect()
@@ -272,13 +280,13 @@ impl PodController {
                 let created = e
                     .api
                     .as_ref()
-                    .and_then(|p| p.metadata.creation_timestamp.as_ref())
+                    .and_then(|p| p.metadata().creation_timestamp.as_ref())
                     .map(|t| t.0);
                 (e.api.is_some(), created)
             })
             .map(|e| PodSummary {
                 key: e.key.clone(),
-                pod: e.api.clone(),
+                pod: e.api.as_ref().map(StoredPod::to_pod),
                 on_backend: e.backend == Backend::Present,
             })
     }
@@ -310,8 +318,7 @@ impl PodController {
             for e in this.pods.lock().values() {
                 if let Some(pod) = &e.api {
                     let phase = pod
-                        .status
-                        .as_ref()
+                        .status()
                         .and_then(|s| s.phase.clone())
                         .unwrap_or_else(|| "Pending".into());
                     *counts.entry(phase).or_default() += 1;
@@ -395,7 +402,7 @@ impl PodController {
         let kept = e
             .api
             .as_ref()
-            .and_then(|p| p.metadata.resource_version.as_deref());
+            .and_then(|p| p.metadata().resource_version.as_deref());
         let newer = e
             .api_order
             .accept(source, kept, pod.metadata.resource_version.as_deref());
@@ -407,10 +414,8 @@ impl PodController {
             // A pod running as specified needs only its metadata and status from here on; the
             // spec is the bulk of a Pod's memory (10,000 pods, one node). It is fetched again if
             // the backend ever needs it (a lost instance is re-created).
-            if e.backend == Backend::Present && e.state.runs_spec(e.api_spec) {
-                pod.spec = None;
-            }
-            e.api = Some(Arc::new(pod));
+            let slim = e.backend == Backend::Present && e.state.runs_spec(e.api_spec);
+            e.api = Some(StoredPod::new(pod, slim));
         }
         Some(uid)
     }
@@ -721,7 +726,7 @@ impl PodController {
     ) -> Option<(PodKey, PodState, Facts)> {
         let pods = self.pods.lock();
         let e = pods.get(uid)?;
-        let api = api.unwrap_or_else(|| e.api.clone());
+        let api = api.unwrap_or_else(|| e.api.as_ref().map(StoredPod::to_pod));
         Some((e.key.clone(), e.state.clone(), e.facts(api)))
     }
 

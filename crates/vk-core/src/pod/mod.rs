@@ -5,7 +5,8 @@ pub mod admission;
 mod controller;
 mod decide;
 pub mod status;
+mod stored;
 mod versions;
 
-pub use controller::{PodController, PodControllerConfig, PodSummary};
+pub use controller::{DEFAULT_POD_WORKERS, PodController, PodControllerConfig, PodSummary};
 pub use decide::{CONFIG_ERROR_REASON, LOST_REASON, TOO_LARGE_REASON};

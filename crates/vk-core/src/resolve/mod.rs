@@ -117,8 +117,10 @@ struct Dependencies {
 
 struct Tracked {
     namespace: String,
-    refs: BTreeSet<ObjectRef>,
-    volume_refs: BTreeSet<ObjectRef>,
+    /// Sorted and exact-size: a pod references one or two objects, and a B-tree set allocates
+    /// a whole node even for one (about 0.4 KB per set, per pod, at 10,000 pods).
+    refs: Box<[ObjectRef]>,
+    volume_refs: Box<[ObjectRef]>,
     service_links: bool,
 }
 
@@ -158,7 +160,7 @@ impl Resolver {
                             let volume = d
                                 .by_pod
                                 .get(uid)
-                                .is_some_and(|t| t.volume_refs.contains(&object));
+                                .is_some_and(|t| t.volume_refs.binary_search(&object).is_ok());
                             (uid.clone(), volume)
                         })
                         .collect()
@@ -200,8 +202,8 @@ impl Resolver {
     /// Idempotent; call before [`Self::resolve`].
     pub fn track(&self, uid: &str, pod: &Pod) {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let refs = references(pod);
-        let volume_refs = volume_references(pod);
+        let refs: Box<[ObjectRef]> = references(pod).into_iter().collect();
+        let volume_refs: Box<[ObjectRef]> = volume_references(pod).into_iter().collect();
         let service_links = service_links_enabled(pod);
         let mut deps = self.deps.lock();
         if let Some(old) = deps.by_pod.get(uid)
@@ -213,7 +215,7 @@ impl Resolver {
         if let Some(old) = deps.by_pod.remove(uid) {
             self.release(&mut deps, uid, &old);
         }
-        for r in &refs {
+        for r in refs.iter() {
             match r.kind {
                 RefKind::ConfigMap => self.config_maps.add_ref(&namespace, &r.name),
                 RefKind::Secret => self.secrets.add_ref(&namespace, &r.name),
