@@ -72,17 +72,9 @@ fn find<'a>(objects: &'a [serde_json::Value], kind: &str, name: &str) -> &'a ser
 /// says they load, at their own paths (the test build is not static, unlike the Containerfile's).
 fn image_root(binary: &Path, root: &Path) {
     let _ = std::fs::remove_dir_all(root);
-    // The volumes' mount points exist in the image, world-readable: the process provider makes
-    // missing ones itself, but with their new parents mode 0700, which the pod's non-root user
-    // (65532) cannot enter.
-    for d in [
-        "proc",
-        "dev",
-        "tmp",
-        "var/run/secrets/kubernetes.io/serviceaccount",
-        "etc/vkubelet/config",
-        "etc/vkubelet/backend",
-    ] {
+    // Only what any image has: the volumes' mount points (/var/run/secrets/..., /etc/vkubelet/...)
+    // are made by the process provider, traversable by the pod's non-root user (65532).
+    for d in ["proc", "dev", "tmp"] {
         std::fs::create_dir_all(root.join(d)).expect("root dirs");
     }
     let target = root.join("vkubelet");
