@@ -671,21 +671,30 @@ impl ProcessProvider {
             let _ = std::fs::remove_dir_all(secrets);
         };
         std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
-        let prepared = match volumes::prepare_pod_volumes(volume_dirs, &pod.resolution.volumes) {
-            Ok(p) => p,
-            Err(e @ volumes::VolumeError::Io { .. }) => {
-                return Err(ProviderError::Other(e.to_string()));
-            }
-            Err(e) => {
-                discard();
-                let unsupported = matches!(e, volumes::VolumeError::Unsupported { .. });
-                return Ok(Prepared::Refused(refusal(
-                    "CreateContainerConfigError",
-                    &e.to_string(),
-                    unsupported,
-                )));
-            }
-        };
+        // Out of range (negative) is left to the plan, which refuses the pod naming it.
+        let fs_group = pod
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|s| s.fs_group)
+            .and_then(|g| u32::try_from(g).ok());
+        let prepared =
+            match volumes::prepare_pod_volumes(volume_dirs, &pod.resolution.volumes, fs_group) {
+                Ok(p) => p,
+                Err(e @ volumes::VolumeError::Io { .. }) => {
+                    return Err(ProviderError::Other(e.to_string()));
+                }
+                Err(e) => {
+                    discard();
+                    let unsupported = matches!(e, volumes::VolumeError::Unsupported { .. });
+                    return Ok(Prepared::Refused(refusal(
+                        "CreateContainerConfigError",
+                        &e.to_string(),
+                        unsupported,
+                    )));
+                }
+            };
         let plan = match plan::plan(cfg, pod, dir, &prepared, node_ip) {
             Ok(p) => p,
             Err(e) => {

@@ -204,7 +204,12 @@ pub fn bwrap_args(spec: &SandboxSpec) -> Result<Vec<OsString>, SandboxError> {
         if !m.read_only {
             writable.push(r.path.clone());
         }
-        resolved_mounts.push((m, r.path));
+        let missing_parents = if r.exists {
+            Vec::new()
+        } else {
+            missing_ancestors(&r)
+        };
+        resolved_mounts.push((m, r.path, missing_parents));
     }
 
     // A new top-level directory: the root is bubblewrap's own tmpfs, filled entry by entry below.
@@ -240,7 +245,16 @@ pub fn bwrap_args(spec: &SandboxSpec) -> Result<Vec<OsString>, SandboxError> {
         }
     }
     push(&[&"--proc", &"/proc", &"--dev", &"/dev", &"--tmpfs", &"/tmp"]);
-    for (m, dest) in &resolved_mounts {
+    // bubblewrap makes a bind's missing parents mode 0700, which a non-root user cannot pass
+    // through (to /var/run/secrets/kubernetes.io/serviceaccount, say): make them first with
+    // `--dir`, 0755, as a kubelet's runtime does.
+    let mut made: BTreeSet<&Path> = BTreeSet::new();
+    for (m, dest, missing_parents) in &resolved_mounts {
+        for dir in missing_parents {
+            if made.insert(dir.as_path()) {
+                push(&[&"--dir", dir]);
+            }
+        }
         let flag = if m.read_only { "--ro-bind" } else { "--bind" };
         push(&[&flag, &m.source, dest]);
     }
@@ -348,6 +362,26 @@ fn resolve_in_root(root: &RootFs, dest: &str) -> Result<Resolved, String> {
         path: current,
         exists: true,
     })
+}
+
+/// The directories between a missing destination's deepest existing ancestor and the
+/// destination itself (both left out), outermost first; not bubblewrap's own /proc, /dev and
+/// /tmp, which it mounts before any bind.
+fn missing_ancestors(r: &Resolved) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = r
+        .path
+        .ancestors()
+        .skip(1)
+        .take_while(|a| *a != r.existing.as_path() && a.starts_with(&r.existing))
+        .filter(|a| {
+            !["/proc", "/dev", "/tmp"]
+                .iter()
+                .any(|own| *a == Path::new(own))
+        })
+        .map(Path::to_path_buf)
+        .collect();
+    dirs.reverse();
+    dirs
 }
 
 /// Push `path`'s components onto a stack so that popping yields them in order.
@@ -458,6 +492,19 @@ mod tests {
                 "/run/secrets/kubernetes.io/serviceaccount"
             ]
         ));
+        // The new parents are made 0755 (`--dir`) before the bind, not left to bubblewrap,
+        // whose own are 0700: a non-root user could not reach the token.
+        let pos = |seq: &[&str]| args.windows(seq.len()).position(|w| w == seq);
+        let secrets = pos(&["--dir", "/run/secrets"]).expect("--dir /run/secrets");
+        let k8s = pos(&["--dir", "/run/secrets/kubernetes.io"]).expect("--dir kubernetes.io");
+        let bind = pos(&[
+            "--ro-bind",
+            "/src",
+            "/run/secrets/kubernetes.io/serviceaccount",
+        ])
+        .expect("bind");
+        assert!(secrets < k8s && k8s < bind, "{args:?}");
+        assert_eq!(args.iter().filter(|a| *a == "--dir").count(), 2, "{args:?}");
         // Existing paths and paths under /tmp need no help.
         assert!(!has_seq(&args, &["--tmpfs", "/"]));
         assert!(!has_seq(&args, &["--tmpfs", "/etc"]));

@@ -8,9 +8,14 @@
 //!
 //! Volumes holding secret material, and `medium: Memory` emptyDirs, live under the provider's
 //! `secretsDir` (meant to be a tmpfs) instead of the state directory, so they never reach disk.
+//!
+//! With the pod's `fsGroup`, volumes belong to that group as a kubelet makes them: files and
+//! directories get the group, files are group-readable (a Secret's `defaultMode: 0440` is then
+//! readable by the pod's non-root user) and emptyDirs are setgid. The volume directory's group
+//! is the record of it, so a later content update keeps the ownership.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::jiff::Timestamp;
@@ -19,6 +24,8 @@ use vk_provider_api::resolution::{ResolvedVolume, ResolvedVolumeSource, VolumeFi
 
 const DATA_LINK: &str = "..data";
 const EMPTY_DIR_MODE: u32 = 0o777;
+/// What the kubelet adds to a read-only volume's files for the pod's fsGroup.
+const FS_GROUP_FILE_BITS: u32 = 0o440;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -75,10 +82,12 @@ impl VolumeDirs {
     }
 }
 
-/// Create every volume of a new pod. Fails on a volume kind this provider cannot serve.
+/// Create every volume of a new pod, owned by `fs_group` when the pod sets one. Fails on a
+/// volume kind this provider cannot serve.
 pub fn prepare_pod_volumes(
     dirs: &VolumeDirs,
     volumes: &[ResolvedVolume],
+    fs_group: Option<u32>,
 ) -> Result<Vec<PreparedVolume>, VolumeError> {
     let mut prepared = Vec::with_capacity(volumes.len());
     for v in volumes {
@@ -92,12 +101,23 @@ pub fn prepare_pod_volumes(
         let kind = match &v.source {
             ResolvedVolumeSource::Files { files, .. } => {
                 std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-                write_files(&dir, files).map_err(|e| io(&dir, e))?;
+                if let Some(gid) = fs_group {
+                    lchown(&dir, None, Some(gid)).map_err(|e| io(&dir, e))?;
+                }
+                write_files(&dir, files, fs_group).map_err(|e| io(&dir, e))?;
                 VolumeKind::Files
             }
             ResolvedVolumeSource::EmptyDir { .. } => {
                 std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(EMPTY_DIR_MODE))
+                let mode = match fs_group {
+                    Some(gid) => {
+                        lchown(&dir, None, Some(gid)).map_err(|e| io(&dir, e))?;
+                        // New files there belong to the group too.
+                        EMPTY_DIR_MODE | 0o2000
+                    }
+                    None => EMPTY_DIR_MODE,
+                };
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| io(&dir, e))?;
                 VolumeKind::EmptyDir
             }
@@ -129,11 +149,13 @@ pub fn update_pod_volumes(
         };
         check_name(&v.name)?;
         let dir = dirs.dir_for(v);
-        if !dir.is_dir() {
+        let Some(meta) = std::fs::metadata(&dir).ok().filter(|m| m.is_dir()) else {
             // A volume the pod did not have at creation cannot appear in running containers.
             continue;
-        }
-        let wrote = write_files(&dir, files).map_err(|source| VolumeError::Io {
+        };
+        // The group given at creation: the pod's fsGroup (root's when it has none).
+        let fs_group = Some(meta.gid()).filter(|g| *g != 0);
+        let wrote = write_files(&dir, files, fs_group).map_err(|source| VolumeError::Io {
             name: v.name.clone(),
             path: dir.clone(),
             source,
@@ -163,10 +185,24 @@ fn passthrough_kind(v: &k8s_openapi::api::core::v1::Volume) -> String {
         .unwrap_or_else(|| "this kind of".into())
 }
 
-/// Write `files` into `dir` in the atomic layout. Returns `false` (and writes nothing) when the
-/// volume already holds exactly this content.
-pub fn write_files(dir: &Path, files: &[VolumeFile]) -> std::io::Result<bool> {
-    if current_matches(dir, files) {
+/// A file's mode on disk: as the API says, group-readable for the pod's fsGroup.
+fn file_mode(f: &VolumeFile, fs_group: Option<u32>) -> u32 {
+    let mode = f.mode & 0o7777;
+    if fs_group.is_some() {
+        mode | FS_GROUP_FILE_BITS
+    } else {
+        mode
+    }
+}
+
+/// Write `files` into `dir` in the atomic layout, owned by `fs_group` when given. Returns
+/// `false` (and writes nothing) when the volume already holds exactly this content.
+pub fn write_files(
+    dir: &Path,
+    files: &[VolumeFile],
+    fs_group: Option<u32>,
+) -> std::io::Result<bool> {
+    if current_matches(dir, files, fs_group) {
         return Ok(false);
     }
     let stamp = Timestamp::now()
@@ -180,7 +216,13 @@ pub fn write_files(dir: &Path, files: &[VolumeFile]) -> std::io::Result<bool> {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&path, &f.data)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode & 0o7777))?;
+        std::fs::set_permissions(
+            &path,
+            std::fs::Permissions::from_mode(file_mode(f, fs_group)),
+        )?;
+    }
+    if let Some(gid) = fs_group {
+        chown_tree(&data_dir, gid)?;
     }
     let old = std::fs::read_link(dir.join(DATA_LINK)).ok();
     let tmp_link = dir.join("..data_tmp");
@@ -210,7 +252,21 @@ pub fn write_files(dir: &Path, files: &[VolumeFile]) -> std::io::Result<bool> {
     Ok(true)
 }
 
-fn current_matches(dir: &Path, files: &[VolumeFile]) -> bool {
+/// Give `dir` and everything in it the group `gid`.
+fn chown_tree(dir: &Path, gid: u32) -> std::io::Result<()> {
+    lchown(dir, None, Some(gid))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            chown_tree(&entry.path(), gid)?;
+        } else {
+            lchown(entry.path(), None, Some(gid))?;
+        }
+    }
+    Ok(())
+}
+
+fn current_matches(dir: &Path, files: &[VolumeFile], fs_group: Option<u32>) -> bool {
     let Ok(target) = std::fs::read_link(dir.join(DATA_LINK)) else {
         return false;
     };
@@ -218,9 +274,10 @@ fn current_matches(dir: &Path, files: &[VolumeFile]) -> bool {
     let mut expected: BTreeSet<PathBuf> = BTreeSet::new();
     for f in files {
         let path = data_dir.join(&f.path);
-        let same = std::fs::metadata(&path)
-            .is_ok_and(|m| m.permissions().mode() & 0o7777 == f.mode & 0o7777)
-            && std::fs::read(&path).is_ok_and(|d| d[..] == f.data[..]);
+        let same = std::fs::metadata(&path).is_ok_and(|m| {
+            m.permissions().mode() & 0o7777 == file_mode(f, fs_group)
+                && fs_group.is_none_or(|g| m.gid() == g)
+        }) && std::fs::read(&path).is_ok_and(|d| d[..] == f.data[..]);
         if !same {
             return false;
         }
@@ -268,7 +325,7 @@ mod tests {
         let dir = temp("atomic");
         std::fs::create_dir_all(&dir).unwrap();
         let v1 = [file("a", "1", false), file("sub/b", "2", false)];
-        assert!(write_files(&dir, &v1).unwrap());
+        assert!(write_files(&dir, &v1, None).unwrap());
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "1");
         assert_eq!(std::fs::read_to_string(dir.join("sub/b")).unwrap(), "2");
         assert_eq!(
@@ -280,12 +337,12 @@ mod tests {
             0o640
         );
         assert!(
-            !write_files(&dir, &v1).unwrap(),
+            !write_files(&dir, &v1, None).unwrap(),
             "unchanged content is not rewritten"
         );
 
         let v2 = [file("a", "changed", false)];
-        assert!(write_files(&dir, &v2).unwrap());
+        assert!(write_files(&dir, &v2, None).unwrap());
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "changed");
         assert!(
             std::fs::symlink_metadata(dir.join("sub")).is_err(),
@@ -333,7 +390,7 @@ mod tests {
                 },
             },
         ];
-        let prepared = prepare_pod_volumes(&dirs, &vols).unwrap();
+        let prepared = prepare_pod_volumes(&dirs, &vols, None).unwrap();
         assert_eq!(prepared[0].host_path, dirs.plain.join("cfg"));
         assert_eq!(prepared[1].host_path, dirs.secret.join("tok"));
         assert_eq!(prepared[2].kind, VolumeKind::EmptyDir);
@@ -373,6 +430,7 @@ mod tests {
                 name: "data".into(),
                 source: ResolvedVolumeSource::Passthrough(Box::new(pvc)),
             }],
+            None,
         )
         .unwrap_err();
         assert_eq!(

@@ -3,6 +3,7 @@
 //! directory (made on first start, kept across restarts, so the registered `caBundle` stays
 //! valid) and issues a fresh serving certificate from it at every start, for the names and
 //! addresses the API server dials. Files given by the operator are used as they are instead.
+//! Either is kept fresh while the webhook runs ([`crate::rotation`]).
 
 use std::fs;
 use std::io::Write;
@@ -28,6 +29,9 @@ const CA_COMMON_NAME: &str = "vkubelet-webhook-ca";
 pub struct WebhookCert {
     pub serving: ServingCert,
     pub ca_bundle: Vec<u8>,
+    /// When a certificate issued here is due for renewal (two thirds into its validity, as
+    /// kubelets renew theirs); `None` for operator files, which are watched instead.
+    pub renew_at: Option<Timestamp>,
 }
 
 impl std::fmt::Debug for WebhookCert {
@@ -60,7 +64,11 @@ pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<WebhookCert, Err
             ca.display()
         )));
     }
-    Ok(WebhookCert { serving, ca_bundle })
+    Ok(WebhookCert {
+        serving,
+        ca_bundle,
+        renew_at: None,
+    })
 }
 
 fn ca_params() -> Result<CertificateParams, Error> {
@@ -71,6 +79,12 @@ fn ca_params() -> Result<CertificateParams, Error> {
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     Ok(params)
+}
+
+/// Two thirds into the validity `[not_before, not_after]`.
+pub fn renewal_time(not_before: Timestamp, not_after: Timestamp) -> Timestamp {
+    let life = not_after.as_second().saturating_sub(not_before.as_second());
+    Timestamp::from_second(not_before.as_second().saturating_add(life / 3 * 2)).unwrap_or(not_after)
 }
 
 /// Valid from today for `years` (day 28 exists in every month).
@@ -123,6 +137,14 @@ fn load_or_create_ca(dir: &Path) -> Result<(KeyPair, String), Error> {
 
 /// A serving certificate for `hosts` (DNS names and IP addresses) from the CA kept in `dir`.
 pub fn issue(dir: &Path, hosts: &[String]) -> Result<WebhookCert, Error> {
+    issue_with_pem(dir, hosts).map(|(cert, _)| cert)
+}
+
+/// [`issue`], with the leaf and its key also as PEM (what an operator's files hold).
+pub(crate) fn issue_with_pem(
+    dir: &Path,
+    hosts: &[String],
+) -> Result<(WebhookCert, (String, String)), Error> {
     let (ca_key, ca_pem) = load_or_create_ca(dir)?;
     // The issuer is rebuilt from the same name and key: what a signature and the authority key
     // identifier depend on.
@@ -148,17 +170,28 @@ pub fn issue(dir: &Path, hosts: &[String]) -> Result<WebhookCert, Error> {
         KeyUsagePurpose::KeyEncipherment,
     ];
     set_validity(&mut params, 1);
+    let renew_at = renewal_time(
+        Timestamp::from_second(params.not_before.unix_timestamp())
+            .map_err(|e| Error::Certificate(e.to_string()))?,
+        Timestamp::from_second(params.not_after.unix_timestamp())
+            .map_err(|e| Error::Certificate(e.to_string()))?,
+    );
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
         .map_err(|e| Error::Certificate(format!("{}: {e}", dir.join(CA_CERT).display())))?;
-    Ok(WebhookCert {
-        serving: ServingCert {
-            chain: vec![cert.der().clone(), ca_der],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    let pem = (cert.pem(), key.serialize_pem());
+    Ok((
+        WebhookCert {
+            serving: ServingCert {
+                chain: vec![cert.der().clone(), ca_der],
+                key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            },
+            ca_bundle: ca_pem.into_bytes(),
+            renew_at: Some(renew_at),
         },
-        ca_bundle: ca_pem.into_bytes(),
-    })
+        pem,
+    ))
 }
 
 /// Where the CA lives when the operator names no directory.

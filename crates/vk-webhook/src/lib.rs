@@ -3,7 +3,8 @@
 //!   its namespace (`vk_core::burst`), refuse under `enforce` what cannot burst, else patch in
 //!   the tolerations and node affinity the scheduler needs;
 //! - the caches the policy reads (`cache`), fed by metadata-only watches;
-//! - its HTTPS server (`server`), its certificate (`certs`) and its registration (`register`).
+//! - its HTTPS server (`server`), its certificate (`certs`), kept fresh while it runs
+//!   (`rotation`), and its registration (`register`).
 //!
 //! The webhook is registered with `failurePolicy: Ignore`: when it is down, pods are created
 //! without the policy applied, never refused.
@@ -12,6 +13,7 @@ pub mod cache;
 pub mod certs;
 pub mod register;
 pub mod review;
+pub mod rotation;
 pub mod server;
 
 use std::path::PathBuf;

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use tracing::{info, warn};
 use vk_core::Provider;
 use vk_core::metrics::Metrics;
@@ -338,7 +338,18 @@ async fn taint_for_uninstall(nodes: &Api<Node>, node: &str) -> anyhow::Result<()
             value: Some("true".into()),
             ..Default::default()
         });
-        match nodes.replace(node, &PostParams::default(), &n).await {
+        // A patch, not an update: deploy/'s ClusterRole grants `patch` on nodes (what the
+        // node controller uses too), and the uninstall Job runs with it. The resourceVersion
+        // makes it conditional, as an update would be: a taint added meanwhile is a conflict
+        // and a fresh read, never lost.
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": n.metadata.resource_version },
+            "spec": { "taints": taints },
+        });
+        match nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => {
                 info!(node, "tainted NoSchedule for uninstall");
                 return Ok(());

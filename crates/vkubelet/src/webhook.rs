@@ -13,6 +13,7 @@ use vk_core::burst::BurstPolicy;
 use vk_core::client::{ClientOptions, build_client};
 use vk_core::metrics::Metrics;
 use vk_core::sizing::SizingProfile;
+use vk_webhook::rotation::{self, CertSource, RotatingCert};
 use vk_webhook::{
     Endpoint, PolicyConfig, Registration, WebhookMetrics, WebhookServer, WorkloadCache, certs,
 };
@@ -195,22 +196,38 @@ pub async fn start(
         .with_context(|| format!("binding the webhook address {addr}"))?;
     let served = listener.local_addr().unwrap_or(addr);
     let endpoint = args.endpoint(served, node_ip)?;
-    let cert = match (
+    // The certificate and where its successors come from: the same files once they change,
+    // or the same CA before it expires (vk_webhook::rotation).
+    let (cert, source) = match (
         &args.webhook_tls_cert_file,
         &args.webhook_tls_private_key_file,
         &args.webhook_ca_file,
     ) {
-        (Some(c), Some(k), Some(ca)) => certs::from_files(c, k, ca)?,
+        (Some(c), Some(k), Some(ca)) => (
+            certs::from_files(c, k, ca)?,
+            Some(CertSource::Files {
+                cert: c.clone(),
+                key: k.clone(),
+                ca: ca.clone(),
+            }),
+        ),
         _ => {
             let dir = args
                 .webhook_cert_dir
                 .clone()
                 .unwrap_or_else(certs::default_dir);
-            certs::issue(&dir, &cert_hosts(&endpoint))
-                .with_context(|| format!("webhook certificate from {}", dir.display()))?
+            let hosts = cert_hosts(&endpoint);
+            let cert = certs::issue(&dir, &hosts)
+                .with_context(|| format!("webhook certificate from {}", dir.display()))?;
+            let source = CertSource::for_issued(&dir, &hosts, &cert);
+            (cert, source)
         }
     };
-    let tls = vk_kubelet_api::tls::server_config(cert.serving, None)?;
+    let served = RotatingCert::new(cert.serving)?;
+    let tls = served.server_config()?;
+    if let Some(source) = source {
+        tokio::spawn(rotation::keep_fresh(served, source, cancel.clone()));
+    }
     let cache = WorkloadCache::new(client.clone());
     cache.start(cancel.clone()).await;
     let excluded = policy.excluded_namespaces.clone();

@@ -2,34 +2,54 @@
 //! real kubelet, so a bootstrap vkubelet node (process provider) runs the Deployment's replicas
 //! as sandboxed processes: its `images:` setting maps deploy/'s image to a directory holding the
 //! freshly built binary. The replicas then run exactly as in a cluster: with the
-//! ServiceAccount's token and in-cluster config, registering their own virtual nodes. Also here:
+//! ServiceAccount's token and in-cluster config, registering their own virtual nodes. They run
+//! deploy/overlays/test-kube: the kube provider, bursting into the second control plane (B),
+//! whose pods a `sim` vkubelet node on B runs, recording every pod it ever created — so a
+//! takeover, a rollout and the uninstall are judged from the backend's own records. Also here:
 //! deploy/'s ClusterRole with one verb taken out fails loudly, naming the verb.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{DEPLOY_NAMESPACE, POLL, Vk, deploy_dir, phase};
+use common::{DEPLOY_NAMESPACE, POLL, Vk, backend_cluster, deploy_dir, phase, restarts};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use vk_testkit::{TestEnv, wait_for};
+use vk_testkit::{PodBuilder, TestEnv, wait_for};
 
-/// The virtual nodes of deploy/overlays/test/nodes.yaml.
+/// The virtual nodes of deploy/overlays/test-kube/nodes.yaml, and their clusterID.
 const TEST_NODES: [&str; 2] = ["vk-incluster-a", "vk-incluster-b"];
+const TEST_CLUSTER_ID: &str = "vk-incluster-e2e";
+/// The webhook configuration the replicas register (vkubelet's default name).
+const WEBHOOK: &str = "vkubelet";
+/// deploy/uninstall/job.yaml's Job.
+const UNINSTALL_JOB: &str = "vkubelet-uninstall";
+/// Pods in the burst the leader is killed in.
+const BURST: usize = 1000;
 /// The Deployment's pods (deploy/base/deployment.yaml).
 const SELECTOR: &str = "app.kubernetes.io/name=vkubelet";
 /// Starting two replicas means the ServiceAccount's token Secret first (on 1.20 the pods are
 /// refused until the tokens controller made it), then two processes that list and register.
 const INSTALL_WAIT: Duration = Duration::from_secs(180);
+/// A killed leader's Lease runs out (15 s, deploy/'s default) before the other replica takes
+/// the node, which then re-lists both clusters.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(120);
+/// The burst's pods through both control planes on a busy 2-core machine.
+const BURST_WAIT: Duration = Duration::from_secs(600);
+/// The uninstall: the replicas stop, then B's pods and namespace are deleted.
+const UNINSTALL_WAIT: Duration = Duration::from_secs(420);
 
 /// `kubectl apply -k`'s rendering of a kustomization, as JSON objects.
 async fn render(env: &TestEnv, dir: &Path) -> Vec<serde_json::Value> {
@@ -72,17 +92,9 @@ fn find<'a>(objects: &'a [serde_json::Value], kind: &str, name: &str) -> &'a ser
 /// says they load, at their own paths (the test build is not static, unlike the Containerfile's).
 fn image_root(binary: &Path, root: &Path) {
     let _ = std::fs::remove_dir_all(root);
-    // The volumes' mount points exist in the image, world-readable: the process provider makes
-    // missing ones itself, but with their new parents mode 0700, which the pod's non-root user
-    // (65532) cannot enter.
-    for d in [
-        "proc",
-        "dev",
-        "tmp",
-        "var/run/secrets/kubernetes.io/serviceaccount",
-        "etc/vkubelet/config",
-        "etc/vkubelet/backend",
-    ] {
+    // Only what any image has: the volumes' mount points (/var/run/secrets/..., /etc/vkubelet/...)
+    // are made by the process provider, traversable by the pod's non-root user (65532).
+    for d in ["proc", "dev", "tmp"] {
         std::fs::create_dir_all(root.join(d)).expect("root dirs");
     }
     let target = root.join("vkubelet");
@@ -143,45 +155,122 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 
 /// Everything the install made, removed on drop while the bootstrap node still runs (declare
 /// it after the bootstrap `Vk`): the replicas' pods must be stopped by their node, or their
-/// namespace would wait for them forever.
+/// namespace would wait for them forever. After a failed test also what the uninstall would
+/// have removed: the nodes, their Leases, the webhook configuration and B's managed namespace.
 struct Install {
     admin: PathBuf,
+    backend_admin: PathBuf,
     kustomization: PathBuf,
 }
 
 impl Drop for Install {
     fn drop(&mut self) {
-        let kubectl = |args: &[&str]| {
+        let kubectl = |kubeconfig: &Path, args: &[&str]| {
             let _ = Command::new("kubectl")
                 .arg("--kubeconfig")
-                .arg(&self.admin)
+                .arg(kubeconfig)
                 .args(args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
         };
+        let admin = self.admin.as_path();
         let dir = self.kustomization.to_string_lossy().into_owned();
-        kubectl(&[
-            "delete",
-            "-k",
-            &dir,
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=90s",
-        ]);
-        kubectl(&[
-            "-n",
-            DEPLOY_NAMESPACE,
-            "delete",
-            "pods",
-            "--all",
-            "--force",
-            "--grace-period=0",
-        ]);
+        kubectl(
+            admin,
+            &["-n", DEPLOY_NAMESPACE, "delete", "job", UNINSTALL_JOB],
+        );
+        kubectl(
+            admin,
+            &[
+                "delete",
+                "-k",
+                &dir,
+                "--ignore-not-found",
+                "--wait=true",
+                "--timeout=90s",
+            ],
+        );
+        kubectl(
+            admin,
+            &[
+                "-n",
+                DEPLOY_NAMESPACE,
+                "delete",
+                "pods",
+                "--all",
+                "--force",
+                "--grace-period=0",
+            ],
+        );
+        kubectl(
+            admin,
+            &[
+                "delete",
+                "mutatingwebhookconfiguration",
+                WEBHOOK,
+                "--ignore-not-found",
+            ],
+        );
         for node in TEST_NODES {
-            kubectl(&["delete", "node", node, "--ignore-not-found", "--wait=false"]);
+            kubectl(
+                admin,
+                &["delete", "node", node, "--ignore-not-found", "--wait=false"],
+            );
+            kubectl(
+                admin,
+                &[
+                    "-n",
+                    "kube-node-lease",
+                    "delete",
+                    "lease",
+                    node,
+                    "--ignore-not-found",
+                ],
+            );
         }
+        kubectl(
+            &self.backend_admin,
+            &[
+                "delete",
+                "namespace",
+                &managed_namespace(),
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+        );
     }
+}
+
+/// The namespace on B that both test nodes' backend pods live in (deploy/overlays/test-kube's
+/// clusterID).
+fn managed_namespace() -> String {
+    vk_provider_kube::managed_namespace_name(TEST_CLUSTER_ID)
+}
+
+/// Every log line of the replica pod `uid` (all its instances), from the bootstrap node's state.
+fn replica_log(bootstrap: &Vk, uid: &str) -> String {
+    let dir = bootstrap
+        .dir
+        .join("state/pods")
+        .join(uid)
+        .join("containers/vkubelet");
+    // `<restart>.log` and its rotated `<restart>.log.<k>`.
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(".log"))
+        })
+        .collect();
+    logs.sort();
+    logs.iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect()
 }
 
 /// The replicas' logs, for a failure message.
@@ -215,13 +304,421 @@ fn replica_logs(bootstrap: &Vk) -> String {
     out
 }
 
+/// The host pid of the `vkubelet run` process inside the replica pod `uid` on the bootstrap
+/// node: the container's process tree (from its shim's record, `shim.json`) searched for it.
+fn replica_process(bootstrap: &Vk, uid: &str) -> Option<u32> {
+    let shim = bootstrap
+        .dir
+        .join("state/pods")
+        .join(uid)
+        .join("containers/vkubelet/shim.json");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(shim).ok()?).ok()?;
+    let container = u32::try_from(record["container"]["pid"].as_u64()?).ok()?;
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces, so after the last ')'.
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let argv = |pid: u32| -> Vec<String> {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                b.split(|c| *c == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut tree = vec![container];
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !tree.contains(&pid) && parent_of(pid).is_some_and(|p| tree.contains(&p)) {
+                tree.push(pid);
+                changed = true;
+            }
+        }
+    }
+    tree.into_iter().find(|pid| {
+        let a = argv(*pid);
+        a.first().is_some_and(|c| c == "/vkubelet") && a.get(1).is_some_and(|c| c == "run")
+    })
+}
+
+/// Who holds each test node's election Lease (`<pod name>_<pid>_<start>`), once all are held.
+async fn holders(env: &TestEnv) -> Result<BTreeMap<String, String>, String> {
+    let leases: Api<Lease> = Api::namespaced(env.client(), DEPLOY_NAMESPACE);
+    let mut out = BTreeMap::new();
+    for node in TEST_NODES {
+        let name = format!("vkubelet-{node}");
+        let holder = leases
+            .get_opt(&name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no Lease {name}"))?
+            .spec
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("Lease {name} has no holder"))?;
+        out.insert(node.to_string(), holder);
+    }
+    Ok(out)
+}
+
+/// The replica (pod name → uid) whose identity `holder` is.
+fn holder_pod<'a>(holder: &str, replicas: &'a BTreeMap<String, String>) -> Option<&'a str> {
+    replicas
+        .keys()
+        .find(|name| holder.starts_with(&format!("{name}_")))
+        .map(String::as_str)
+}
+
+/// The Deployment's pods, name → uid, when exactly two exist and both are Running and Ready on
+/// the bootstrap node.
+async fn two_replicas(env: &TestEnv, bootstrap: &Vk) -> Result<BTreeMap<String, String>, String> {
+    let pods: Api<Pod> = Api::namespaced(env.client(), DEPLOY_NAMESPACE);
+    let lp = ListParams::default().labels(SELECTOR);
+    let list = pods.list(&lp).await.map_err(|e| e.to_string())?.items;
+    // Ready too: a container in a crash loop leaves its pod Running.
+    let running: Vec<&Pod> = list
+        .iter()
+        .filter(|p| phase(p).as_deref() == Some("Running") && is_ready(p))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    if running.len() != 2 || list.len() != 2 {
+        return Err(format!(
+            "{} of {} replicas running and ready: {:?}\n{}",
+            running.len(),
+            list.len(),
+            list.iter()
+                .map(|p| (p.metadata.name.clone(), phase(p), is_ready(p)))
+                .collect::<Vec<_>>(),
+            replica_logs(bootstrap)
+        ));
+    }
+    for p in &list {
+        assert_eq!(
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            Some(bootstrap.node.as_str())
+        );
+    }
+    Ok(list
+        .iter()
+        .filter_map(|p| Some((p.metadata.name.clone()?, p.metadata.uid.clone()?)))
+        .collect())
+}
+
+/// Wait until every node's Lease is held by one of `replicas` whose log says it has synced
+/// that node with the API and the backend (so it has re-listed both and adopted what is
+/// there); returns node → holder pod.
+async fn wait_synced_leaders(
+    env: &TestEnv,
+    bootstrap: &Vk,
+    replicas: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    wait_for(TAKEOVER_WAIT, POLL, async || {
+        let held = holders(env).await?;
+        let mut out = BTreeMap::new();
+        for (node, holder) in &held {
+            let pod = holder_pod(holder, replicas)
+                .ok_or_else(|| format!("{node} held by {holder}, not one of {replicas:?}"))?;
+            let log = replica_log(bootstrap, &replicas[pod]);
+            let synced = log.lines().any(|l| {
+                l.contains("pod controller synced with API and backend")
+                    && l.contains(&format!("\"node\":\"{node}\""))
+            });
+            if !synced {
+                return Err(format!("{pod} leads {node} but has not synced it yet"));
+            }
+            out.insert(node.clone(), pod.to_string());
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// B's pods of the install (its managed namespace).
+async fn backend_pods(b: &TestEnv) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(b.client(), &managed_namespace());
+    pods.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+fn uid(p: &Pod) -> String {
+    p.metadata.uid.clone().unwrap_or_default()
+}
+
+/// The API pod a backend pod stands for.
+fn source_uid(p: &Pod) -> String {
+    p.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("vkubelet.io/pod-uid"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The burst's pods on A once all `n` are Running.
+async fn wait_burst_running(env: &TestEnv, n: usize) -> Vec<Pod> {
+    let pods: Api<Pod> = env.api();
+    let lp = ListParams::default().labels("app=burst");
+    wait_for(BURST_WAIT, POLL, async || {
+        let list = pods.list(&lp).await.map_err(|e| e.to_string())?.items;
+        let running = list
+            .iter()
+            .filter(|p| phase(p).as_deref() == Some("Running"))
+            .count();
+        if running == n && list.len() == n {
+            Ok(list)
+        } else {
+            Err(format!(
+                "{running}/{} burst pods running, want {n}",
+                list.len()
+            ))
+        }
+    })
+    .await
+}
+
+/// B holds exactly one Running pod per API pod of `api` (by source UID) and nothing else, and
+/// B's runner created each of them exactly once (its creates.log); returns B's pods by UID.
+async fn assert_backend_is_the_api(b: &TestEnv, vb: &Vk, api: &[Pod]) -> BTreeSet<String> {
+    let sources: BTreeSet<String> = api.iter().map(uid).collect();
+    let backend = wait_for(BURST_WAIT, POLL, async || {
+        let pods = backend_pods(b).await;
+        let got: BTreeSet<String> = pods.iter().map(source_uid).collect();
+        let running = pods
+            .iter()
+            .filter(|p| phase(p).as_deref() == Some("Running"))
+            .count();
+        let created = vb.backend_creates().len();
+        if got == sources
+            && pods.len() == sources.len()
+            && running == pods.len()
+            && created >= pods.len()
+        {
+            Ok(pods)
+        } else {
+            Err(format!(
+                "{} backend pods ({running} running, {created} created) for {} API pods",
+                pods.len(),
+                sources.len()
+            ))
+        }
+    })
+    .await;
+    let backend_uids: BTreeSet<String> = backend.iter().map(uid).collect();
+    let creates = vb.backend_creates();
+    let unique: BTreeSet<String> = creates.iter().cloned().collect();
+    assert_eq!(
+        creates.len(),
+        unique.len(),
+        "B's runner created some backend pod twice"
+    );
+    assert_eq!(
+        unique, backend_uids,
+        "B's runner created exactly the backend pods B holds: none was replaced, none is extra"
+    );
+    backend_uids
+}
+
+/// Write the test's kustomization into `kdir`: `overlay` with cluster B's kubeconfig as the
+/// backend credentials and the Deployment pinned to the bootstrap node (the cluster may have
+/// other untainted test nodes).
+fn write_kustomization(kdir: &Path, overlay: &Path, backend_kubeconfig: &str, node: &str) {
+    std::fs::write(kdir.join("backend.kubeconfig"), backend_kubeconfig).expect("B's kubeconfig");
+    std::fs::write(
+        kdir.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources:\n  - {}\n\
+             generatorOptions:\n  disableNameSuffixHash: true\n\
+             secretGenerator:\n  - name: vkubelet-backend\n    namespace: {DEPLOY_NAMESPACE}\n    \
+             behavior: replace\n    files:\n      - kubeconfig=backend.kubeconfig\n\
+             patches:\n  - patch: |-\n      apiVersion: apps/v1\n      kind: Deployment\n      \
+             metadata: {{name: vkubelet, namespace: {DEPLOY_NAMESPACE}}}\n      \
+             spec: {{template: {{spec: {{nodeSelector: {{kubernetes.io/hostname: {node}}}}}}}}}\n",
+            relative(kdir, overlay).display(),
+        ),
+    )
+    .expect("write kustomization");
+}
+
+/// deploy/uninstall/job.yaml as it runs on the bootstrap node: pinned there, with the test's
+/// API server address (as overlays/test-kube gives the replicas). Written to `kdir`.
+async fn uninstall_job(env: &TestEnv, kdir: &Path, node: &str) -> PathBuf {
+    let out = env
+        .kubectl([
+            "create",
+            "--dry-run=client",
+            "-o",
+            "json",
+            "-f",
+            &deploy_dir().join("uninstall/job.yaml").to_string_lossy(),
+        ])
+        .await
+        .assert_success();
+    let mut job = objects(&out.stdout).remove(0);
+    let spec = &mut job["spec"]["template"]["spec"];
+    spec["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+    let env_vars = spec["containers"][0]["env"]
+        .as_array_mut()
+        .expect("the Job's env");
+    env_vars.push(json!({"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}));
+    env_vars.push(json!({"name": "KUBERNETES_SERVICE_PORT", "valueFrom": {
+        "configMapKeyRef": {"name": "vkubelet-test-apiserver", "key": "port"}}}));
+    let path = kdir.join("uninstall-job.json");
+    std::fs::write(&path, serde_json::to_vec(&job).expect("json")).expect("write the Job");
+    path
+}
+
+/// The output of the uninstall Job's pod `uid` on the bootstrap node (all its instances).
+fn job_log(bootstrap: &Vk, uid: &str) -> String {
+    let dir = bootstrap
+        .dir
+        .join("state/pods")
+        .join(uid)
+        .join("containers/uninstall");
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    logs.iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect()
+}
+
+/// Run the uninstall Job to completion; its log. The Job retries a failed attempt
+/// (`backoffLimit`), so the first attempt must be the one that succeeded.
+async fn run_uninstall_job(env: &TestEnv, job: &Path, bootstrap: &Vk) -> String {
+    env.kubectl([
+        "-n",
+        DEPLOY_NAMESPACE,
+        "delete",
+        "job",
+        UNINSTALL_JOB,
+        "--ignore-not-found",
+        "--wait=true",
+    ])
+    .await
+    .assert_success();
+    env.kubectl(["apply", "-f", &job.to_string_lossy()])
+        .await
+        .assert_success();
+    let jobs: Api<Job> = Api::namespaced(env.client(), DEPLOY_NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(env.client(), DEPLOY_NAMESPACE);
+    let lp = ListParams::default().labels(&format!("job-name={UNINSTALL_JOB}"));
+    // The attempts' output as last seen on the bootstrap node (a failed Job's pods are deleted).
+    let mut seen = String::new();
+    let done = vk_testkit::try_wait_for(UNINSTALL_WAIT, POLL, async || {
+        let attempts = pods.list(&lp).await.map_err(|e| e.to_string())?.items;
+        let output: String = attempts
+            .iter()
+            .map(|p| job_log(bootstrap, &uid(p)))
+            .collect();
+        if !output.is_empty() {
+            seen = output;
+        }
+        let j = jobs.get(UNINSTALL_JOB).await.map_err(|e| e.to_string())?;
+        let status = j.status.unwrap_or_default();
+        if status.succeeded.unwrap_or(0) >= 1 {
+            return Ok(Ok(()));
+        }
+        if status.failed.unwrap_or(0) >= 1
+            || status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Failed" && c.status == "True")
+        {
+            return Ok(Err(()));
+        }
+        let attempts: Vec<(Option<String>, i32)> =
+            attempts.iter().map(|p| (phase(p), restarts(p))).collect();
+        Err(format!("uninstall Job not done: {attempts:?}"))
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(())) => panic!("the uninstall Job failed:\n{seen}"),
+        Err(e) => panic!("{e}\n{seen}"),
+    }
+    let attempts = pods.list(&lp).await.expect("the Job's pods").items;
+    let log = env
+        .kubectl([
+            "-n",
+            DEPLOY_NAMESPACE,
+            "logs",
+            &format!("job/{UNINSTALL_JOB}"),
+        ])
+        .await
+        .assert_success()
+        .stdout;
+    assert_eq!(attempts.len(), 1, "one attempt: {log}");
+    assert_eq!(
+        restarts(&attempts[0]),
+        0,
+        "the first attempt succeeded: {log}"
+    );
+    log
+}
+
+/// deploy/ installed on the test cluster, bursting into cluster B as in production: two
+/// replicas, each node led by one of them; kill -9 of a node's leader process in the middle of
+/// a burst of pods hands the node to the other replica with no pod lost, created twice on B,
+/// restarted or orphaned (counted from B's own records); `kubectl rollout restart` re-creates
+/// nothing and changes no pod; the uninstall Job, run on the bootstrap node, leaves no backend
+/// object, Node, Lease or webhook configuration, and a second run is harmless.
 #[tokio::test]
-async fn deploy_installs_in_cluster_two_replicas_register_their_nodes() {
+async fn deploy_runs_in_cluster_survives_kill9_and_a_rollout_then_uninstalls_to_nothing() {
     let Some(env) = vk_testkit::env().await else {
         return;
     };
-    let overlay = deploy_dir().join("overlays/test");
-    let overlay = std::fs::canonicalize(&overlay).expect("deploy/overlays/test");
+    let Some(b) = backend_cluster().await else {
+        return;
+    };
+    let b = b.namespace("in-cluster-backend").await;
+    // B's node runs the backend pods: a sim node whose state directory records every create.
+    let mut vb = Vk::start_node(
+        &b,
+        "vb",
+        json!({}),
+        &["--node-label", "vkubelet.io/e2e-backend=in-cluster"],
+    );
+    vb.wait_ready(&b).await;
+    // What the replicas reach B with: its admin credentials, inline, at its loopback address.
+    let backend_kubeconfig = b
+        .kubectl(["config", "view", "--raw", "--flatten", "--minify"])
+        .await
+        .assert_success()
+        .stdout;
+    assert!(
+        backend_kubeconfig.contains("server: https://127.0.0.1:"),
+        "B is reached on loopback only: {backend_kubeconfig}"
+    );
+
+    let overlay = deploy_dir().join("overlays/test-kube");
+    let overlay = std::fs::canonicalize(&overlay).expect("deploy/overlays/test-kube");
     let rendered = render(&env, &overlay).await;
     let deployment = find(&rendered, "Deployment", "vkubelet");
     let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -249,30 +746,17 @@ async fn deploy_installs_in_cluster_two_replicas_register_their_nodes() {
     );
     bootstrap.wait_ready(&env).await;
 
-    // The test's kustomization: deploy/overlays/test, pinned to this bootstrap node (the cluster
-    // may have other untainted test nodes).
     let kdir = std::env::temp_dir().join(format!("vkubelet-e2e-install-{}", env.namespace()));
     let _ = std::fs::remove_dir_all(&kdir);
     std::fs::create_dir_all(&kdir).expect("kustomization dir");
     let kdir = std::fs::canonicalize(&kdir).expect("kustomization dir");
-    std::fs::write(
-        kdir.join("kustomization.yaml"),
-        format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             resources:\n  - {}\n\
-             patches:\n  - patch: |-\n      apiVersion: apps/v1\n      kind: Deployment\n      \
-             metadata: {{name: vkubelet, namespace: {DEPLOY_NAMESPACE}}}\n      \
-             spec: {{template: {{spec: {{nodeSelector: {{kubernetes.io/hostname: {}}}}}}}}}\n",
-            relative(&kdir, &overlay).display(),
-            bootstrap.node
-        ),
-    )
-    .expect("write kustomization");
+    write_kustomization(&kdir, &overlay, &backend_kubeconfig, &bootstrap.node);
     let install = Install {
         admin: env.kubeconfig_path().to_path_buf(),
+        backend_admin: b.kubeconfig_path().to_path_buf(),
         kustomization: kdir.clone(),
     };
-    let kdir = kdir.to_string_lossy().into_owned();
+    let kdir_s = kdir.to_string_lossy().into_owned();
 
     // A server-side dry run needs the namespace (as for users: docs/install.md).
     env.kubectl([
@@ -283,7 +767,7 @@ async fn deploy_installs_in_cluster_two_replicas_register_their_nodes() {
     .await
     .assert_success();
     let dry = env
-        .kubectl(["apply", "-k", &kdir, "--dry-run=server"])
+        .kubectl(["apply", "-k", &kdir_s, "--dry-run=server"])
         .await
         .assert_success();
     for kind in [
@@ -303,6 +787,53 @@ async fn deploy_installs_in_cluster_two_replicas_register_their_nodes() {
         );
     }
 
+    // The webhook's CA, made as docs/install.md says.
+    let ca = kdir.join("webhook-ca");
+    std::fs::create_dir_all(&ca).expect("CA dir");
+    for args in [
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "ca.key",
+        ][..],
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=vkubelet-webhook-ca",
+            "-days",
+            "1",
+            "-out",
+            "ca.crt",
+        ][..],
+    ] {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(&ca)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(status.success(), "openssl {args:?}");
+    }
+    env.kubectl([
+        "-n",
+        DEPLOY_NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "vkubelet-webhook-ca",
+        &format!("--from-file={}", ca.join("ca.crt").display()),
+        &format!("--from-file={}", ca.join("ca.key").display()),
+    ])
+    .await
+    .assert_success();
     // The only test-specific input: where the API server really is (the Service IP is virtual).
     let port = env
         .cluster()
@@ -320,43 +851,13 @@ async fn deploy_installs_in_cluster_two_replicas_register_their_nodes() {
     ])
     .await
     .assert_success();
-    env.kubectl(["apply", "-k", &kdir]).await.assert_success();
+    env.kubectl(["apply", "-k", &kdir_s]).await.assert_success();
 
     // Two replicas, running on the bootstrap node.
-    let pods: Api<Pod> = Api::namespaced(env.client(), DEPLOY_NAMESPACE);
-    let lp = ListParams::default().labels(SELECTOR);
     let replicas = wait_for(INSTALL_WAIT, POLL, async || {
-        let list = pods.list(&lp).await.map_err(|e| e.to_string())?.items;
-        // Ready too: a container in a crash loop leaves its pod Running.
-        let running: Vec<&Pod> = list
-            .iter()
-            .filter(|p| phase(p).as_deref() == Some("Running") && is_ready(p))
-            .collect();
-        if running.len() == 2 && list.len() == 2 {
-            Ok(list)
-        } else {
-            Err(format!(
-                "{} of {} replicas running and ready: {:?}\n{}",
-                running.len(),
-                list.len(),
-                list.iter()
-                    .map(|p| (p.metadata.name.clone(), phase(p), is_ready(p)))
-                    .collect::<Vec<_>>(),
-                replica_logs(&bootstrap)
-            ))
-        }
+        two_replicas(&env, &bootstrap).await
     })
     .await;
-    for p in &replicas {
-        assert_eq!(
-            p.spec.as_ref().and_then(|s| s.node_name.as_deref()),
-            Some(bootstrap.node.as_str())
-        );
-    }
-    let replica_names: BTreeSet<String> = replicas
-        .iter()
-        .filter_map(|p| p.metadata.name.clone())
-        .collect();
 
     // Their virtual nodes register and go Ready, at the address the replicas' pod IP gives.
     let nodes: Api<Node> = Api::all(env.client());
@@ -394,29 +895,242 @@ async fn deploy_installs_in_cluster_two_replicas_register_their_nodes() {
             "node {name}: the InternalIP is the leader's pod IP (the bootstrap node's address)"
         );
     }
+    // Each node has one leader, a running replica, which has taken the node on.
+    let leaders = wait_synced_leaders(&env, &bootstrap, &replicas).await;
+    // The replicas registered the burst-policy webhook (components/webhook, inert here).
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(env.client());
+    wait_for(INSTALL_WAIT, POLL, async || {
+        webhooks
+            .get_opt(WEBHOOK)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .ok_or_else(|| "no webhook configuration yet".to_string())
+    })
+    .await;
 
-    // Each node has one leader: its Lease names a running replica.
-    let leases: Api<Lease> = Api::namespaced(env.client(), DEPLOY_NAMESPACE);
-    for name in TEST_NODES {
-        let lease_name = format!("vkubelet-{name}");
-        let holder = wait_for(INSTALL_WAIT, POLL, async || {
-            let lease = leases
-                .get_opt(&lease_name)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no Lease {lease_name}"))?;
-            lease
-                .spec
-                .and_then(|s| s.holder_identity)
-                .filter(|h| !h.is_empty())
-                .ok_or_else(|| format!("Lease {lease_name} has no holder"))
-        })
-        .await;
-        assert!(
-            replica_names.iter().any(|r| holder.contains(r.as_str())),
-            "Lease {lease_name} is held by {holder:?}, not by a running replica {replica_names:?}"
+    // A burst onto one node; its leader's process dies by SIGKILL in the middle of it.
+    let burst_node = TEST_NODES[0];
+    let leader = leaders[burst_node].clone();
+    let template = PodBuilder::new("burst")
+        .image("busybox")
+        .command(["sleep", "3600"])
+        .node_selector("kubernetes.io/hostname", burst_node)
+        .toleration_all()
+        .termination_grace_period_seconds(2)
+        .build_spec();
+    let mut template = serde_json::to_value(template).expect("json");
+    // Nothing but the pod on B (no token Secret per pod): the burst is about the pods.
+    template["automountServiceAccountToken"] = false.into();
+    // A size the nodes' sizing profile (cci) sells.
+    template["containers"][0]["resources"] = json!({
+        "requests": {"cpu": "250m", "memory": "512Mi"},
+        "limits": {"cpu": "250m", "memory": "512Mi"},
+    });
+    let dep: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "burst"},
+        "spec": {
+            "replicas": BURST,
+            "selector": {"matchLabels": {"app": "burst"}},
+            "template": {"metadata": {"labels": {"app": "burst"}}, "spec": template},
+        },
+    }))
+    .expect("deployment");
+    let leader_pid = replica_process(&bootstrap, &replicas[&leader]).unwrap_or_else(|| {
+        panic!(
+            "no vkubelet process in {leader}\n{}",
+            replica_logs(&bootstrap)
+        )
+    });
+    env.create(&dep).await;
+    let at_kill = wait_for(BURST_WAIT, Duration::from_millis(20), async || {
+        let n = backend_pods(&b).await.len();
+        if n >= 50 { Ok(n) } else { Err(n) }
+    })
+    .await;
+    let dead_holder = holders(&env).await.expect("holders")[burst_node].clone();
+    assert!(
+        dead_holder.starts_with(&format!("{leader}_")),
+        "{dead_holder} is the leader about to be killed"
+    );
+    let killed_at = std::time::Instant::now();
+    let killed = Command::new("kill")
+        .args(["-KILL", &leader_pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success(), "kill -9 {leader_pid}");
+    assert!(
+        at_kill < BURST,
+        "not mid-burst: {at_kill} of {BURST} backend pods at the kill"
+    );
+    eprintln!("killed {leader} (pid {leader_pid}) at {at_kill}/{BURST} backend pods");
+    // Another vkubelet process takes the node over: the standby replica, or the killed one's
+    // container restarted in place by the bootstrap node (as a kubelet restarts it) —
+    // whichever retries first once the dead holder's Lease has run out. Never the dead one.
+    let lease_log = |bootstrap: &Vk| -> String {
+        replicas
+            .values()
+            .flat_map(|u| {
+                replica_log(bootstrap, u)
+                    .lines()
+                    .filter(|l| l.contains("vk_leader") || l.contains("leading the node"))
+                    .map(|l| format!("{l}\n"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let new_holder = wait_for(TAKEOVER_WAIT, POLL, async || {
+        let held = holders(&env).await?;
+        let holder = &held[burst_node];
+        if *holder != dead_holder && holder_pod(holder, &replicas).is_some() {
+            Ok(holder.clone())
+        } else {
+            Err(format!(
+                "{burst_node} held by {holder}\n{}",
+                lease_log(&bootstrap)
+            ))
+        }
+    })
+    .await;
+    eprintln!(
+        "{burst_node}: {dead_holder} killed, taken over by {new_holder} after {:?}",
+        killed_at.elapsed()
+    );
+    // The kill hit the replica: its container was restarted once.
+    let deploy_pods: Api<Pod> = Api::namespaced(env.client(), DEPLOY_NAMESPACE);
+    wait_for(TAKEOVER_WAIT, POLL, async || {
+        let p = deploy_pods.get(&leader).await.map_err(|e| e.to_string())?;
+        match restarts(&p) {
+            1 => Ok(()),
+            n => Err(format!("{leader} restarted {n} times")),
+        }
+    })
+    .await;
+    let api = wait_burst_running(&env, BURST).await;
+    for p in &api {
+        assert_eq!(
+            restarts(p),
+            0,
+            "pod {:?} was restarted instead of adopted by the new leader",
+            p.metadata.name
         );
     }
+    let backend_uids = assert_backend_is_the_api(&b, &vb, &api).await;
+
+    // A rollout: every replica replaced, one at a time.
+    let creates_before = vb.backend_creates();
+    let before: BTreeMap<String, (Option<String>, i32)> = api
+        .iter()
+        .map(|p| (uid(p), (phase(p), restarts(p))))
+        .collect();
+    env.kubectl([
+        "-n",
+        DEPLOY_NAMESPACE,
+        "rollout",
+        "restart",
+        "deployment/vkubelet",
+    ])
+    .await
+    .assert_success();
+    env.kubectl([
+        "-n",
+        DEPLOY_NAMESPACE,
+        "rollout",
+        "status",
+        "deployment/vkubelet",
+        "--timeout=300s",
+    ])
+    .await
+    .assert_success();
+    let new_replicas = wait_for(INSTALL_WAIT, POLL, async || {
+        let r = two_replicas(&env, &bootstrap).await?;
+        if r.keys().any(|n| replicas.contains_key(n)) {
+            Err(format!("an old replica is still there: {r:?}"))
+        } else {
+            Ok(r)
+        }
+    })
+    .await;
+    // Each node led by a new replica, which has re-listed both sides.
+    let new_leaders = wait_synced_leaders(&env, &bootstrap, &new_replicas).await;
+    eprintln!("after the rollout: {new_leaders:?}");
+    let after = wait_burst_running(&env, BURST).await;
+    let after: BTreeMap<String, (Option<String>, i32)> = after
+        .iter()
+        .map(|p| (uid(p), (phase(p), restarts(p))))
+        .collect();
+    assert_eq!(
+        after, before,
+        "the rollout changed no API pod, its phase or its restart count"
+    );
+    assert_eq!(
+        vb.backend_creates(),
+        creates_before,
+        "the rollout created nothing on B"
+    );
+    let backend_after: BTreeSet<String> = backend_pods(&b).await.iter().map(uid).collect();
+    assert_eq!(
+        backend_after, backend_uids,
+        "the same pods on B, none replaced"
+    );
+
+    // Uninstall, run as deploy/uninstall/job.yaml on the bootstrap node.
+    let job = uninstall_job(&env, &kdir, &bootstrap.node).await;
+    let log = run_uninstall_job(&env, &job, &bootstrap).await;
+    eprintln!("uninstall: {log}");
+    assert!(
+        log.contains(&format!("removed {BURST} backend pod(s)")),
+        "{log}"
+    );
+    let namespaces: Api<Namespace> = Api::all(b.client());
+    assert!(
+        backend_pods(&b).await.is_empty(),
+        "no backend pod left on B"
+    );
+    assert!(
+        namespaces
+            .get_opt(&managed_namespace())
+            .await
+            .expect("B's namespaces")
+            .is_none(),
+        "B's managed namespace is gone"
+    );
+    let node_leases: Api<Lease> = Api::namespaced(env.client(), "kube-node-lease");
+    let election: Api<Lease> = Api::namespaced(env.client(), DEPLOY_NAMESPACE);
+    for node in TEST_NODES {
+        assert!(
+            nodes.get_opt(node).await.expect("node").is_none(),
+            "node {node} left"
+        );
+        assert!(
+            node_leases.get_opt(node).await.expect("lease").is_none(),
+            "heartbeat Lease of {node} left"
+        );
+        assert!(
+            election
+                .get_opt(&format!("vkubelet-{node}"))
+                .await
+                .expect("lease")
+                .is_none(),
+            "election Lease of {node} left"
+        );
+    }
+    assert!(
+        webhooks.get_opt(WEBHOOK).await.expect("webhook").is_none(),
+        "the webhook configuration is gone"
+    );
+    let again = run_uninstall_job(&env, &job, &bootstrap).await;
+    assert!(
+        again.contains("removed 0 backend pod(s)"),
+        "a second uninstall is harmless: {again}"
+    );
+    // B's runner holds nothing either (its own record, read while it is stopped).
+    vb.kill9();
+    assert_eq!(
+        vb.backend_pods().await,
+        Vec::<String>::new(),
+        "nothing left in B's runner"
+    );
 
     drop(install);
     drop(bootstrap);

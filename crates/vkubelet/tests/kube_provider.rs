@@ -14,34 +14,13 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{POLL, Vk, WAIT, phase, wait_event, wait_running};
+use common::{POLL, Vk, WAIT, backend_cluster, phase, wait_event, wait_running};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use serde_json::json;
-use vk_testkit::{TestCluster, TestEnv, cluster_required, wait_for};
-
-const BACKEND_ENV: &str = "VKUBELET_TEST_BACKEND_KUBECONFIG";
-
-/// Cluster B, or `None` (skip) when it is not configured and CI does not require it.
-async fn backend_cluster() -> Option<TestCluster> {
-    match std::env::var(BACKEND_ENV) {
-        Ok(path) if !path.is_empty() => Some(
-            TestCluster::connect_to(&path)
-                .await
-                .unwrap_or_else(|e| panic!("backend cluster {path}: {e}")),
-        ),
-        _ if cluster_required() => panic!(
-            "{BACKEND_ENV} is not set, and CI=true or VKUBELET_TEST_REQUIRE_CLUSTER is set: \
-             run the tests through `make test` (scripts/test.sh starts both control planes)"
-        ),
-        _ => {
-            eprintln!("skipping: no backend cluster ({BACKEND_ENV} unset)");
-            None
-        }
-    }
-}
+use vk_testkit::{TestEnv, wait_for};
 
 /// Fields drop in order: vkubelet-A first (its cleanup empties B), then vkubelet-B (whose
 /// cleanup stops the processes), then the namespaces.

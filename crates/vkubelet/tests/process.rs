@@ -396,6 +396,62 @@ async fn env_and_volumes_are_visible_inside_the_process() {
     wait_pod_phase(&env, "envvol", "Running").await;
 }
 
+/// A non-root pod (runAsNonRoot, as deploy/ runs vkubelet) reaches its mounted ServiceAccount
+/// token and a Secret mounted under directories the root does not have: the sandbox makes
+/// those 0755, as a kubelet's runtime does (bubblewrap alone makes them 0700, and the user could
+/// not get through). The Secret's files are `0440`, readable through the pod's fsGroup only,
+/// which the volume's files belong to as with a kubelet.
+#[tokio::test]
+async fn a_non_root_pod_reads_its_token_and_a_secret_under_new_directories() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let vk = start(&env);
+    vk.wait_ready(&env).await;
+    apply(&env, &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "deep"}, "stringData": {"password": "d33p"}})).await;
+    let token = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let deep = "/opt/vk-e2e/a/b/secret";
+    for path in [token, deep] {
+        assert!(
+            !std::path::Path::new(path).exists(),
+            "{path} exists on the host: the test needs the sandbox to make it"
+        );
+    }
+    let script = format!(
+        "echo UID=$(id -u); echo NS=$(cat {token}/namespace); \
+         echo SECRET=$(cat {deep}/password); \
+         stat -c 'MODE %a %n' /var/run/secrets /opt/vk-e2e /opt/vk-e2e/a; \
+         stat -L -c 'FILE %a %g' {deep}/password; echo DONE; exec sleep 3600"
+    );
+    let pod = pod_with(
+        &vk,
+        "nonroot",
+        json!({
+            "command": ["sh", "-c", script],
+            "volumeMounts": [{"name": "deep", "mountPath": deep}],
+            "securityContext": {"allowPrivilegeEscalation": false},
+        }),
+        json!({
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65533},
+            "volumes": [{"name": "deep", "secret": {"secretName": "deep", "defaultMode": 0o440}}],
+        }),
+    );
+    let created = env.create(&pod).await;
+    let u = uid(&created);
+    let log = wait_log(&vk, &u, "main", 0, "DONE").await;
+    for want in [
+        "UID=65532\n".to_string(),
+        format!("NS={}\n", env.namespace()),
+        "SECRET=d33p\n".to_string(),
+        "MODE 755 /var/run/secrets\n".to_string(),
+        "MODE 755 /opt/vk-e2e/a\n".to_string(),
+        "FILE 440 65533\n".to_string(),
+    ] {
+        assert!(log.contains(&want), "missing {want:?} in {log}");
+    }
+    wait_pod_phase(&env, "nonroot", "Running").await;
+}
+
 #[tokio::test]
 async fn crashing_container_restarts_with_growing_backoff() {
     let Some(env) = vk_testkit::env().await else {

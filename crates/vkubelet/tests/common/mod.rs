@@ -464,6 +464,28 @@ pub const DEPLOY_SERVICE_ACCOUNT: &str = "vkubelet";
 /// The webhook configuration name deploy/'s ClusterRole is limited to.
 const DEPLOY_WEBHOOK_NAME: &str = "vkubelet";
 
+/// Where the second control plane's kubeconfig is: cluster B, the kube provider's backend.
+pub const BACKEND_ENV: &str = "VKUBELET_TEST_BACKEND_KUBECONFIG";
+
+/// Cluster B, or `None` (skip) when it is not configured and CI does not require it.
+pub async fn backend_cluster() -> Option<TestCluster> {
+    match std::env::var(BACKEND_ENV) {
+        Ok(path) if !path.is_empty() => Some(
+            TestCluster::connect_to(&path)
+                .await
+                .unwrap_or_else(|e| panic!("backend cluster {path}: {e}")),
+        ),
+        _ if vk_testkit::cluster_required() => panic!(
+            "{BACKEND_ENV} is not set, and CI=true or VKUBELET_TEST_REQUIRE_CLUSTER is set: \
+             run the tests through `make test` (scripts/test.sh starts both control planes)"
+        ),
+        _ => {
+            eprintln!("skipping: no backend cluster ({BACKEND_ENV} unset)");
+            None
+        }
+    }
+}
+
 /// The repository's deploy/ directory.
 pub fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
