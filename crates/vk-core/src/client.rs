@@ -45,7 +45,10 @@ pub fn build_client(
     options: ClientOptions,
     metrics: Arc<Metrics>,
 ) -> Result<kube::Client, kube::Error> {
-    let builder = ClientBuilder::try_from(config)?;
+    let builder = match crate::transport::api_service(&config)? {
+        Some(service) => ClientBuilder::new(service, config.default_namespace.clone()),
+        None => ClientBuilder::try_from(config)?,
+    };
     Ok(builder
         .with_layer(&tower::buffer::BufferLayer::new(4096))
         .with_layer(&MetricsLayer { metrics })

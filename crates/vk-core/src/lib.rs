@@ -17,6 +17,7 @@ pub mod queue;
 pub mod resolve;
 pub mod sizing;
 pub mod streams;
+pub mod transport;
 pub mod virtual_node;
 
 pub use error::{Error, ProviderError};
