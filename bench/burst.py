@@ -262,7 +262,7 @@ def plot_python():
         return sys.executable
     venv = os.path.join(c.ROOT, "target", "bench", "venv")
     py = os.path.join(venv, "bin", "python")
-    if subprocess.run([py, "-c", "import matplotlib"], capture_output=True).returncode != 0:
+    if not os.path.exists(py) or subprocess.run([py, "-c", "import matplotlib"], capture_output=True).returncode != 0:
         print("installing matplotlib into target/bench/venv", flush=True)
         subprocess.run([sys.executable, "-m", "venv", venv], check=True)
         subprocess.run([py, "-m", "pip", "install", "-q", "matplotlib"], check=True)

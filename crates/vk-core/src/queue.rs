@@ -7,7 +7,11 @@
 //! - a key handed to a worker is not handed to another until [`WorkQueue::done`]; adding it
 //!   meanwhile marks it dirty and it runs again right after;
 //! - [`WorkQueue::retry`] re-adds a key after its own backoff (base doubling up to a cap), which
-//!   [`WorkQueue::forget`] resets. Retries never give up.
+//!   [`WorkQueue::forget`] resets. Retries never give up;
+//! - [`WorkQueue::add_urgent`] queues a key ahead of every key added the ordinary way. The pod
+//!   controller uses it for news from the backend about a pod it already runs: a status that
+//!   only needs writing must not wait behind a burst of pods still to be created (a kubelet's
+//!   status updates do not queue behind other pods' starts either).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -44,6 +48,9 @@ impl Backoff {
 
 struct State<K> {
     ready: VecDeque<K>,
+    /// Taken before `ready`. A key may sit in both lanes (moved ahead without being searched
+    /// for in `ready`): only the first copy taken while the key is in `queued` counts.
+    urgent: VecDeque<K>,
     /// Keys in `ready` or `delayed`.
     queued: HashSet<K>,
     /// Keys waiting for a deadline, with the deadline (one per key, the earliest asked for).
@@ -53,6 +60,8 @@ struct State<K> {
     seq: u64,
     processing: HashSet<K>,
     dirty: HashSet<K>,
+    /// Dirty keys whose re-add was urgent.
+    urgent_dirty: HashSet<K>,
     failures: HashMap<K, u32>,
     shutdown: bool,
 }
@@ -79,6 +88,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
         Self {
             state: Arc::new(Mutex::new(State {
                 ready: VecDeque::new(),
+                urgent: VecDeque::new(),
                 queued: HashSet::new(),
                 delayed: HashMap::new(),
                 timeline: BTreeSet::new(),
@@ -86,6 +96,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
                 seq: 0,
                 processing: HashSet::new(),
                 dirty: HashSet::new(),
+                urgent_dirty: HashSet::new(),
                 failures: HashMap::new(),
                 shutdown: false,
             })),
@@ -113,6 +124,27 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
             drop(s);
             self.wake.notify_one();
         }
+    }
+
+    /// Queue `key` for processing now, ahead of every key queued with [`WorkQueue::add`] (and
+    /// of its own ordinary or delayed entry).
+    pub fn add_urgent(&self, key: K) {
+        let mut s = self.state.lock();
+        if s.shutdown {
+            return;
+        }
+        if s.processing.contains(&key) {
+            s.urgent_dirty.insert(key.clone());
+            s.dirty.insert(key);
+            return;
+        }
+        if let Some(slot) = s.delayed.remove(&key) {
+            Self::unschedule(&mut s, slot);
+        }
+        s.queued.insert(key.clone());
+        s.urgent.push_back(key);
+        drop(s);
+        self.wake.notify_one();
     }
 
     /// Queue `key` for processing after `delay`, unless it is already due earlier.
@@ -179,11 +211,13 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
         let mut s = self.state.lock();
         s.failures.remove(key);
         s.dirty.remove(key);
+        s.urgent_dirty.remove(key);
         if let Some(slot) = s.delayed.remove(key) {
             Self::unschedule(&mut s, slot);
         }
         if s.queued.remove(key) {
             s.ready.retain(|k| k != key);
+            s.urgent.retain(|k| k != key);
         }
     }
 
@@ -192,6 +226,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
     pub fn done(&self, key: &K) {
         let mut s = self.state.lock();
         s.processing.remove(key);
+        let urgent = s.urgent_dirty.remove(key);
         if !s.dirty.remove(key) || s.shutdown {
             return;
         }
@@ -199,11 +234,16 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
             Self::unschedule(&mut s, slot);
             s.queued.remove(key);
         }
-        if s.queued.insert(key.clone()) {
+        if urgent {
+            s.queued.insert(key.clone());
+            s.urgent.push_back(key.clone());
+        } else if s.queued.insert(key.clone()) {
             s.ready.push_back(key.clone());
-            drop(s);
-            self.wake.notify_one();
+        } else {
+            return;
         }
+        drop(s);
+        self.wake.notify_one();
     }
 
     /// Keys waiting to run now or later (not counting those being processed).
@@ -234,7 +274,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
                 }
                 Self::promote_due(&mut s, Instant::now());
                 if let Some(key) = Self::pop_ready(&mut s) {
-                    let more = !s.ready.is_empty();
+                    let more = !s.ready.is_empty() || !s.urgent.is_empty();
                     drop(s);
                     if more {
                         // Pass the baton so other idle workers pick up the rest.
@@ -257,16 +297,26 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
     }
 
     fn pop_ready(s: &mut State<K>) -> Option<K> {
-        while let Some(key) = s.ready.pop_front() {
-            s.queued.remove(&key);
+        loop {
+            let (key, urgent) = match s.urgent.pop_front() {
+                Some(key) => (key, true),
+                None => (s.ready.pop_front()?, false),
+            };
+            // A stale copy: the other lane's was taken already, or the key now waits for a
+            // deadline (a retry's backoff must not be cut short by an old copy).
+            if s.delayed.contains_key(&key) || !s.queued.remove(&key) {
+                continue;
+            }
             if s.processing.contains(&key) {
+                if urgent {
+                    s.urgent_dirty.insert(key.clone());
+                }
                 s.dirty.insert(key);
                 continue;
             }
             s.processing.insert(key.clone());
             return Some(key);
         }
-        None
     }
 
     fn promote_due(s: &mut State<K>, now: Instant) {
@@ -336,6 +386,75 @@ mod tests {
         assert!(
             start.elapsed() < Duration::from_secs(1),
             "the event is not held back by the delay"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn urgent_keys_go_ahead_of_ordinary_ones() {
+        let q = queue();
+        q.add("new-1");
+        q.add("new-2");
+        q.add_urgent("status");
+        assert_eq!(q.next().await, Some("status"));
+        assert_eq!(q.next().await, Some("new-1"));
+        assert_eq!(q.next().await, Some("new-2"));
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ordinary_key_made_urgent_runs_once_and_first() {
+        let q = queue();
+        q.add("a");
+        q.add("b");
+        q.add_urgent("b");
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.next().await, Some("b"));
+        q.done(&"b");
+        assert_eq!(q.next().await, Some("a"));
+        q.done(&"a");
+        // b's ordinary copy is stale: b does not run twice.
+        assert!(q.is_empty());
+        tokio::select! {
+            k = q.next() => panic!("{k:?} ran again"),
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_urgent_key_added_while_processing_runs_again_ahead_of_others() {
+        let q = queue();
+        q.add("a");
+        assert_eq!(q.next().await, Some("a"));
+        q.add("b");
+        q.add_urgent("a");
+        q.done(&"a");
+        assert_eq!(q.next().await, Some("a"));
+        assert_eq!(q.next().await, Some("b"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn urgent_brings_a_delayed_key_forward_and_a_stale_copy_never_cuts_a_backoff() {
+        let q = queue();
+        let start = Instant::now();
+        q.add_after("a", Duration::from_secs(30));
+        q.add_urgent("a");
+        assert_eq!(q.next().await, Some("a"));
+        assert!(start.elapsed() < Duration::from_secs(1));
+        q.done(&"a");
+
+        // "b" is queued, made urgent and taken; its ordinary copy stays behind. A retry then
+        // schedules b for later: the stale copy must not run it before its deadline.
+        q.add("b");
+        q.add_urgent("b");
+        assert_eq!(q.next().await, Some("b"));
+        let retried = Instant::now();
+        let delay = q.retry("b");
+        q.done(&"b");
+        assert_eq!(q.next().await, Some("b"));
+        assert!(
+            retried.elapsed() >= delay,
+            "ran {:?} into a {delay:?} backoff",
+            retried.elapsed()
         );
     }
 
