@@ -3,8 +3,9 @@
 //!
 //! It owns, on the backend: one managed namespace per install (`cce-burst-<cluster-id>`, or the
 //! source namespace's name with `namespaceMapping: sameName`), and in it one pod per source pod
-//! plus that pod's Secrets/ConfigMaps (env, volume contents, pull credentials), owned by the
-//! backend pod so the backend's garbage collector removes them with it. It writes nowhere else.
+//! plus that pod's Secret (env, volume contents, pull credentials: one object, see `translate`),
+//! owned by the backend pod so the backend's garbage collector removes it with it. It writes
+//! nowhere else.
 //!
 //! Invariants:
 //! - a backend pod's name comes from the source UID (`identity`), so a create after a restart or
@@ -12,8 +13,8 @@
 //! - what the backend reports comes back through one watch per node (selected by the install's
 //!   labels), pushed to the core as it changes; a backend pod that disappears is reported `Gone`
 //!   and the core applies the pod's restartPolicy;
-//! - nothing secret travels in a backend pod spec: resolved env and file data go in per-pod
-//!   Secrets (`translate`).
+//! - nothing secret travels in a backend pod spec: resolved env and file data go in the per-pod
+//!   Secret (`translate`).
 
 pub mod config;
 pub mod evict;
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Event as CoreEvent, Namespace, Pod, ResourceQuota, Secret,
+    Event as CoreEvent, Namespace, Pod, ResourceQuota, Secret,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -437,28 +438,7 @@ impl Inner {
         }
     }
 
-    async fn put_config_map(&self, ns: &str, c: &ConfigMap) -> Result<(), ProviderError> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-        let name = c.metadata.name.clone().unwrap_or_default();
-        match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), c)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) if is_status(&e, 409) => {
-                let patch = serde_json::json!({"data": c.data, "binaryData": c.binary_data});
-                timed(
-                    "updating a per-pod ConfigMap",
-                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
-                )
-                .await
-                .map(|_| ())
-            }
-            Ok(Err(e)) => Err(self.write_error("creating a per-pod ConfigMap", ns, e)),
-            Err(_) => Err(ProviderError::transient(
-                "creating a per-pod ConfigMap: no answer",
-            )),
-        }
-    }
-
-    /// Make the per-pod objects dependents of the backend pod: the backend's garbage collector
+    /// Make the per-pod Secrets dependents of the backend pod: the backend's garbage collector
     /// then deletes them with it, whoever deletes the pod.
     async fn adopt_objects(
         &self,
@@ -480,8 +460,8 @@ impl Inner {
         let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
         let pp = PatchParams::default();
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let config_maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-        let own_secrets = t.secrets.iter().map(|s| {
+        // Independent writes, at once (see create_pod).
+        futures::future::try_join_all(t.secrets.iter().map(|s| {
             let name = s.metadata.name.clone().unwrap_or_default();
             let (api, pp, patch) = (&secrets, &pp, &patch);
             async move {
@@ -492,24 +472,7 @@ impl Inner {
                 .await
                 .map(|_| ())
             }
-        });
-        let own_config_maps = t.config_maps.iter().map(|c| {
-            let name = c.metadata.name.clone().unwrap_or_default();
-            let (api, pp, patch) = (&config_maps, &pp, &patch);
-            async move {
-                timed(
-                    "owning a per-pod ConfigMap",
-                    api.patch(&name, pp, &Patch::Merge(patch)),
-                )
-                .await
-                .map(|_| ())
-            }
-        });
-        // Independent writes, at once (see create_pod).
-        futures::future::try_join(
-            futures::future::try_join_all(own_secrets),
-            futures::future::try_join_all(own_config_maps),
-        )
+        }))
         .await?;
         Ok(())
     }
@@ -954,8 +917,8 @@ impl Inner {
             .items)
     }
 
-    /// Delete one source pod's per-pod Secrets and ConfigMaps (best effort: cleanup and the
-    /// backend's garbage collector catch what this misses).
+    /// Delete one source pod's per-pod Secrets (best effort: cleanup and the backend's garbage
+    /// collector catch what this misses).
     async fn delete_pod_objects(&self, ns: &str, uid: &str) {
         let lp = ListParams::default().labels(&format!(
             "{},{}={}",
@@ -964,15 +927,11 @@ impl Inner {
             uid
         ));
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
         if let Err(e) = secrets
             .delete_collection(&DeleteParams::default(), &lp)
             .await
         {
             debug!(error = %e, uid, "deleting per-pod Secrets");
-        }
-        if let Err(e) = cms.delete_collection(&DeleteParams::default(), &lp).await {
-            debug!(error = %e, uid, "deleting per-pod ConfigMaps");
         }
     }
 
@@ -1120,15 +1079,8 @@ impl Provider for KubeProvider {
                     .extend(self.cfg.tolerations.iter().cloned());
             }
         }
-        // The per-pod objects do not depend on each other: written at once, a pod with several
-        // costs one round trip before its create instead of one per object.
-        futures::future::try_join(
-            futures::future::try_join_all(t.secrets.iter().map(|s| self.put_secret(&ns, s))),
-            futures::future::try_join_all(
-                t.config_maps.iter().map(|c| self.put_config_map(&ns, c)),
-            ),
-        )
-        .await?;
+        // Usually one Secret; a pod with volumes too large to share it has more, written at once.
+        futures::future::try_join_all(t.secrets.iter().map(|s| self.put_secret(&ns, s))).await?;
         let api = self.pods_api(&ns);
         let created =
             match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &t.pod))
@@ -1219,13 +1171,19 @@ impl Provider for KubeProvider {
         key: &PodKey,
         volumes: &[ResolvedVolume],
     ) -> Result<(), ProviderError> {
-        let ctx = self.context(key, 0);
-        let (secrets, config_maps) = translate::volume_objects(volumes, &ctx);
-        for s in &secrets {
-            self.put_secret(&ctx.namespace, s).await?;
-        }
-        for c in &config_maps {
-            self.put_config_map(&ctx.namespace, c).await?;
+        let (api, name) = self.stream_target(key);
+        let backend = timed("reading the backend pod", api.get(&name)).await?;
+        let ns = self.backend_namespace(key);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let pp = PatchParams::default();
+        for (secret, data) in translate::volume_refresh(&backend, volumes) {
+            // A merge patch of the volume keys alone: env values and credentials stay as made.
+            let patch = serde_json::json!({ "data": data });
+            timed(
+                "updating a per-pod Secret",
+                secrets.patch(&secret, &pp, &Patch::Merge(&patch)),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -1301,41 +1259,29 @@ impl Provider for KubeProvider {
             NamespaceMapping::Managed => [self.namespace.clone()].into(),
             NamespaceMapping::SameName => {
                 let secrets: Api<Secret> = Api::all(self.client.clone());
-                let cms: Api<ConfigMap> = Api::all(self.client.clone());
                 let mut all: BTreeSet<String> = pods
                     .iter()
                     .filter_map(|p| p.metadata.namespace.clone())
                     .collect();
                 let secrets = timed("listing per-pod Secrets", secrets.list_metadata(&lp)).await?;
-                let cms = timed("listing per-pod ConfigMaps", cms.list_metadata(&lp)).await?;
                 all.extend(
                     secrets
                         .items
                         .iter()
-                        .map(|o| &o.metadata)
-                        .chain(cms.items.iter().map(|o| &o.metadata))
-                        .filter_map(|m| m.namespace.clone()),
+                        .filter_map(|o| o.metadata.namespace.clone()),
                 );
                 all
             }
         };
         for ns in &namespaces {
             let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-            let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-            for r in [
-                secrets
-                    .delete_collection(&DeleteParams::default(), &lp)
-                    .await
-                    .map(|_| ()),
-                cms.delete_collection(&DeleteParams::default(), &lp)
-                    .await
-                    .map(|_| ()),
-            ] {
-                match r {
-                    Ok(()) => {}
-                    Err(e) if is_status(&e, 404) => {}
-                    Err(e) => return Err(api_error("deleting per-pod objects", e)),
-                }
+            match secrets
+                .delete_collection(&DeleteParams::default(), &lp)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => return Err(api_error("deleting per-pod Secrets", e)),
             }
         }
         // Only a namespace this install made: one an administrator provided stays.
@@ -1451,7 +1397,6 @@ pub async fn leftovers(
         let mut left = Vec::new();
         left.extend(labelled::<Pod>(client, &lp, "pod").await);
         left.extend(labelled::<Secret>(client, &lp, "secret").await);
-        left.extend(labelled::<ConfigMap>(client, &lp, "configmap").await);
         if let Some(ns) = namespace {
             let api: Api<Namespace> = Api::all(client.clone());
             if let Ok(Some(_)) = api.get_opt(ns).await {

@@ -1,19 +1,24 @@
 //! Translation of a resolved source pod into the objects the backend Kubernetes API receives: the
-//! backend pod and its per-pod Secrets and ConfigMaps. Pure functions, no I/O: the caller creates
-//! the objects (Secrets and ConfigMaps before the pod) and adds ownerReferences afterwards.
+//! backend pod and its per-pod Secret. Pure functions, no I/O: the caller creates the Secret before
+//! the pod and adds its ownerReference afterwards.
 //!
 //! The backend cannot read the source cluster, so everything the pod references there comes from
-//! the [`Resolution`](vk_provider_api::resolution::Resolution):
-//! - **Env.** Every resolved value goes into one per-pod Secret (`<name>-env`) and is referenced
-//!   with `secretKeyRef`: the resolution does not say which values came from Secrets, so no value
-//!   is ever written in clear into the pod spec. Late-bound addresses become `fieldRef`s
-//!   (`status.podIP[s]`) composed with `$(helper)` references; `status.hostIP[s]` is the virtual
-//!   node's IP, which is what the source pod sees.
-//! - **Volumes.** Every resolved file volume becomes a per-pod Secret or ConfigMap
-//!   (`<name>-vol-<i>`) mounted with the same paths and modes; emptyDir passes; persistent volume
-//!   claims pass only when the node is configured to expect same-named claims in the backend
-//!   namespace; anything else is refused with a reason naming every such volume.
-//! - **Pull credentials.** One per-pod `kubernetes.io/dockerconfigjson` Secret (`<name>-pull`).
+//! the [`Resolution`](vk_provider_api::resolution::Resolution). All of it goes into **one** per-pod
+//! Secret (`<name>-data`): every object is a create, an owner patch and a garbage-collector delete
+//! on the backend's API server, which is what bounds a burst (issue 12's benchmark: three writes
+//! per pod fewer than one object per purpose).
+//! - **Env.** Every resolved value is a key of the Secret, referenced with `secretKeyRef`: the
+//!   resolution does not say which values came from Secrets, so no value is ever written in clear
+//!   into the pod spec. Late-bound addresses become `fieldRef`s (`status.podIP[s]`) composed with
+//!   `$(helper)` references; `status.hostIP[s]` is the virtual node's IP, which is what the source
+//!   pod sees.
+//! - **Volumes.** Every resolved file volume (ConfigMap, Secret, downward API, projected) is mounted
+//!   from the Secret with the same paths and modes; a volume that would take the Secret past the
+//!   API server's 1 MiB gets a Secret of its own (`<name>-vol-<i>`). emptyDir passes; persistent
+//!   volume claims pass only when the node is configured to expect same-named claims in the
+//!   backend namespace; anything else is refused with a reason naming every such volume.
+//! - **Pull credentials.** The Secret's `.dockerconfigjson` key, the Secret then being of type
+//!   `kubernetes.io/dockerconfigjson` (which allows other keys beside it).
 //! - **Spec.** Fields that target the virtual node or the source cluster (node name and selector,
 //!   affinity, scheduler, priority, service account, ...) are dropped; what the workload itself
 //!   declares (containers, restart policy, DNS, hostname, security context, ...) is kept.
@@ -23,7 +28,7 @@ use std::collections::{BTreeMap, HashSet};
 use base64::Engine as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     KeyToPath, LocalObjectReference, ObjectFieldSelector, Pod, PodSpec, Secret, SecretKeySelector,
     SecretVolumeSource, Toleration, Volume,
 };
@@ -31,7 +36,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use vk_provider_api::ProviderError;
 use vk_provider_api::ResolvedPod;
 use vk_provider_api::resolution::{
-    AddressField, FilesKind, RegistryCredential, ResolvedContainer, ResolvedVolume,
+    AddressField, RegistryCredential, ResolvedContainer, ResolvedVolume,
     ResolvedVolumeSource, Segment, Template, VolumeFile,
 };
 
@@ -59,10 +64,9 @@ pub struct TranslateContext {
 pub struct Translation {
     /// The backend pod to create.
     pub pod: Pod,
-    /// Per-pod Secrets (env, volumes, pull credentials), to create before the pod.
+    /// The per-pod Secret (`<name>-data`) first, if the pod needs one, then any volume too large
+    /// to share it; all to create before the pod.
     pub secrets: Vec<Secret>,
-    /// Per-pod ConfigMaps (configMap-kind volumes), to create before the pod.
-    pub config_maps: Vec<ConfigMap>,
 }
 
 /// The annotation `kubectl apply` keeps; it describes the source object and can be large.
@@ -74,23 +78,20 @@ const HELPER_PREFIX: &str = "VKUBELET_E";
 const OPAQUE: &str = "Opaque";
 const DOCKER_CONFIG_JSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
 const DOCKER_CONFIG_JSON_KEY: &str = ".dockerconfigjson";
+/// The most a Secret's values may add up to: the API server refuses more (`MaxSecretSize`).
+pub const SECRET_DATA_LIMIT: usize = 1024 * 1024;
 
-/// The per-pod Secret holding every resolved env value.
-pub fn env_secret_name(pod_name: &str) -> String {
-    format!("{pod_name}-env")
+/// The per-pod Secret: env values, registry credentials and the files of every volume that fits.
+pub fn data_secret_name(pod_name: &str) -> String {
+    format!("{pod_name}-data")
 }
 
-/// The per-pod Secret or ConfigMap holding the files of the pod's `index`-th volume.
-pub fn volume_object_name(pod_name: &str, index: usize) -> String {
+/// The Secret of the pod's `index`-th volume when it does not fit in the per-pod one.
+pub fn volume_secret_name(pod_name: &str, index: usize) -> String {
     format!("{pod_name}-vol-{index}")
 }
 
-/// The per-pod `kubernetes.io/dockerconfigjson` Secret holding the registry credentials.
-pub fn pull_secret_name(pod_name: &str) -> String {
-    format!("{pod_name}-pull")
-}
-
-/// Translates a resolved pod into the backend pod and the per-pod objects it references.
+/// Translates a resolved pod into the backend pod and the per-pod Secret(s) it references.
 ///
 /// Fails with [`ProviderError::NotSupported`] naming every volume (and host namespace) the
 /// backend cannot receive, and with [`ProviderError::InvalidInput`] when the pod has no spec or a
@@ -114,39 +115,55 @@ pub fn translate(pod: &ResolvedPod, ctx: &TranslateContext) -> Result<Translatio
             unsupported.push(format!("{field}: true"));
         }
     }
-    let volumes = translate_volumes(spec, &pod.resolution.volumes, ctx, &mut unsupported)?;
+    let mut volumes = translate_volumes(spec, &pod.resolution.volumes, ctx, &mut unsupported)?;
     if !unsupported.is_empty() {
         return Err(unsupported_error(&unsupported));
     }
-    let mut secrets = volumes.secrets;
-    let config_maps = volumes.config_maps;
 
-    let mut env = EnvSecret::new(env_secret_name(&ctx.name));
+    let mut data = PodSecret::new(data_secret_name(&ctx.name));
     let init_containers = spec.init_containers.as_ref().map(|cs| {
         cs.iter()
-            .map(|c| backend_container(c, &pod.resolution.containers, &mut env, ctx))
+            .map(|c| backend_container(c, &pod.resolution.containers, &mut data, ctx))
             .collect()
     });
     let containers = spec
         .containers
         .iter()
-        .map(|c| backend_container(c, &pod.resolution.containers, &mut env, ctx))
+        .map(|c| backend_container(c, &pod.resolution.containers, &mut data, ctx))
         .collect();
-    if let Some(secret) = env.into_secret(ctx) {
-        secrets.push(secret);
-    }
 
     // The source's imagePullSecrets name Secrets of the source cluster; the resolved credentials
     // replace them all.
-    let image_pull_secrets = match pull_secret(&pod.resolution.registry_credentials, ctx) {
-        Some(secret) => {
-            secrets.push(secret);
-            Some(vec![LocalObjectReference {
-                name: pull_secret_name(&ctx.name),
-            }])
+    let image_pull_secrets = pull_config(&pod.resolution.registry_credentials).map(|config| {
+        data.put_pull_config(config);
+        vec![LocalObjectReference {
+            name: data.name.clone(),
+        }]
+    });
+
+    // Env and credentials are in; the volumes fill what room is left, in spec order.
+    let mut secrets = Vec::new();
+    for volume in volumes.files.drain(..) {
+        let secret_name = if data.fits(volume.size) {
+            data.put_files(volume.data);
+            data.name.clone()
+        } else {
+            let name = volume_secret_name(&ctx.name, volume.index);
+            secrets.push(Secret {
+                metadata: object_meta(name.clone(), ctx),
+                data: non_empty_map(volume.data),
+                type_: Some(OPAQUE.to_string()),
+                ..Default::default()
+            });
+            name
+        };
+        if let Some(source) = volumes.pod_volumes[volume.position].secret.as_mut() {
+            source.secret_name = Some(secret_name);
         }
-        None => None,
-    };
+    }
+    if let Some(secret) = data.into_secret(ctx) {
+        secrets.insert(0, secret);
+    }
 
     let tolerations: Vec<Toleration> = spec
         .tolerations
@@ -211,7 +228,6 @@ pub fn translate(pod: &ResolvedPod, ctx: &TranslateContext) -> Result<Translatio
             status: None,
         },
         secrets,
-        config_maps,
     })
 }
 
@@ -312,49 +328,79 @@ pub fn metadata_patch(
     Some(serde_json::Value::Object(metadata))
 }
 
-/// The per-pod volume objects alone, for a refresh of a running pod: the same names and keys as
-/// [`translate`] makes. `volumes` is the resolved list, one entry per spec volume in spec order
-/// (as the resolver produces it), so an entry's position is its volume's index in the pod.
-pub fn volume_objects(
+/// What a refresh of a running pod's volumes writes, from the backend pod as it was created: for
+/// each Secret one of its volumes is mounted from, the current content of every key that volume's
+/// items name. Reading the layout from the backend pod rather than recomputing it keeps a refresh
+/// right whatever room the env and credentials took at creation. A file the source no longer has
+/// keeps its last content (the items are fixed when the pod is created, as a kubelet's are).
+pub fn volume_refresh(
+    backend: &Pod,
     volumes: &[ResolvedVolume],
-    ctx: &TranslateContext,
-) -> (Vec<Secret>, Vec<ConfigMap>) {
-    let mut secrets = Vec::new();
-    let mut config_maps = Vec::new();
-    for (index, volume) in volumes.iter().enumerate() {
-        if let ResolvedVolumeSource::Files { kind, files } = &volume.source {
-            match files_object(index, *kind, files, ctx) {
-                FilesObject::Secret(s) => secrets.push(s),
-                FilesObject::ConfigMap(c) => config_maps.push(c),
+) -> BTreeMap<String, BTreeMap<String, ByteString>> {
+    let mut out: BTreeMap<String, BTreeMap<String, ByteString>> = BTreeMap::new();
+    let declared = backend.spec.iter().flat_map(|s| s.volumes.iter().flatten());
+    for volume in declared {
+        let Some(source) = &volume.secret else {
+            continue;
+        };
+        let (Some(name), Some(items)) = (&source.secret_name, &source.items) else {
+            continue;
+        };
+        let files = volumes.iter().find_map(|r| match &r.source {
+            ResolvedVolumeSource::Files { files, .. } if r.name == volume.name => Some(files),
+            _ => None,
+        });
+        let Some(files) = files else {
+            continue;
+        };
+        let data = out.entry(name.clone()).or_default();
+        for item in items {
+            if let Some(f) = files.iter().find(|f| f.path == item.path) {
+                data.insert(item.key.clone(), ByteString(f.data.to_vec()));
             }
         }
     }
-    (secrets, config_maps)
+    out.retain(|_, data| !data.is_empty());
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
-// Env
+// The per-pod Secret
 
-/// The per-pod env Secret being filled, one key per value.
-struct EnvSecret {
+/// The per-pod Secret being filled: env values, the registry credentials, volume files.
+struct PodSecret {
     name: String,
     data: BTreeMap<String, ByteString>,
+    /// What the values add up to, against [`SECRET_DATA_LIMIT`].
+    size: usize,
+    env_values: usize,
+    pull: bool,
 }
 
-impl EnvSecret {
+impl PodSecret {
     fn new(name: String) -> Self {
         Self {
             name,
             data: BTreeMap::new(),
+            size: 0,
+            env_values: 0,
+            pull: false,
         }
     }
 
-    /// Stores `value` under the next key and returns the reference to it.
-    fn put(&mut self, value: String) -> EnvVarSource {
+    fn insert(&mut self, key: String, value: ByteString) {
+        self.size += value.0.len();
+        if let Some(old) = self.data.insert(key, value) {
+            self.size -= old.0.len();
+        }
+    }
+
+    /// Stores an env value under the next key and returns the reference to it.
+    fn put_env(&mut self, value: String) -> EnvVarSource {
         // Keys are numbered because variable names may hold characters a Secret key may not.
-        let key = format!("e{}", self.data.len());
-        self.data
-            .insert(key.clone(), ByteString(value.into_bytes()));
+        let key = format!("e{}", self.env_values);
+        self.env_values += 1;
+        self.insert(key.clone(), ByteString(value.into_bytes()));
         EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: self.name.clone(),
@@ -365,18 +411,46 @@ impl EnvSecret {
         }
     }
 
+    fn put_pull_config(&mut self, config: String) {
+        self.pull = true;
+        self.insert(
+            DOCKER_CONFIG_JSON_KEY.to_string(),
+            ByteString(config.into_bytes()),
+        );
+    }
+
+    /// Whether `size` more bytes keep the Secret within what the API server takes.
+    fn fits(&self, size: usize) -> bool {
+        self.size + size <= SECRET_DATA_LIMIT
+    }
+
+    fn put_files(&mut self, files: BTreeMap<String, ByteString>) {
+        for (key, value) in files {
+            self.insert(key, value);
+        }
+    }
+
     fn into_secret(self, ctx: &TranslateContext) -> Option<Secret> {
         if self.data.is_empty() {
             return None;
         }
+        // A dockerconfigjson Secret must hold `.dockerconfigjson` and may hold other keys.
+        let type_ = if self.pull {
+            DOCKER_CONFIG_JSON_TYPE
+        } else {
+            OPAQUE
+        };
         Some(Secret {
             metadata: object_meta(self.name, ctx),
             data: Some(self.data),
-            type_: Some(OPAQUE.to_string()),
+            type_: Some(type_.to_string()),
             ..Default::default()
         })
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Env
 
 /// A piece of an env value as the backend can express it.
 #[derive(Debug, PartialEq, Eq)]
@@ -435,7 +509,7 @@ fn from_source(name: String, source: EnvVarSource) -> EnvVar {
 /// A container's backend env: every variable by reference, none inline.
 fn container_env(
     resolved: &ResolvedContainer,
-    env: &mut EnvSecret,
+    env: &mut PodSecret,
     ctx: &TranslateContext,
 ) -> Vec<EnvVar> {
     // A helper must not shadow a user variable: the backend would keep the later definition.
@@ -444,8 +518,8 @@ fn container_env(
     for (i, var) in resolved.env.iter().enumerate() {
         let pieces = pieces(&var.value, &ctx.node_ip);
         match pieces.as_slice() {
-            [] => out.push(from_source(var.name.clone(), env.put(String::new()))),
-            [Piece::Text(t)] => out.push(from_source(var.name.clone(), env.put(t.clone()))),
+            [] => out.push(from_source(var.name.clone(), env.put_env(String::new()))),
+            [Piece::Text(t)] => out.push(from_source(var.name.clone(), env.put_env(t.clone()))),
             [Piece::Field(path)] => out.push(from_source(var.name.clone(), field_ref(path))),
             _ => {
                 // The backend kubelet expands `$(VAR)` in `value` against earlier variables and
@@ -459,7 +533,7 @@ fn container_env(
                     }
                     taken.insert(helper.clone());
                     let source = match piece {
-                        Piece::Text(t) => env.put(t.clone()),
+                        Piece::Text(t) => env.put_env(t.clone()),
                         Piece::Field(path) => field_ref(path),
                     };
                     composed.push_str("$(");
@@ -482,7 +556,7 @@ fn container_env(
 fn backend_container(
     container: &Container,
     resolved: &[ResolvedContainer],
-    env: &mut EnvSecret,
+    env: &mut PodSecret,
     ctx: &TranslateContext,
 ) -> Container {
     let mut out = container.clone();
@@ -504,35 +578,37 @@ fn backend_container(
 
 struct Volumes {
     pod_volumes: Vec<Volume>,
-    secrets: Vec<Secret>,
-    config_maps: Vec<ConfigMap>,
+    /// The file volumes' content, to place in the per-pod Secret or one of their own.
+    files: Vec<FilesVolume>,
 }
 
-enum FilesObject {
-    Secret(Secret),
-    ConfigMap(ConfigMap),
+/// One file volume's content, keyed as its items name it.
+struct FilesVolume {
+    /// Its position among the backend pod's volumes (whose secret source gets the Secret's name).
+    position: usize,
+    /// Its index among the resolved volumes (for a Secret of its own).
+    index: usize,
+    data: BTreeMap<String, ByteString>,
+    size: usize,
 }
 
-/// A file's key in its per-pod object: derived from its path (FNV-1a, stable across versions and
-/// restarts), never from its position, because the backend pod's `items` are fixed at creation
-/// while a refresh may add or remove files: a position-based key would put one file's content
-/// under another's path.
-fn file_key(path: &str) -> String {
+/// A file's key in the per-pod Secret: the volume's index (several volumes share the Secret and
+/// may have the same paths) and a hash of the path (FNV-1a: paths may hold '/', keys may not).
+fn file_key(index: usize, path: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in path.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("f{h:016x}")
+    format!("v{index}-{h:016x}")
 }
 
-/// Each file as an item of the backend volume: same path and mode, content under a key derived
-/// from the path (paths may contain '/', keys may not).
-fn items(files: &[VolumeFile]) -> Vec<KeyToPath> {
+/// Each file as an item of the backend volume: same path and mode, content under its key.
+fn items(index: usize, files: &[VolumeFile]) -> Vec<KeyToPath> {
     files
         .iter()
         .map(|f| KeyToPath {
-            key: file_key(&f.path),
+            key: file_key(index, &f.path),
             path: f.path.clone(),
             // The resolver keeps permission bits within 0o777, so the cast is lossless; the mask
             // keeps it so for any input.
@@ -540,50 +616,6 @@ fn items(files: &[VolumeFile]) -> Vec<KeyToPath> {
             ..Default::default()
         })
         .collect()
-}
-
-/// The per-pod object for a file volume: a ConfigMap for ConfigMap content, a Secret for
-/// everything else (Secret keys, tokens, and downward-API files, which may carry labels or
-/// annotations nobody meant to publish).
-fn files_object(
-    index: usize,
-    kind: FilesKind,
-    files: &[VolumeFile],
-    ctx: &TranslateContext,
-) -> FilesObject {
-    let name = volume_object_name(&ctx.name, index);
-    // A sensitive file never lands in a ConfigMap, whatever the volume's kind says.
-    if kind == FilesKind::ConfigMap && files.iter().all(|f| !f.sensitive) {
-        let mut data = BTreeMap::new();
-        let mut binary_data = BTreeMap::new();
-        for f in files {
-            match std::str::from_utf8(&f.data) {
-                Ok(text) => {
-                    data.insert(file_key(&f.path), text.to_string());
-                }
-                Err(_) => {
-                    binary_data.insert(file_key(&f.path), ByteString(f.data.to_vec()));
-                }
-            }
-        }
-        FilesObject::ConfigMap(ConfigMap {
-            metadata: object_meta(name, ctx),
-            data: non_empty_map(data),
-            binary_data: non_empty_map(binary_data),
-            ..Default::default()
-        })
-    } else {
-        let data = files
-            .iter()
-            .map(|f| (file_key(&f.path), ByteString(f.data.to_vec())))
-            .collect();
-        FilesObject::Secret(Secret {
-            metadata: object_meta(name, ctx),
-            data: non_empty_map(data),
-            type_: Some(OPAQUE.to_string()),
-            ..Default::default()
-        })
-    }
 }
 
 /// The kind of a declared volume (`hostPath`, `csi`, ...), for messages: its one source field.
@@ -598,8 +630,8 @@ fn volume_kind(volume: &Volume) -> String {
     }
 }
 
-/// The backend's volumes and their objects; problems with volumes the backend cannot receive go
-/// to `unsupported`.
+/// The backend's volumes and their content; problems with volumes the backend cannot receive go
+/// to `unsupported`. File volumes are mounted from a Secret whose name the caller fills in.
 fn translate_volumes(
     spec: &PodSpec,
     resolved: &[ResolvedVolume],
@@ -608,13 +640,10 @@ fn translate_volumes(
 ) -> Result<Volumes, ProviderError> {
     let mut out = Volumes {
         pod_volumes: Vec::new(),
-        secrets: Vec::new(),
-        config_maps: Vec::new(),
+        files: Vec::new(),
     };
     let mut missing = Vec::new();
     for volume in spec.volumes.iter().flatten() {
-        // Indexed by position in the resolved list so `volume_objects`, which sees only that
-        // list, names the objects identically (the resolver keeps it in spec order anyway).
         let Some((index, r)) = resolved
             .iter()
             .enumerate()
@@ -628,28 +657,26 @@ fn translate_volumes(
             ..Default::default()
         };
         match &r.source {
-            ResolvedVolumeSource::Files { kind, files } => {
-                let object_name = volume_object_name(&ctx.name, index);
+            ResolvedVolumeSource::Files { files, .. } => {
+                // Every kind goes to a Secret: ConfigMap content beside Secret keys, tokens and
+                // downward-API files (which may carry labels nobody meant to publish) costs
+                // nothing, and one object per pod is what the backend's API server can afford.
                 // Every item carries its mode, so defaultMode is left unset.
-                let items = Some(items(files));
-                match files_object(index, *kind, files, ctx) {
-                    FilesObject::ConfigMap(c) => {
-                        out.config_maps.push(c);
-                        backend.config_map = Some(ConfigMapVolumeSource {
-                            name: object_name,
-                            items,
-                            ..Default::default()
-                        });
-                    }
-                    FilesObject::Secret(s) => {
-                        out.secrets.push(s);
-                        backend.secret = Some(SecretVolumeSource {
-                            secret_name: Some(object_name),
-                            items,
-                            ..Default::default()
-                        });
-                    }
-                }
+                backend.secret = Some(SecretVolumeSource {
+                    secret_name: None,
+                    items: Some(items(index, files)),
+                    ..Default::default()
+                });
+                let data: BTreeMap<String, ByteString> = files
+                    .iter()
+                    .map(|f| (file_key(index, &f.path), ByteString(f.data.to_vec())))
+                    .collect();
+                out.files.push(FilesVolume {
+                    position: out.pod_volumes.len(),
+                    index,
+                    size: data.values().map(|v| v.0.len()).sum(),
+                    data,
+                });
             }
             ResolvedVolumeSource::EmptyDir { medium, size_limit } => {
                 // The declared source, when there is one, carries fields the resolution does not
@@ -707,8 +734,8 @@ fn unsupported_error(problems: &[String]) -> ProviderError {
 // ---------------------------------------------------------------------------------------------
 // Registry credentials, spec and metadata helpers
 
-/// One dockerconfigjson Secret with every registry's credentials; `None` without any.
-fn pull_secret(credentials: &[RegistryCredential], ctx: &TranslateContext) -> Option<Secret> {
+/// The `.dockerconfigjson` document with every registry's credentials; `None` without any.
+fn pull_config(credentials: &[RegistryCredential]) -> Option<String> {
     if credentials.is_empty() {
         return None;
     }
@@ -730,16 +757,7 @@ fn pull_secret(credentials: &[RegistryCredential], ctx: &TranslateContext) -> Op
         }
         auths.insert(c.registry.clone(), serde_json::Value::Object(entry));
     }
-    let config = serde_json::json!({ "auths": auths }).to_string();
-    Some(Secret {
-        metadata: object_meta(pull_secret_name(&ctx.name), ctx),
-        data: Some(BTreeMap::from([(
-            DOCKER_CONFIG_JSON_KEY.to_string(),
-            ByteString(config.into_bytes()),
-        )])),
-        type_: Some(DOCKER_CONFIG_JSON_TYPE.to_string()),
-        ..Default::default()
-    })
+    Some(serde_json::json!({ "auths": auths }).to_string())
 }
 
 /// Tolerations aimed at the virtual node (its own taints, or "tolerate everything", which the

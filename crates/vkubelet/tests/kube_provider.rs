@@ -341,8 +341,8 @@ async fn deployment_bursts_into_the_backend_with_env_volumes_logs_exec_and_clean
         "secret in a backend pod spec"
     );
 
-    // Each backend pod has its per-pod objects (env and the secret volume in Secrets, the
-    // configMap volume in a ConfigMap), owned by it.
+    // Each backend pod has one per-pod Secret (env, the configMap and secret volumes and the
+    // service-account token volume), owned by it, and no ConfigMap.
     let ours = ListParams::default().labels("app.kubernetes.io/managed-by=vkubelet");
     let per_pod_cms: Api<ConfigMap> = Api::namespaced(t.b.client(), &t.managed);
     let per_pod_secrets: Api<Secret> = Api::namespaced(t.b.client(), &t.managed);
@@ -356,21 +356,20 @@ async fn deployment_bursts_into_the_backend_with_env_volumes_logs_exec_and_clean
         .await
         .expect("list B secrets")
         .items;
-    assert_eq!(cms.len(), 3, "one configMap-volume object per pod");
-    assert_eq!(
-        secrets.len(),
-        9,
-        "env, the secret volume and the service-account token volume, per pod"
-    );
+    assert_eq!(cms.len(), 0, "no per-pod ConfigMap");
+    assert_eq!(secrets.len(), 3, "one per-pod Secret per pod");
     let backend_uids: BTreeSet<String> = backend.iter().map(uid).collect();
-    for owners in cms
+    let owners: BTreeSet<String> = secrets
         .iter()
-        .map(|c| &c.metadata.owner_references)
-        .chain(secrets.iter().map(|s| &s.metadata.owner_references))
-    {
-        let owner = owners.iter().flatten().next().expect("an owner");
-        assert!(backend_uids.contains(&owner.uid), "owned by a backend pod");
-    }
+        .map(|s| {
+            let owners = s.metadata.owner_references.iter().flatten();
+            let [owner] = owners.collect::<Vec<_>>()[..] else {
+                panic!("one owner expected: {:?}", s.metadata);
+            };
+            owner.uid.clone()
+        })
+        .collect();
+    assert_eq!(owners, backend_uids, "each owned by its backend pod");
 
     // Delete on A → gone on B, with the per-pod objects (the backend's garbage collector).
     let deps: Api<Deployment> = t.a.api();

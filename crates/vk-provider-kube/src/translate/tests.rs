@@ -4,17 +4,17 @@
 
 use super::*;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, CSIVolumeSource, ConfigMapEnvSource, EnvFromSource, HostPathVolumeSource,
+    Affinity, CSIVolumeSource, ConfigMapEnvSource, ConfigMapVolumeSource, EnvFromSource, HostPathVolumeSource,
     NodeAffinity, NodeSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext,
     TopologySpreadConstraint, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use vk_provider_api::PodKey;
-use vk_provider_api::resolution::{EnvVar as ResolvedEnv, PodAddresses, Resolution};
+use vk_provider_api::resolution::{EnvVar as ResolvedEnv, FilesKind, PodAddresses, Resolution};
 
 const NODE_IP: &str = "192.0.2.10";
 const POD_IP: &str = "10.0.0.7";
@@ -317,7 +317,7 @@ fn secret_derived_env_never_appears_in_the_backend_pod() {
     let json = serde_json::to_string(&t.pod).unwrap();
     assert!(!json.contains(SECRET), "{json}");
     assert!(!json.contains("postgres://"), "{json}");
-    let env_secret = secret(&t, "web-b-env");
+    let env_secret = secret(&t, "web-b-data");
     assert_eq!(env_secret.type_.as_deref(), Some("Opaque"));
     let data = env_secret.data.as_ref().unwrap();
     assert!(data.values().any(|v| v.0 == SECRET.as_bytes()));
@@ -407,7 +407,7 @@ fn field_only_values_become_field_refs_without_helpers() {
             .as_ref()
             .and_then(|s| s.field_ref.as_ref());
         assert_eq!(r.map(|f| f.field_path.as_str()), Some(path));
-        assert!(t.secrets.is_empty(), "{path}: no env Secret needed");
+        assert!(t.secrets.is_empty(), "{path}: no Secret needed");
     }
 }
 
@@ -444,7 +444,7 @@ fn mixed_template_composes_helpers_in_order() {
             .map(|r| r.key.clone())
             .unwrap()
     };
-    assert_eq!(secret_value(&t, "web-b-env", &key(1)), "http://");
+    assert_eq!(secret_value(&t, "web-b-data", &key(1)), "http://");
     assert_eq!(
         env[2]
             .value_from
@@ -453,7 +453,7 @@ fn mixed_template_composes_helpers_in_order() {
             .map(|f| f.field_path.as_str()),
         Some("status.podIP")
     );
-    assert_eq!(secret_value(&t, "web-b-env", &key(3)), ":8080");
+    assert_eq!(secret_value(&t, "web-b-data", &key(3)), ":8080");
     assert_eq!(
         env[4].value.as_deref(),
         Some("$(VKUBELET_E1_0)$(VKUBELET_E1_1)$(VKUBELET_E1_2)")
@@ -550,14 +550,13 @@ fn env_from_is_removed_and_each_container_gets_its_own_env() {
 // ---- volumes --------------------------------------------------------------------------------
 
 #[test]
-fn file_volumes_become_per_pod_objects_with_the_same_paths_and_modes() {
-    // (spec volume, resolved kind, expect a ConfigMap)
-    let cases = [
-        (config_map_volume("cfg"), FilesKind::ConfigMap, true),
-        (named("sec"), FilesKind::Secret, false),
-        (named("proj"), FilesKind::Projected, false),
-        (named("down"), FilesKind::DownwardApi, false),
-        (named("legacy-token"), FilesKind::ServiceAccountToken, false),
+fn file_volumes_of_every_kind_share_the_one_per_pod_secret_with_the_same_paths_and_modes() {
+    let kinds = [
+        (config_map_volume("cfg"), FilesKind::ConfigMap),
+        (named("sec"), FilesKind::Secret),
+        (named("proj"), FilesKind::Projected),
+        (named("down"), FilesKind::DownwardApi),
+        (named("legacy-token"), FilesKind::ServiceAccountToken),
     ];
     let content = vec![
         file("app.conf", 0o644, b"a=1", false),
@@ -569,72 +568,47 @@ fn file_volumes_become_per_pod_objects_with_the_same_paths_and_modes() {
         sub_path: Some("app.conf".into()),
         ..Default::default()
     }]);
-    let mut b = PodBuilder::new().spec(|s| s.containers[0].volume_mounts = mounts.clone());
-    for (v, kind, _) in &cases {
+    let mut b = PodBuilder::new()
+        .spec(|s| s.containers[0].volume_mounts = mounts.clone())
+        .env("app", false, &[("X", Template::text("y"))]);
+    for (v, kind) in &kinds {
         b = b.volume(v.clone(), files(*kind, content.clone()));
     }
     let t = translate(&b.build(), &ctx()).unwrap();
+    assert_eq!(t.secrets.len(), 1, "env and every volume in one object");
+    let s = secret(&t, "web-b-data");
+    assert_eq!(s.type_.as_deref(), Some("Opaque"));
     let volumes = spec(&t).volumes.clone().unwrap();
-    assert_eq!(volumes.len(), cases.len());
-    let want_items = vec![
-        KeyToPath {
-            key: super::file_key("app.conf"),
-            path: "app.conf".into(),
-            mode: Some(0o644),
-            ..Default::default()
-        },
-        KeyToPath {
-            key: super::file_key("nested/dir/key"),
-            path: "nested/dir/key".into(),
-            mode: Some(0o400),
-            ..Default::default()
-        },
-    ];
-    for (i, ((v, kind, is_cm), backend)) in cases.iter().zip(&volumes).enumerate() {
-        let object = format!("web-b-vol-{i}");
+    assert_eq!(volumes.len(), kinds.len());
+    let mut keys = BTreeSet::new();
+    for (i, ((v, kind), backend)) in kinds.iter().zip(&volumes).enumerate() {
         assert_eq!(backend.name, v.name);
-        if *is_cm {
-            let src = backend.config_map.as_ref().unwrap();
-            assert_eq!(src.name, object, "{kind:?}");
-            assert_eq!(src.items.as_ref(), Some(&want_items), "{kind:?}");
-            assert!(backend.secret.is_none());
-            let cm = t
-                .config_maps
-                .iter()
-                .find(|c| c.metadata.name.as_deref() == Some(object.as_str()))
-                .unwrap();
-            let data = cm.data.as_ref().unwrap();
-            assert_eq!(data[&super::file_key("app.conf")], "a=1");
-            assert_eq!(data[&super::file_key("nested/dir/key")], "k");
-            assert_eq!(cm.binary_data, None);
-        } else {
-            let src = backend.secret.as_ref().unwrap();
-            assert_eq!(
-                src.secret_name.as_deref(),
-                Some(object.as_str()),
-                "{kind:?}"
-            );
-            assert_eq!(src.items.as_ref(), Some(&want_items), "{kind:?}");
-            assert!(backend.config_map.is_none());
-            assert_eq!(secret(&t, &object).type_.as_deref(), Some("Opaque"));
-            assert_eq!(
-                secret_value(&t, &object, &super::file_key("app.conf")),
-                "a=1"
-            );
-            assert_eq!(
-                secret_value(&t, &object, &super::file_key("nested/dir/key")),
-                "k"
-            );
-        }
+        assert!(backend.config_map.is_none(), "{kind:?}");
+        let src = backend.secret.as_ref().unwrap();
+        assert_eq!(src.secret_name.as_deref(), Some("web-b-data"), "{kind:?}");
+        assert_eq!(src.default_mode, None, "every item carries its mode");
+        let items = src.items.as_ref().unwrap();
+        let got: Vec<(&str, Option<i32>)> =
+            items.iter().map(|i| (i.path.as_str(), i.mode)).collect();
+        assert_eq!(
+            got,
+            [("app.conf", Some(0o644)), ("nested/dir/key", Some(0o400))],
+            "{kind:?}"
+        );
+        // Each item's key holds its own volume's file, whatever the other volumes hold.
+        assert_eq!(items[0].key, super::file_key(i, "app.conf"));
+        assert_eq!(secret_value(&t, "web-b-data", &items[0].key), "a=1");
+        assert_eq!(secret_value(&t, "web-b-data", &items[1].key), "k");
+        keys.extend(items.iter().map(|i| i.key.clone()));
     }
-    assert_eq!(t.config_maps.len(), 1);
-    assert_eq!(t.secrets.len(), 4);
+    assert_eq!(keys.len(), 2 * kinds.len(), "same paths, distinct keys");
+    assert_eq!(backend_env(&t, "app")["X"], "y");
     // Mounts are unchanged (subPath works since item paths are the same).
     assert_eq!(backend_container(&t, "app").volume_mounts, mounts);
 }
 
 #[test]
-fn binary_config_map_content_goes_to_binary_data() {
+fn binary_content_reaches_the_secret_unchanged() {
     let pod = PodBuilder::new()
         .volume(
             config_map_volume("cfg"),
@@ -648,37 +622,81 @@ fn binary_config_map_content_goes_to_binary_data() {
         )
         .build();
     let t = translate(&pod, &ctx()).unwrap();
-    let cm = &t.config_maps[0];
-    assert_eq!(cm.data.as_ref().unwrap()[&super::file_key("text")], "hello");
-    assert!(
-        !cm.data
-            .as_ref()
-            .unwrap()
-            .contains_key(&super::file_key("blob"))
-    );
+    let data = secret(&t, "web-b-data").data.as_ref().unwrap();
+    assert_eq!(data[&super::file_key(0, "text")].0, b"hello");
+    assert_eq!(data[&super::file_key(0, "blob")].0, vec![0xff, 0x00, 0xfe]);
+}
+
+/// A file volume of `size` bytes.
+fn big_volume(b: PodBuilder, name: &str, size: usize) -> PodBuilder {
+    b.volume(
+        named(name),
+        files(
+            FilesKind::Secret,
+            vec![file("blob", 0o400, &vec![b'x'; size], true)],
+        ),
+    )
+}
+
+#[test]
+fn a_volume_that_would_take_the_secret_past_the_api_limit_gets_a_secret_of_its_own() {
+    let third = SECRET_DATA_LIMIT / 3;
+    let mut b = PodBuilder::new().env("app", false, &[("X", Template::text("y"))]);
+    // 0 and 1 fit beside the env value; 2 (a half) does not and goes alone; 3 still fits.
+    for (name, size) in [
+        ("a", third),
+        ("b", third),
+        ("c", SECRET_DATA_LIMIT / 2),
+        ("d", 100),
+    ] {
+        b = big_volume(b, name, size);
+    }
+    let t = translate(&b.build(), &ctx()).unwrap();
+    let names: Vec<&str> = t
+        .secrets
+        .iter()
+        .map(|s| s.metadata.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(names, ["web-b-data", "web-b-vol-2"]);
+    for s in &t.secrets {
+        let size: usize = s.data.iter().flatten().map(|(_, v)| v.0.len()).sum();
+        assert!(size <= SECRET_DATA_LIMIT, "{:?}: {size}", s.metadata.name);
+    }
+    let mounted: Vec<&str> = spec(&t)
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.secret.as_ref().unwrap().secret_name.as_deref().unwrap())
+        .collect();
+    assert_eq!(mounted, ["web-b-data", "web-b-data", "web-b-vol-2", "web-b-data"]);
+    let own = secret(&t, "web-b-vol-2");
+    assert_eq!(own.metadata.labels.as_ref(), Some(&ctx().labels));
     assert_eq!(
-        cm.binary_data.as_ref().unwrap()[&super::file_key("blob")].0,
-        vec![0xff, 0x00, 0xfe]
+        own.data.as_ref().unwrap()[&super::file_key(2, "blob")].0.len(),
+        SECRET_DATA_LIMIT / 2
     );
 }
 
 #[test]
-fn sensitive_files_never_land_in_a_config_map() {
-    let pod = PodBuilder::new()
-        .volume(
-            config_map_volume("cfg"),
-            files(
-                FilesKind::ConfigMap,
-                vec![file("token", 0o600, b"tok", true)],
-            ),
-        )
-        .build();
-    let t = translate(&pod, &ctx()).unwrap();
-    assert!(t.config_maps.is_empty());
-    assert_eq!(
-        secret_value(&t, "web-b-vol-0", &super::file_key("token")),
-        "tok"
-    );
+fn the_secret_may_be_filled_to_the_byte() {
+    let t = translate(
+        &big_volume(PodBuilder::new(), "a", SECRET_DATA_LIMIT).build(),
+        &ctx(),
+    )
+    .unwrap();
+    assert_eq!(t.secrets.len(), 1);
+    let t = translate(
+        &big_volume(PodBuilder::new(), "a", SECRET_DATA_LIMIT + 1).build(),
+        &ctx(),
+    )
+    .unwrap();
+    let names: Vec<&str> = t
+        .secrets
+        .iter()
+        .map(|s| s.metadata.name.as_deref().unwrap())
+        .collect();
+    // Too large for any Secret: the backend's refusal will name it.
+    assert_eq!(names, ["web-b-vol-0"]);
 }
 
 #[test]
@@ -702,7 +720,7 @@ fn empty_dir_passes_as_declared() {
         .build();
     let t = translate(&pod, &ctx()).unwrap();
     assert_eq!(spec(&t).volumes.as_ref(), Some(&vec![declared]));
-    assert!(t.secrets.is_empty() && t.config_maps.is_empty());
+    assert!(t.secrets.is_empty());
 }
 
 #[test]
@@ -790,58 +808,75 @@ fn a_pod_without_spec_is_invalid_input() {
 }
 
 #[test]
-fn volume_objects_match_translate() {
-    let pod = PodBuilder::new()
-        .volume(
-            named("scratch"),
-            ResolvedVolumeSource::EmptyDir {
-                medium: None,
-                size_limit: None,
-            },
+fn volume_refresh_writes_the_keys_the_backend_pod_mounts_and_nothing_else() {
+    let token = |t: &[u8]| files(FilesKind::Projected, vec![file("token", 0o600, t, true)]);
+    let config = |a: &[u8]| {
+        files(
+            FilesKind::ConfigMap,
+            vec![file("a", 0o644, a, false), file("b", 0o644, &[0xff], false)],
         )
-        .volume(
-            config_map_volume("cfg"),
-            files(
-                FilesKind::ConfigMap,
-                vec![
-                    file("a", 0o644, b"1", false),
-                    file("b", 0o644, &[0xff], false),
-                ],
-            ),
-        )
-        .volume(
-            named("token"),
-            files(FilesKind::Projected, vec![file("token", 0o600, b"t", true)]),
-        )
-        .env("app", false, &[("X", Template::text("y"))])
-        .credential(cred("r.example", "u", "p", None))
-        .build();
-    let ctx = ctx();
-    let t = translate(&pod, &ctx).unwrap();
-    let (secrets, config_maps) = volume_objects(&pod.resolution.volumes, &ctx);
-    assert_eq!(config_maps, t.config_maps);
-    let volume_secrets: Vec<Secret> = t
-        .secrets
-        .iter()
-        .filter(|s| {
-            let n = s.metadata.name.as_deref().unwrap_or("");
-            n != env_secret_name(&ctx.name) && n != pull_secret_name(&ctx.name)
-        })
-        .cloned()
-        .collect();
-    assert_eq!(secrets, volume_secrets);
+    };
+    let build = |cfg: ResolvedVolumeSource, tok: ResolvedVolumeSource| {
+        let b = PodBuilder::new()
+            .volume(
+                named("scratch"),
+                ResolvedVolumeSource::EmptyDir {
+                    medium: None,
+                    size_limit: None,
+                },
+            )
+            .volume(config_map_volume("cfg"), cfg)
+            .volume(named("token"), tok)
+            .env("app", false, &[("X", Template::text("y"))])
+            .credential(cred("r.example", "u", "p", None));
+        big_volume(b, "big", SECRET_DATA_LIMIT).build()
+    };
+    let created = build(config(b"1"), token(b"t1"));
+    let t = translate(&created, &ctx()).unwrap();
+
+    // Unchanged content: the refresh writes what the pod was created with, key for key.
+    let same = volume_refresh(&t.pod, &created.resolution.volumes);
     assert_eq!(
-        secrets[0].metadata.name.as_deref(),
-        Some("web-b-vol-2"),
-        "named by volume index"
+        same.keys().collect::<Vec<_>>(),
+        ["web-b-data", "web-b-vol-3"]
     );
-    assert_eq!(config_maps[0].metadata.name.as_deref(), Some("web-b-vol-1"));
+    for (name, data) in &same {
+        let made = secret(&t, name).data.as_ref().unwrap();
+        for (k, v) in data {
+            assert_eq!(made.get(k), Some(v), "{name}/{k}");
+        }
+    }
+    // Env values and credentials are never part of a refresh.
+    let data = &same["web-b-data"];
+    assert!(!data.contains_key(DOCKER_CONFIG_JSON_KEY));
+    assert!(data.keys().all(|k| k.starts_with('v')), "{data:?}");
+    assert_eq!(data.len(), 3, "cfg's two files and the token");
+
+    // New content lands under the keys the backend pod's items name.
+    let refreshed = build(config(b"2"), token(b"t2"));
+    let new = volume_refresh(&t.pod, &refreshed.resolution.volumes);
+    let data = &new["web-b-data"];
+    assert_eq!(data[&super::file_key(1, "a")].0, b"2");
+    assert_eq!(data[&super::file_key(2, "token")].0, b"t2");
+
+    // A file added after creation has no item, so nothing to write; one removed keeps its key.
+    let added = build(
+        files(
+            FilesKind::ConfigMap,
+            vec![file("a", 0o644, b"3", false), file("new", 0o644, b"n", false)],
+        ),
+        token(b"t3"),
+    );
+    let data = &volume_refresh(&t.pod, &added.resolution.volumes)["web-b-data"];
+    assert_eq!(data[&super::file_key(1, "a")].0, b"3");
+    assert!(!data.contains_key(&super::file_key(1, "new")));
+    assert!(!data.contains_key(&super::file_key(1, "b")));
 }
 
 // ---- credentials, spec, metadata --------------------------------------------------------------
 
 #[test]
-fn registry_credentials_become_one_dockerconfigjson_secret() {
+fn registry_credentials_make_the_per_pod_secret_a_dockerconfigjson_one() {
     let pod = PodBuilder::new()
         .spec(|s| {
             s.image_pull_secrets = Some(vec![LocalObjectReference {
@@ -856,13 +891,13 @@ fn registry_credentials_become_one_dockerconfigjson_secret() {
     assert_eq!(
         spec(&t).image_pull_secrets,
         Some(vec![LocalObjectReference {
-            name: "web-b-pull".into()
+            name: "web-b-data".into()
         }])
     );
-    let s = secret(&t, "web-b-pull");
+    let s = secret(&t, "web-b-data");
     assert_eq!(s.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
     let config: serde_json::Value =
-        serde_json::from_str(&secret_value(&t, "web-b-pull", ".dockerconfigjson")).unwrap();
+        serde_json::from_str(&secret_value(&t, "web-b-data", ".dockerconfigjson")).unwrap();
     assert_eq!(
         config,
         serde_json::json!({"auths": {
@@ -1044,39 +1079,30 @@ fn metadata_is_identity_only_with_labels_merged_and_ctx_winning() {
     assert_eq!(t.pod.status, None);
 
     let mut names: Vec<&str> = Vec::new();
-    let metas = t
-        .secrets
-        .iter()
-        .map(|s| &s.metadata)
-        .chain(t.config_maps.iter().map(|c| &c.metadata));
-    for om in metas {
+    for om in t.secrets.iter().map(|s| &s.metadata) {
         names.push(om.name.as_deref().unwrap());
         assert_eq!(om.namespace.as_deref(), Some("backend-ns"));
         assert_eq!(om.labels.as_ref(), Some(&ctx.labels));
         assert_eq!(om.owner_references, None);
     }
     names.sort();
-    assert_eq!(
-        names,
-        ["web-b-env", "web-b-pull", "web-b-vol-0", "web-b-vol-1"]
-    );
+    assert_eq!(names, ["web-b-data"], "env, credentials and both volumes in one");
 }
 
 #[test]
 fn object_names_derive_from_the_backend_pod_name() {
-    assert_eq!(env_secret_name("p"), "p-env");
-    assert_eq!(pull_secret_name("p"), "p-pull");
-    assert_eq!(volume_object_name("p", 3), "p-vol-3");
+    assert_eq!(data_secret_name("p"), "p-data");
+    assert_eq!(volume_secret_name("p", 3), "p-vol-3");
 }
 
 #[test]
-fn file_keys_follow_paths_not_positions() {
-    // A refresh that adds a file before another keeps every existing path's key.
-    assert_eq!(super::file_key("b"), super::file_key("b"));
-    assert_ne!(super::file_key("a"), super::file_key("b"));
-    let k = super::file_key("nested/dir/key");
+fn file_keys_follow_volume_and_path_not_positions() {
+    assert_eq!(super::file_key(0, "b"), super::file_key(0, "b"));
+    assert_ne!(super::file_key(0, "a"), super::file_key(0, "b"));
+    assert_ne!(super::file_key(0, "a"), super::file_key(1, "a"));
+    let k = super::file_key(12, "nested/dir/key");
     assert!(
-        k.len() == 17 && k.bytes().all(|c| c.is_ascii_alphanumeric()),
+        k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'),
         "{k}"
     );
 }
