@@ -19,6 +19,7 @@
 pub mod config;
 pub mod evict;
 pub mod identity;
+pub mod observed;
 pub mod stats;
 pub mod status;
 pub mod streams;
@@ -55,7 +56,11 @@ use vk_provider_api::{
 pub use config::{ConfigError, KubeConfig, NamespaceMapping};
 
 use crate::config::CALL_TIMEOUT;
+use crate::observed::ObservedPod;
 use crate::translate::{TranslateContext, Translation};
+
+/// Backend pods per page of a list.
+const LIST_PAGE: u32 = 500;
 
 /// How long one backend node summary serves stats requests.
 const SUMMARY_REUSE: Duration = Duration::from_secs(2);
@@ -251,10 +256,30 @@ impl Inner {
     }
 
     /// The watch scope: the managed namespace, or every namespace with sameName mapping.
-    fn watched_pods(&self) -> Api<Pod> {
+    fn watched_pods(&self) -> Api<ObservedPod> {
         match self.cfg.namespace_mapping {
-            NamespaceMapping::Managed => self.pods_api(&self.namespace),
+            NamespaceMapping::Managed => Api::namespaced(self.client.clone(), &self.namespace),
             NamespaceMapping::SameName => Api::all(self.client.clone()),
+        }
+    }
+
+    /// Every backend pod `selector` matches, listed in pages from etcd and handed to `each` page
+    /// by page: an answer with all of them would be held at once (the 1.20 watch cache ignores
+    /// `limit`), and so would a list of them all.
+    async fn list_observed(
+        &self,
+        selector: &str,
+        mut each: impl FnMut(Pod),
+    ) -> Result<(), ProviderError> {
+        let api = self.watched_pods();
+        let mut lp = ListParams::default().labels(selector).limit(LIST_PAGE);
+        loop {
+            let page = timed("listing backend pods", api.list(&lp)).await?;
+            page.items.into_iter().map(Pod::from).for_each(&mut each);
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => lp = lp.continue_token(&token),
+                None => return Ok(()),
+            }
         }
     }
 
@@ -479,7 +504,11 @@ impl Inner {
 
     /// One watch per node: backend pod changes become status pushes, deletions `Gone`.
     async fn watch_pods(self: Arc<Self>) {
-        let cfg = watcher::Config::default().labels(&self.selector());
+        // Relists come in pages from etcd, as `list_observed`.
+        let cfg = watcher::Config::default()
+            .labels(&self.selector())
+            .list_semantic(watcher::ListSemantic::MostRecent)
+            .page_size(LIST_PAGE);
         let mut stream = watcher::watcher(self.watched_pods(), cfg)
             .default_backoff()
             .boxed();
@@ -499,7 +528,7 @@ impl Inner {
                     relist = Some((known, HashSet::new()));
                 }
                 Ok(Event::InitApply(pod)) => {
-                    if let Some(uid) = self.observe(&pod)
+                    if let Some(uid) = self.observe(&Pod::from(pod))
                         && let Some((_, seen)) = relist.as_mut()
                     {
                         seen.insert(uid);
@@ -519,10 +548,10 @@ impl Inner {
                     }
                 }
                 Ok(Event::Apply(pod)) => {
-                    self.observe(&pod);
+                    self.observe(&Pod::from(pod));
                 }
                 Ok(Event::Delete(pod)) => {
-                    if let Some(key) = identity::source_key(&pod) {
+                    if let Some(key) = identity::source_key(&Pod::from(pod)) {
                         self.forget(&key.uid);
                     }
                 }
@@ -909,14 +938,6 @@ impl Inner {
             .collect()
     }
 
-    /// Backend pods of this node, listed now.
-    async fn list_backend(&self) -> Result<Vec<Pod>, ProviderError> {
-        let lp = ListParams::default().labels(&self.selector());
-        Ok(timed("listing backend pods", self.watched_pods().list(&lp))
-            .await?
-            .items)
-    }
-
     /// Delete one source pod's per-pod Secrets (best effort: cleanup and the backend's garbage
     /// collector catch what this misses).
     async fn delete_pod_objects(&self, ns: &str, uid: &str) {
@@ -1212,40 +1233,45 @@ impl Provider for KubeProvider {
     }
 
     async fn list_pods(&self) -> Result<Vec<BackendPod>, ProviderError> {
-        let pods = self.list_backend().await?;
         let mut out = Vec::new();
-        for p in &pods {
-            let Some(key) = identity::source_key(p) else {
-                continue;
+        self.list_observed(&self.selector(), |p| {
+            let Some(key) = identity::source_key(&p) else {
+                return;
             };
+            let status = status::source_status(&p, &self.node_ip, identity::restart_base(&p));
             self.state.pods.lock().insert(
                 key.uid.clone(),
                 (
-                    p.metadata.namespace.clone().unwrap_or_default(),
-                    p.metadata.name.clone().unwrap_or_default(),
+                    p.metadata.namespace.unwrap_or_default(),
+                    p.metadata.name.unwrap_or_default(),
                 ),
             );
-            let status =
-                status::source_status(p, &self.node_ip, identity::restart_base(p)).map(Arc::new);
-            out.push(BackendPod { key, status });
-        }
+            out.push(BackendPod {
+                key,
+                status: status.map(Arc::new),
+            });
+        })
+        .await?;
         Ok(out)
     }
 
     async fn cleanup_all(&self) -> Result<usize, ProviderError> {
         let selector = identity::install_selector(&self.cluster_id);
         let lp = ListParams::default().labels(&selector);
-        let pods = timed("listing backend pods", self.watched_pods().list(&lp))
-            .await?
-            .items;
+        let mut pods = Vec::new();
+        self.list_observed(&selector, |p| {
+            pods.push((
+                p.metadata.namespace.unwrap_or_default(),
+                p.metadata.name.unwrap_or_default(),
+            ))
+        })
+        .await?;
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
             ..Default::default()
         };
-        for p in &pods {
-            let ns = p.metadata.namespace.clone().unwrap_or_default();
-            let name = p.metadata.name.clone().unwrap_or_default();
-            match self.pods_api(&ns).delete(&name, &dp).await {
+        for (ns, name) in &pods {
+            match self.pods_api(ns).delete(name, &dp).await {
                 Ok(_) => {}
                 Err(e) if is_status(&e, 404) => {}
                 Err(e) => return Err(api_error("deleting a backend pod", e)),
@@ -1261,7 +1287,7 @@ impl Provider for KubeProvider {
                 let secrets: Api<Secret> = Api::all(self.client.clone());
                 let mut all: BTreeSet<String> = pods
                     .iter()
-                    .filter_map(|p| p.metadata.namespace.clone())
+                    .map(|(ns, _)| ns.clone())
                     .collect();
                 let secrets = timed("listing per-pod Secrets", secrets.list_metadata(&lp)).await?;
                 all.extend(

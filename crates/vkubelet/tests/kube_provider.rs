@@ -1330,7 +1330,7 @@ async fn a_rotating_token_file_keeps_working_and_stats_without_node_access_are_a
                     "metadata": {"name": rbac_name},
                     "rules": [
                         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch", "create"]},
-                        {"apiGroups": [""], "resources": ["pods", "secrets", "configmaps"], "verbs": ["*"]},
+                        {"apiGroups": [""], "resources": ["pods", "secrets"], "verbs": ["*"]},
                         {"apiGroups": [""], "resources": ["pods/log", "pods/exec", "pods/attach", "pods/portforward"], "verbs": ["*"]},
                         {"apiGroups": [""], "resources": ["events", "resourcequotas"], "verbs": ["get", "list", "watch"]},
                     ],
