@@ -32,9 +32,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{
-    Event as CoreEvent, Namespace, Pod, ResourceQuota, Secret,
-};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod, ResourceQuota, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -1285,10 +1283,7 @@ impl Provider for KubeProvider {
             NamespaceMapping::Managed => [self.namespace.clone()].into(),
             NamespaceMapping::SameName => {
                 let secrets: Api<Secret> = Api::all(self.client.clone());
-                let mut all: BTreeSet<String> = pods
-                    .iter()
-                    .map(|(ns, _)| ns.clone())
-                    .collect();
+                let mut all: BTreeSet<String> = pods.iter().map(|(ns, _)| ns.clone()).collect();
                 let secrets = timed("listing per-pod Secrets", secrets.list_metadata(&lp)).await?;
                 all.extend(
                     secrets

@@ -136,7 +136,10 @@ mod tests {
         let observed: ObservedPod = serde_json::from_str(POD).unwrap();
         let pod = Pod::from(observed);
         let full: Pod = serde_json::from_str(POD).unwrap();
-        assert!(full.metadata.managed_fields.is_some(), "the fixture has them");
+        assert!(
+            full.metadata.managed_fields.is_some(),
+            "the fixture has them"
+        );
         assert_eq!(pod.metadata.managed_fields, None);
         assert_eq!(pod.metadata.creation_timestamp, None, "not read");
         for (got, want) in [

@@ -28,16 +28,16 @@ use std::collections::{BTreeMap, HashSet};
 use base64::Engine as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    KeyToPath, LocalObjectReference, ObjectFieldSelector, Pod, PodSpec, Secret, SecretKeySelector,
-    SecretVolumeSource, Toleration, Volume,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, LocalObjectReference,
+    ObjectFieldSelector, Pod, PodSpec, Secret, SecretKeySelector, SecretVolumeSource, Toleration,
+    Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use vk_provider_api::ProviderError;
 use vk_provider_api::ResolvedPod;
 use vk_provider_api::resolution::{
-    AddressField, RegistryCredential, ResolvedContainer, ResolvedVolume,
-    ResolvedVolumeSource, Segment, Template, VolumeFile,
+    AddressField, RegistryCredential, ResolvedContainer, ResolvedVolume, ResolvedVolumeSource,
+    Segment, Template, VolumeFile,
 };
 
 /// Where and under which identity the backend objects of one pod live.

@@ -317,10 +317,7 @@ impl PodController {
                     .collect();
             for e in this.pods.lock().values() {
                 if let Some(pod) = &e.api {
-                    let phase = pod
-                        .status()
-                        .and_then(|s| s.phase.clone())
-                        .unwrap_or_else(|| "Pending".into());
+                    let phase = pod.phase().unwrap_or("Pending").to_string();
                     *counts.entry(phase).or_default() += 1;
                 }
             }

@@ -8,9 +8,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, CSIVolumeSource, ConfigMapEnvSource, ConfigMapVolumeSource, EnvFromSource, HostPathVolumeSource,
-    NodeAffinity, NodeSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext,
-    TopologySpreadConstraint, VolumeMount,
+    Affinity, CSIVolumeSource, ConfigMapEnvSource, ConfigMapVolumeSource, EnvFromSource,
+    HostPathVolumeSource, NodeAffinity, NodeSelector, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, TopologySpreadConstraint, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use vk_provider_api::PodKey;
@@ -668,11 +668,16 @@ fn a_volume_that_would_take_the_secret_past_the_api_limit_gets_a_secret_of_its_o
         .flatten()
         .map(|v| v.secret.as_ref().unwrap().secret_name.as_deref().unwrap())
         .collect();
-    assert_eq!(mounted, ["web-b-data", "web-b-data", "web-b-vol-2", "web-b-data"]);
+    assert_eq!(
+        mounted,
+        ["web-b-data", "web-b-data", "web-b-vol-2", "web-b-data"]
+    );
     let own = secret(&t, "web-b-vol-2");
     assert_eq!(own.metadata.labels.as_ref(), Some(&ctx().labels));
     assert_eq!(
-        own.data.as_ref().unwrap()[&super::file_key(2, "blob")].0.len(),
+        own.data.as_ref().unwrap()[&super::file_key(2, "blob")]
+            .0
+            .len(),
         SECRET_DATA_LIMIT / 2
     );
 }
@@ -863,7 +868,10 @@ fn volume_refresh_writes_the_keys_the_backend_pod_mounts_and_nothing_else() {
     let added = build(
         files(
             FilesKind::ConfigMap,
-            vec![file("a", 0o644, b"3", false), file("new", 0o644, b"n", false)],
+            vec![
+                file("a", 0o644, b"3", false),
+                file("new", 0o644, b"n", false),
+            ],
         ),
         token(b"t3"),
     );
@@ -1086,7 +1094,11 @@ fn metadata_is_identity_only_with_labels_merged_and_ctx_winning() {
         assert_eq!(om.owner_references, None);
     }
     names.sort();
-    assert_eq!(names, ["web-b-data"], "env, credentials and both volumes in one");
+    assert_eq!(
+        names,
+        ["web-b-data"],
+        "env, credentials and both volumes in one"
+    );
 }
 
 #[test]
