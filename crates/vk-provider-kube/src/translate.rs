@@ -46,7 +46,7 @@ pub struct TranslateContext {
     /// The backend namespace.
     pub namespace: String,
     /// The backend pod's name; per-pod object names are derived from it, so it must leave room
-    /// for their suffixes (`-env`, `-pull`, `-vol-<i>`) within the 253 characters of an object name.
+    /// for their suffixes (`-data`, `-vol-<i>`) within the 253 characters of an object name.
     pub name: String,
     /// Identity labels, put on the pod (winning over the source pod's) and on every per-pod object.
     pub labels: BTreeMap<String, String>,
