@@ -107,44 +107,28 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
 
     /// Queue `key` for processing now.
     pub fn add(&self, key: K) {
-        let mut s = self.state.lock();
-        if s.shutdown {
-            return;
-        }
-        if s.processing.contains(&key) {
-            s.dirty.insert(key);
-            return;
-        }
-        if let Some(slot) = s.delayed.remove(&key) {
-            Self::unschedule(&mut s, slot);
-            s.queued.remove(&key);
-        }
-        if s.queued.insert(key.clone()) {
-            s.ready.push_back(key);
-            drop(s);
-            self.wake.notify_one();
-        }
+        self.add_now(key, false);
     }
 
     /// Queue `key` for processing now, ahead of every key queued with [`WorkQueue::add`] (and
     /// of its own ordinary or delayed entry).
     pub fn add_urgent(&self, key: K) {
+        self.add_now(key, true);
+    }
+
+    fn add_now(&self, key: K, urgent: bool) {
         let mut s = self.state.lock();
         if s.shutdown {
             return;
         }
         if s.processing.contains(&key) {
-            s.urgent_dirty.insert(key.clone());
-            s.dirty.insert(key);
+            Self::mark_dirty(&mut s, key, urgent);
             return;
         }
-        if let Some(slot) = s.delayed.remove(&key) {
-            Self::unschedule(&mut s, slot);
+        if Self::enqueue_now(&mut s, key, urgent) {
+            drop(s);
+            self.wake.notify_one();
         }
-        s.queued.insert(key.clone());
-        s.urgent.push_back(key);
-        drop(s);
-        self.wake.notify_one();
     }
 
     /// Queue `key` for processing after `delay`, unless it is already due earlier.
@@ -230,20 +214,10 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
         if !s.dirty.remove(key) || s.shutdown {
             return;
         }
-        if let Some(slot) = s.delayed.remove(key) {
-            Self::unschedule(&mut s, slot);
-            s.queued.remove(key);
+        if Self::enqueue_now(&mut s, key.clone(), urgent) {
+            drop(s);
+            self.wake.notify_one();
         }
-        if urgent {
-            s.queued.insert(key.clone());
-            s.urgent.push_back(key.clone());
-        } else if s.queued.insert(key.clone()) {
-            s.ready.push_back(key.clone());
-        } else {
-            return;
-        }
-        drop(s);
-        self.wake.notify_one();
     }
 
     /// Keys waiting to run now or later (not counting those being processed).
@@ -296,6 +270,34 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
         }
     }
 
+    /// Mark `key`, which a worker holds, to run again once done (in the urgent lane if `urgent`).
+    fn mark_dirty(s: &mut State<K>, key: K, urgent: bool) {
+        if urgent {
+            s.urgent_dirty.insert(key.clone());
+        }
+        s.dirty.insert(key);
+    }
+
+    /// Put `key`, which no worker holds, in a lane to run now, off any deadline it waited for.
+    /// Returns whether it went into a lane (a worker is then to be woken): an ordinary key
+    /// already waiting does not; an urgent one always does, its ordinary copy going stale
+    /// (see `pop_ready`).
+    fn enqueue_now(s: &mut State<K>, key: K, urgent: bool) -> bool {
+        if let Some(slot) = s.delayed.remove(&key) {
+            Self::unschedule(s, slot);
+            s.queued.remove(&key);
+        }
+        if urgent {
+            s.queued.insert(key.clone());
+            s.urgent.push_back(key);
+        } else if s.queued.insert(key.clone()) {
+            s.ready.push_back(key);
+        } else {
+            return false;
+        }
+        true
+    }
+
     fn pop_ready(s: &mut State<K>) -> Option<K> {
         loop {
             let (key, urgent) = match s.urgent.pop_front() {
@@ -308,10 +310,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
                 continue;
             }
             if s.processing.contains(&key) {
-                if urgent {
-                    s.urgent_dirty.insert(key.clone());
-                }
-                s.dirty.insert(key);
+                Self::mark_dirty(s, key, urgent);
                 continue;
             }
             s.processing.insert(key.clone());
