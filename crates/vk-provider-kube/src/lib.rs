@@ -23,6 +23,7 @@ pub mod observed;
 pub mod stats;
 pub mod status;
 pub mod streams;
+pub mod sweep;
 pub mod translate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -34,7 +35,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod, ResourceQuota, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -144,6 +145,11 @@ struct State {
     reported: Mutex<HashMap<String, (String, u64)>>,
     /// Source UIDs whose backend pod this provider is deleting (on the core's request).
     deleting: Mutex<HashSet<String>>,
+    /// Source UID → (backend namespace, names) of the per-pod Secrets a create wrote that no
+    /// backend pod owns yet. The garbage collector cannot remove them, so this process deletes
+    /// them by name when the create fails or the pod goes; `sweep_ownerless` handles what a crash
+    /// left.
+    unowned: Mutex<HashMap<String, (String, Vec<String>)>>,
     /// Event UIDs → count already forwarded.
     events: Mutex<HashMap<String, i32>>,
 }
@@ -279,6 +285,99 @@ impl Inner {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// Per-pod Secrets that no backend pod owns, left by a crash between writing them and owning
+    /// them (see `sweep`): adopted by their pod, or deleted when it is gone. Returns (adopted,
+    /// deleted).
+    #[tracing::instrument(skip_all)]
+    async fn sweep_ownerless(&self) -> Result<(usize, usize), ProviderError> {
+        let selector = self.selector();
+        let mut pods = HashMap::new();
+        self.list_observed(&selector, |p| {
+            if let (Some(key), Some(namespace), Some(name), Some(uid)) = (
+                identity::source_key(&p),
+                p.metadata.namespace.clone(),
+                p.metadata.name.clone(),
+                p.metadata.uid.clone(),
+            ) {
+                pods.insert(
+                    key.uid,
+                    sweep::BackendPodRef {
+                        namespace,
+                        name,
+                        uid,
+                    },
+                );
+            }
+        })
+        .await?;
+        let api: Api<Secret> = match self.cfg.namespace_mapping {
+            NamespaceMapping::Managed => Api::namespaced(self.client.clone(), &self.namespace),
+            NamespaceMapping::SameName => Api::all(self.client.clone()),
+        };
+        let mut verdicts = Vec::new();
+        let mut lp = ListParams::default().labels(&selector).limit(LIST_PAGE);
+        loop {
+            let page = timed("listing per-pod Secrets", api.list_metadata(&lp)).await?;
+            for s in &page.items {
+                match sweep::verdict(&s.metadata, &pods) {
+                    sweep::Verdict::Keep => {}
+                    v => verdicts.push((
+                        s.metadata.namespace.clone().unwrap_or_default(),
+                        s.metadata.name.clone().unwrap_or_default(),
+                        v,
+                    )),
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => lp = lp.continue_token(&token),
+                None => break,
+            }
+        }
+        let (mut adopted, mut deleted) = (0, 0);
+        for (ns, name, verdict) in verdicts {
+            let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+            let done = match verdict {
+                sweep::Verdict::Keep => continue,
+                sweep::Verdict::Adopt(owner) => {
+                    let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
+                    let pp = PatchParams::default();
+                    let r = timed(
+                        "owning a per-pod Secret",
+                        secrets.patch(&name, &pp, &Patch::Merge(&patch)),
+                    )
+                    .await;
+                    adopted += usize::from(r.is_ok());
+                    r.map(|_| ())
+                }
+                sweep::Verdict::Delete { resource_version } => {
+                    let dp = DeleteParams {
+                        preconditions: Some(kube::api::Preconditions {
+                            uid: None,
+                            resource_version: Some(resource_version),
+                        }),
+                        ..Default::default()
+                    };
+                    match tokio::time::timeout(CALL_TIMEOUT, secrets.delete(&name, &dp)).await {
+                        Ok(Ok(_)) => {
+                            deleted += 1;
+                            Ok(())
+                        }
+                        // Gone already, or rewritten since the list: not an orphan to delete.
+                        Ok(Err(e)) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+                        Ok(Err(e)) => Err(api_error("deleting a per-pod Secret", e)),
+                        Err(_) => Err(ProviderError::transient(
+                            "deleting a per-pod Secret: no answer",
+                        )),
+                    }
+                }
+            };
+            if let Err(e) = done {
+                warn!(error = %e, namespace = %ns, secret = %name, "a per-pod Secret without an owner stays");
+            }
+        }
+        Ok((adopted, deleted))
     }
 
     fn selector(&self) -> String {
@@ -472,15 +571,8 @@ impl Inner {
         let (Some(uid), Some(name)) = (pod.metadata.uid.clone(), pod.metadata.name.clone()) else {
             return Ok(());
         };
-        let owner = OwnerReference {
-            api_version: "v1".into(),
-            kind: "Pod".into(),
-            name,
-            uid,
-            controller: None,
-            block_owner_deletion: None,
-        };
-        let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
+        let patch =
+            serde_json::json!({"metadata": {"ownerReferences": [sweep::owner(&name, &uid)]}});
         let pp = PatchParams::default();
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         // Independent writes, at once (see create_pod).
@@ -936,22 +1028,30 @@ impl Inner {
             .collect()
     }
 
-    /// Delete one source pod's per-pod Secrets (best effort: cleanup and the backend's garbage
-    /// collector catch what this misses).
-    async fn delete_pod_objects(&self, ns: &str, uid: &str) {
-        let lp = ListParams::default().labels(&format!(
-            "{},{}={}",
-            identity::node_selector(&self.cluster_id, &self.node),
-            identity::SOURCE_UID_LABEL,
-            uid
-        ));
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        if let Err(e) = secrets
-            .delete_collection(&DeleteParams::default(), &lp)
-            .await
-        {
-            debug!(error = %e, uid, "deleting per-pod Secrets");
-        }
+    /// Delete, by name, the per-pod Secrets of a source pod that no backend pod owns (best
+    /// effort: `sweep_ownerless` at the next start and `vkubelet cleanup` catch what this misses).
+    /// By name, not by label: a delete-collection lists every Secret of the namespace from etcd,
+    /// which made each pod's delete cost O(pods) on the backend.
+    async fn delete_unowned(&self, uid: &str) {
+        let Some((ns, names)) = self.state.unowned.lock().remove(uid) else {
+            return;
+        };
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let dp = DeleteParams::default();
+        futures::future::join_all(names.iter().map(|name| {
+            let (secrets, dp) = (&secrets, &dp);
+            async move {
+                match tokio::time::timeout(CALL_TIMEOUT, secrets.delete(name, dp)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) if is_status(&e, 404) => {}
+                    Ok(Err(e)) => {
+                        debug!(error = %e, uid, secret = %name, "deleting a per-pod Secret")
+                    }
+                    Err(_) => debug!(uid, secret = %name, "deleting a per-pod Secret: no answer"),
+                }
+            }
+        }))
+        .await;
     }
 
     /// The backend node's kubelet summary, through the backend API's `nodes/proxy`.
@@ -1030,6 +1130,18 @@ impl Provider for KubeProvider {
         if self.cfg.namespace_mapping == NamespaceMapping::Managed {
             self.ensure_namespace(&self.namespace).await?;
         }
+        // Before the core creates anything: no create of this process can race the sweep.
+        match self.sweep_ownerless().await {
+            Ok((0, 0)) => {}
+            Ok((adopted, deleted)) => {
+                info!(
+                    adopted,
+                    deleted, "per-pod Secrets a crash left without an owner"
+                )
+            }
+            // Not a reason to keep the node down: `vkubelet cleanup` removes them all.
+            Err(e) => warn!(error = %e, "could not look for per-pod Secrets without an owner"),
+        }
         tokio::spawn(self.inner.clone().watch_pods());
         tokio::spawn(self.inner.clone().watch_events());
         tokio::spawn(self.inner.clone().watch_namespaces());
@@ -1098,8 +1210,25 @@ impl Provider for KubeProvider {
                     .extend(self.cfg.tolerations.iter().cloned());
             }
         }
+        let names: Vec<String> = t
+            .secrets
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect();
+        if !names.is_empty() {
+            self.state
+                .unowned
+                .lock()
+                .insert(pod.key.uid.clone(), (ns.clone(), names));
+        }
         // Usually one Secret; a pod with volumes too large to share it has more, written at once.
-        futures::future::try_join_all(t.secrets.iter().map(|s| self.put_secret(&ns, s))).await?;
+        if let Err(e) =
+            futures::future::try_join_all(t.secrets.iter().map(|s| self.put_secret(&ns, s))).await
+        {
+            // No pod references them yet: take back what was written (a retry writes them again).
+            self.delete_unowned(&pod.key.uid).await;
+            return Err(e);
+        }
         let api = self.pods_api(&ns);
         let created =
             match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &t.pod))
@@ -1134,10 +1263,9 @@ impl Provider for KubeProvider {
                     if matches!(err, ProviderError::QuotaExceeded(_)) {
                         self.state.node_changed();
                     }
-                    if err.is_permanent() {
-                        // No pod will ever own them: take the per-pod objects back now.
-                        self.delete_pod_objects(&ns, &pod.key.uid).await;
-                    }
+                    // The API answered: there is no pod to own them. A retry writes them again,
+                    // and if none comes (the source pod is deleted first) nothing is left.
+                    self.delete_unowned(&pod.key.uid).await;
                     return Err(err);
                 }
                 Err(_) => {
@@ -1147,6 +1275,7 @@ impl Provider for KubeProvider {
                 }
             };
         self.adopt_objects(&ns, &t, &created).await?;
+        self.state.unowned.lock().remove(&pod.key.uid);
         self.observe(&created);
         Ok(())
     }
@@ -1214,12 +1343,14 @@ impl Provider for KubeProvider {
             grace_period_seconds: Some(u32::try_from(grace.as_secs()).unwrap_or(u32::MAX)),
             ..Default::default()
         };
-        match tokio::time::timeout(CALL_TIMEOUT, api.delete(&name, &dp)).await {
+        let result = tokio::time::timeout(CALL_TIMEOUT, api.delete(&name, &dp)).await;
+        if matches!(&result, Ok(Ok(_))) || matches!(&result, Ok(Err(e)) if is_status(e, 404)) {
+            // Secrets of a create that timed out (its pod may exist) have no owner to take them.
+            self.delete_unowned(&key.uid).await;
+        }
+        match result {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) if is_status(&e, 404) => {
-                // Never created (or gone already): what a failed create left is ours to remove.
-                self.delete_pod_objects(&self.backend_namespace(key), &key.uid)
-                    .await;
                 self.forget(&key.uid);
                 Ok(())
             }

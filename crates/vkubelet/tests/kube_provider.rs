@@ -883,6 +883,34 @@ async fn backend_quota_exhausted_sells_the_node_out_until_raised() {
         }
     })
     .await;
+    // A refused pod deleted while it waits leaves nothing on B: the Secret each attempt wrote
+    // has no pod to own it, so the attempt itself takes it back.
+    let third =
+        t.a.create(
+            &t.pod("third", "exec sleep 3600")
+                .node_name(t.va.node.clone())
+                .build(),
+        )
+        .await;
+    wait_event(&t.a, "third", "ProviderCreateFailed").await;
+    t.a.kubectl_ns(["delete", "pod", "third", "--wait=true"])
+        .await
+        .assert_success();
+    let secrets: Api<Secret> = Api::namespaced(t.b.client(), &t.managed);
+    let of_third = ListParams::default().labels(&format!(
+        "{}={}",
+        vk_provider_kube::identity::SOURCE_UID_LABEL,
+        uid(&third)
+    ));
+    wait_for(WAIT, POLL, async || {
+        let left = secrets.list(&of_third).await.map_err(|e| e.to_string())?;
+        if left.items.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} Secrets of the deleted pod", left.items.len()))
+        }
+    })
+    .await;
     let mut raised = quotas.get("burst").await.expect("get quota");
     raised.spec = quota("5").spec;
     quotas
@@ -1447,7 +1475,8 @@ async fn a_rotating_token_file_keeps_working_and_stats_without_node_access_are_a
 
 /// A source pod deleted while vkubelet-A is down: after the restart its backend pod is deleted
 /// (once both sides are fully listed), while the backend pod of a pod that still exists is
-/// adopted as it is, not re-created.
+/// adopted as it is, not re-created. Per-pod Secrets a crash left without an owner are owned
+/// again by their pod, or deleted when there is none.
 #[tokio::test]
 async fn after_a_restart_orphans_are_deleted_and_the_rest_adopted() {
     let Some(mut t) = Burst::start().await else {
@@ -1481,10 +1510,80 @@ async fn after_a_restart_orphans_are_deleted_and_the_rest_adopted() {
         2,
         "B keeps both while A is down"
     );
+    // What a kill -9 between writing a pod's Secret and owning it leaves: kept's Secret without
+    // its owner, and the Secret of a pod that was never made (its source gone since).
+    let secrets: Api<Secret> = Api::namespaced(t.b.client(), &t.managed);
+    let kept_secret = format!(
+        "{}-data",
+        before
+            .iter()
+            .find(|p| source_uid(p) == uid(&kept))
+            .and_then(|p| p.metadata.name.clone())
+            .expect("kept's backend name")
+    );
+    secrets
+        .patch(
+            &kept_secret,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"ownerReferences": null}})),
+        )
+        .await
+        .expect("disown kept's Secret");
+    let ghost = vk_core::PodKey::new("ghost-uid", t.a.namespace(), "ghost");
+    let ghost_secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("ghost-uid-data".into()),
+            labels: Some(vk_provider_kube::identity::pod_labels(
+                t.a.namespace(),
+                &t.va.node,
+                &ghost,
+            )),
+            ..Default::default()
+        },
+        string_data: Some([("A".to_string(), "1".to_string())].into()),
+        ..Default::default()
+    };
+    secrets
+        .create(&Default::default(), &ghost_secret)
+        .await
+        .expect("plant a Secret without a pod");
     t.va.resume();
     let after = wait_backend_running(&t, &[uid(&kept)].into()).await;
     assert_eq!(uid(&after[0]), kept_instance, "adopted, not re-created");
     common::wait_pod_phase(&t.a, "kept", "Running").await;
+    // The ghost's Secret is deleted, the orphan's goes with its pod, kept's is owned again.
+    let left = wait_for(WAIT, POLL, async || {
+        let ours = ListParams::default().labels(&vk_provider_kube::identity::install_selector(
+            t.a.namespace(),
+        ));
+        let names: BTreeSet<String> = secrets
+            .list(&ours)
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .collect();
+        if names == BTreeSet::from([kept_secret.clone()]) {
+            Ok(names)
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
+    .await;
+    assert_eq!(left.len(), 1);
+    let owners = secrets
+        .get(&kept_secret)
+        .await
+        .expect("kept's Secret")
+        .metadata
+        .owner_references
+        .unwrap_or_default();
+    assert_eq!(
+        owners.iter().map(|o| o.uid.as_str()).collect::<Vec<_>>(),
+        [kept_instance.as_str()],
+        "kept's Secret is owned by its backend pod again"
+    );
 }
 
 /// The pod's registry credentials (resolved on A) reach B as one per-pod
