@@ -102,6 +102,8 @@ struct Entry {
     /// How often a ConfigMap or Secret behind one of the pod's volumes changed.
     references_changed: u64,
     created_at: Option<Instant>,
+    /// When the backend last said the pod is there (a status push, or our own create).
+    backend_seen_at: Option<Instant>,
     status_writes: u32,
     /// What we last wrote, and the API server's echo of it: while both still hold, there is
     /// nothing to write even if the server dropped fields it does not know (hostIPs on 1.20).
@@ -126,6 +128,7 @@ impl Entry {
             state: PodState::New { verdict: None },
             references_changed: 0,
             created_at: None,
+            backend_seen_at: None,
             status_writes: 0,
             written: None,
             last_error: None,
@@ -359,6 +362,7 @@ impl PodController {
                     e.backend = Backend::Present;
                 }
                 e.backend_status = Some(status);
+                e.backend_seen_at = Some(Instant::now());
             }
             PodUpdate::Gone => {
                 let Some(e) = pods.get_mut(uid) else { return };
@@ -614,13 +618,7 @@ impl PodController {
             if on_backend.contains(uid) {
                 continue;
             }
-            match e.backend {
-                Backend::Unknown => e.backend = Backend::Absent,
-                // Created after the list started: the list may simply predate it.
-                Backend::Present if e.created_at.is_some_and(|t| t >= started) => {}
-                Backend::Present => e.backend = Backend::Gone,
-                Backend::Absent | Backend::Gone => {}
-            }
+            e.backend = unlisted(e.backend, e.backend_seen_at, started);
         }
         Ok(())
     }
@@ -805,7 +803,9 @@ impl PodController {
                         if e.backend != Backend::Gone {
                             e.backend = Backend::Present;
                         }
-                        e.created_at = Some(Instant::now());
+                        let now = Instant::now();
+                        e.created_at = Some(now);
+                        e.backend_seen_at = Some(now);
                     });
                     self.metrics
                         .pods_created
@@ -1400,12 +1400,46 @@ fn unknown_key(uid: &str) -> PodKey {
     PodKey::new(uid, "", "")
 }
 
+/// What a backend list that lacks a pod says about it, for a list that began at `started`.
+/// A pod the backend reported (or we created) since then is there: the list's snapshot may
+/// simply predate it. That includes a pod whose create is still in flight while the watch
+/// already shows it; marking that one gone re-created it (thousands of second creates in a
+/// 10,000-pod burst into a slow backend, whose list took 25 s).
+fn unlisted(backend: Backend, seen_at: Option<Instant>, started: Instant) -> Backend {
+    match backend {
+        Backend::Unknown => Backend::Absent,
+        Backend::Present if seen_at.is_some_and(|t| t >= started) => Backend::Present,
+        Backend::Present => Backend::Gone,
+        b @ (Backend::Absent | Backend::Gone) => b,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn a_pod_missing_from_a_backend_list_is_gone_only_if_not_seen_since_the_list_began() {
+        let started = Instant::now();
+        let before = started.checked_sub(secs(5));
+        let after = Some(started + secs(1));
+        // Reported (or created) while the list was running: its snapshot may predate the pod.
+        assert_eq!(unlisted(Backend::Present, after, started), Backend::Present);
+        assert_eq!(
+            unlisted(Backend::Present, Some(started), started),
+            Backend::Present
+        );
+        // Last seen before the list began, and not in it: gone.
+        assert_eq!(unlisted(Backend::Present, before, started), Backend::Gone);
+        assert_eq!(unlisted(Backend::Present, None, started), Backend::Gone);
+        // The first list settles what was unknown; absence and loss stay as they are.
+        assert_eq!(unlisted(Backend::Unknown, None, started), Backend::Absent);
+        assert_eq!(unlisted(Backend::Absent, after, started), Backend::Absent);
+        assert_eq!(unlisted(Backend::Gone, after, started), Backend::Gone);
     }
 
     #[test]
