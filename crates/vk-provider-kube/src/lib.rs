@@ -114,6 +114,12 @@ fn reported_already(reported: &HashMap<String, (String, u64)>, uid: &str, pod: &
     }
 }
 
+/// Whether the API refused a write for good reason of its own (4xx other than a conflict or
+/// throttling): then the write did not happen. After a 5xx it may have.
+fn is_refusal(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
+}
+
 fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
@@ -1238,13 +1244,9 @@ impl Provider for KubeProvider {
                 .insert(pod.key.uid.clone(), (ns.clone(), names));
         }
         // Usually one Secret; a pod with volumes too large to share it has more, written at once.
-        if let Err(e) =
-            futures::future::try_join_all(t.secrets.iter().map(|s| self.put_secret(&ns, s))).await
-        {
-            // No pod references them yet: take back what was written (a retry writes them again).
-            self.delete_unowned(&pod.key.uid).await;
-            return Err(e);
-        }
+        // On failure they stay listed as unowned: an earlier attempt's pod, whose create got no
+        // answer, may exist and need them.
+        futures::future::try_join_all(t.secrets.iter().map(|s| self.put_secret(&ns, s))).await?;
         let api = self.pods_api(&ns);
         let created =
             match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &t.pod))
@@ -1275,13 +1277,19 @@ impl Provider for KubeProvider {
                     }
                 }
                 Ok(Err(e)) => {
+                    let refused = is_refusal(&e);
                     let err = self.write_error("creating the backend pod", &ns, e);
                     if matches!(err, ProviderError::QuotaExceeded(_)) {
                         self.state.node_changed();
                     }
-                    // The API answered: there is no pod to own them. A retry writes them again,
-                    // and if none comes (the source pod is deleted first) nothing is left.
-                    self.delete_unowned(&pod.key.uid).await;
+                    // Refused (quota, an invalid pod): there is no pod to own them. A retry
+                    // writes them again, and if none comes (the source pod is deleted first)
+                    // nothing is left. After a 5xx the pod may exist all the same (a 504 once
+                    // the write is in etcd), and the core may adopt it without another create:
+                    // its Secrets stay, for `delete_pod` to take back.
+                    if refused {
+                        self.delete_unowned(&pod.key.uid).await;
+                    }
                     return Err(err);
                 }
                 Err(_) => {
@@ -1675,6 +1683,24 @@ mod tests {
             "cce-burst-0b6f1c2e-3d4a-4b5c-8d9e-0f1a2b3c4d5e"
         );
         assert!(managed_namespace_name(&"x".repeat(100)).len() <= 63);
+    }
+
+    #[test]
+    fn only_a_4xx_refusal_means_a_create_did_not_happen() {
+        let status = |code: u16| {
+            kube::Error::Api(
+                kube::core::Status::failure("m", "Reason")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        for code in [400, 403, 404, 422] {
+            assert!(is_refusal(&status(code)), "{code}");
+        }
+        // A conflict, throttling, or a server error: the write may have happened.
+        for code in [409, 429, 500, 503, 504] {
+            assert!(!is_refusal(&status(code)), "{code}");
+        }
     }
 
     #[test]
