@@ -98,22 +98,6 @@ async fn timed<T>(
     }
 }
 
-/// Whether `reported` (source UID → backend instance and resourceVersion pushed to the core)
-/// holds this backend pod's status already: the same instance, at its version or a newer one.
-fn reported_already(reported: &HashMap<String, (String, u64)>, uid: &str, pod: &Pod) -> bool {
-    let version = pod
-        .metadata
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse::<u64>().ok());
-    match (reported.get(uid), pod.metadata.uid.as_deref(), version) {
-        (Some((instance, seen)), Some(listed), Some(version)) => {
-            instance == listed && *seen >= version
-        }
-        _ => false,
-    }
-}
-
 /// Whether the API refused a write for good reason of its own (4xx other than a conflict or
 /// throttling): then the write did not happen. After a 5xx it may have.
 fn is_refusal(e: &kube::Error) -> bool {
@@ -1391,14 +1375,7 @@ impl Provider for KubeProvider {
             let Some(key) = identity::source_key(&p) else {
                 return;
             };
-            // The core takes a listed status only for a pod it has none of; one the watch
-            // pushed already (this instance, this version or newer) would be a copy held for
-            // the whole list: at 10,000 pods, tens of MB at once, every resync.
-            let status = if reported_already(&self.state.reported.lock(), &key.uid, &p) {
-                None
-            } else {
-                status::source_status(&p, &self.node_ip, identity::restart_base(&p))
-            };
+            let status = status::source_status(&p, &self.node_ip, identity::restart_base(&p));
             self.state.pods.lock().insert(
                 key.uid.clone(),
                 (
@@ -1616,35 +1593,6 @@ mod tests {
             }),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn a_listed_status_is_left_out_only_when_that_instance_and_version_were_pushed() {
-        let listed = backend_pod("instance-1", "7", "Running");
-        let with = |instance: &str, version: u64| {
-            HashMap::from([("src-uid".to_string(), (instance.to_string(), version))])
-        };
-        assert!(reported_already(&with("instance-1", 7), "src-uid", &listed));
-        assert!(reported_already(&with("instance-1", 9), "src-uid", &listed));
-        assert!(
-            !reported_already(&with("instance-1", 6), "src-uid", &listed),
-            "newer on the list"
-        );
-        assert!(
-            !reported_already(&with("instance-0", 9), "src-uid", &listed),
-            "another instance"
-        );
-        assert!(
-            !reported_already(&HashMap::new(), "src-uid", &listed),
-            "never pushed"
-        );
-        let mut unparsable = listed.clone();
-        unparsable.metadata.resource_version = Some("x".into());
-        assert!(!reported_already(
-            &with("instance-1", 9),
-            "src-uid",
-            &unparsable
-        ));
     }
 
     #[tokio::test]

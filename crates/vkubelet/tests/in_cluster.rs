@@ -27,7 +27,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use vk_testkit::{PodBuilder, TestEnv, wait_for};
+use vk_testkit::{PodBuilder, TestEnv, try_wait_for, wait_for};
 
 /// The virtual nodes of deploy/overlays/test-kube/nodes.yaml, and their clusterID.
 const TEST_NODES: [&str; 2] = ["vk-incluster-a", "vk-incluster-b"];
@@ -293,6 +293,20 @@ fn replica_logs(bootstrap: &Vk) -> String {
             });
         let Some(log) = newest else { continue };
         if let Ok(text) = std::fs::read_to_string(&log) {
+            // The last warnings and errors, then the last lines: what went wrong is rarely
+            // what was logged last.
+            let mut warned: Vec<&str> = text
+                .lines()
+                .rev()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .take(20)
+                .collect();
+            warned.reverse();
+            out.push_str(&format!("--- {} (warnings)\n", log.display()));
+            for l in warned {
+                out.push_str(l);
+                out.push('\n');
+            }
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
             out.push_str(&format!("--- {}\n", log.display()));
             for l in tail.into_iter().rev() {
@@ -474,26 +488,71 @@ fn source_uid(p: &Pod) -> String {
         .unwrap_or_default()
 }
 
-/// The burst's pods on A once all `n` are Running.
-async fn wait_burst_running(env: &TestEnv, n: usize) -> Vec<Pod> {
+/// The burst's pods on A once all `n` are Running. On timeout the failure shows what the
+/// stragglers say and what the replicas logged: a count alone cannot be diagnosed from CI.
+async fn wait_burst_running(env: &TestEnv, bootstrap: &Vk, n: usize) -> Vec<Pod> {
     let pods: Api<Pod> = env.api();
     let lp = ListParams::default().labels("app=burst");
-    wait_for(BURST_WAIT, POLL, async || {
+    let waited = try_wait_for(BURST_WAIT, POLL, async || {
         let list = pods.list(&lp).await.map_err(|e| e.to_string())?.items;
-        let running = list
+        let (running, waiting): (Vec<&Pod>, Vec<&Pod>) = list
             .iter()
-            .filter(|p| phase(p).as_deref() == Some("Running"))
-            .count();
-        if running == n && list.len() == n {
+            .partition(|p| phase(p).as_deref() == Some("Running"));
+        if running.len() == n && list.len() == n {
             Ok(list)
         } else {
+            let sample: Vec<String> = waiting.iter().take(5).map(|p| straggler(p)).collect();
             Err(format!(
-                "{running}/{} burst pods running, want {n}",
-                list.len()
+                "{}/{} burst pods running, want {n}; not running, for example:\n{}",
+                running.len(),
+                list.len(),
+                sample.join("\n")
             ))
         }
     })
-    .await
+    .await;
+    match waited {
+        Ok(list) => list,
+        Err(timeout) => panic!("wait_for timed out: {timeout}\n{}", replica_logs(bootstrap)),
+    }
+}
+
+/// One line on a pod that is not Running: where it is bound, its phase and what its
+/// conditions and containers say.
+fn straggler(p: &Pod) -> String {
+    let status = p.status.clone().unwrap_or_default();
+    let conditions: Vec<String> = status
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            format!(
+                "{}={}{}",
+                c.type_,
+                c.status,
+                c.reason
+                    .as_deref()
+                    .map(|r| format!("({r})"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    let containers: Vec<String> = status
+        .container_statuses
+        .unwrap_or_default()
+        .iter()
+        .map(|c| format!("{}:{:?}", c.name, c.state))
+        .collect();
+    format!(
+        "  {} uid={} node={:?} phase={:?} reason={:?} conditions=[{}] containers=[{}]",
+        p.metadata.name.as_deref().unwrap_or_default(),
+        uid(p),
+        p.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        status.phase,
+        status.reason,
+        conditions.join(" "),
+        containers.join(" ")
+    )
 }
 
 /// B holds exactly one Running pod per API pod of `api` (by source UID) and nothing else, and
@@ -1009,7 +1068,7 @@ async fn deploy_runs_in_cluster_survives_kill9_and_a_rollout_then_uninstalls_to_
     })
     .await;
     eprintln!("{leader} restarted {restarted} time(s) after the kill");
-    let api = wait_burst_running(&env, BURST).await;
+    let api = wait_burst_running(&env, &bootstrap, BURST).await;
     for p in &api {
         assert_eq!(
             restarts(p),
@@ -1057,7 +1116,7 @@ async fn deploy_runs_in_cluster_survives_kill9_and_a_rollout_then_uninstalls_to_
     // Each node led by a new replica, which has re-listed both sides.
     let new_leaders = wait_synced_leaders(&env, &bootstrap, &new_replicas).await;
     eprintln!("after the rollout: {new_leaders:?}");
-    let after = wait_burst_running(&env, BURST).await;
+    let after = wait_burst_running(&env, &bootstrap, BURST).await;
     let after: BTreeMap<String, (Option<String>, i32)> = after
         .iter()
         .map(|p| (uid(p), (phase(p), restarts(p))))
