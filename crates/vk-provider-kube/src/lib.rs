@@ -36,7 +36,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod, ResourceQuota, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectList, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use parking_lot::Mutex;
@@ -96,6 +96,61 @@ async fn timed<T>(
             "{op}: the backend API gave no answer within {CALL_TIMEOUT:?}"
         ))),
     }
+}
+
+/// Every item of a list, page by page (pages from etcd, `LIST_PAGE` items each): a list of
+/// thousands in one piece would be held whole, on both sides, at once.
+async fn for_each_page<K, F>(
+    what: &str,
+    lp: ListParams,
+    mut fetch: impl FnMut(ListParams) -> F,
+    mut each: impl FnMut(K),
+) -> Result<(), ProviderError>
+where
+    K: Clone,
+    F: std::future::Future<Output = kube::Result<ObjectList<K>>>,
+{
+    let mut lp = lp.limit(LIST_PAGE);
+    loop {
+        let page = timed(what, fetch(lp.clone())).await?;
+        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+        page.items.into_iter().for_each(&mut each);
+        match next {
+            Some(token) => lp = lp.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Delete one per-pod Secret by name. `Ok(false)`: nothing to delete, because it is gone already
+/// or (with a resourceVersion precondition) was rewritten since it was read.
+async fn delete_secret(
+    secrets: &Api<Secret>,
+    name: &str,
+    dp: &DeleteParams,
+) -> Result<bool, ProviderError> {
+    match tokio::time::timeout(CALL_TIMEOUT, secrets.delete(name, dp)).await {
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(e)) if is_status(&e, 404) || is_status(&e, 409) => Ok(false),
+        Ok(Err(e)) => Err(api_error("deleting a per-pod Secret", e)),
+        Err(_) => Err(ProviderError::transient(
+            "deleting a per-pod Secret: no answer",
+        )),
+    }
+}
+
+/// Make backend pod `owner` (`sweep::owner_patch`) the owner of one per-pod Secret.
+async fn own_secret(
+    secrets: &Api<Secret>,
+    name: &str,
+    owner_patch: &serde_json::Value,
+) -> Result<(), ProviderError> {
+    timed(
+        "owning a per-pod Secret",
+        secrets.patch(name, &PatchParams::default(), &Patch::Merge(owner_patch)),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Whether the API refused a write for good reason of its own (4xx other than a conflict or
@@ -282,15 +337,16 @@ impl Inner {
         mut each: impl FnMut(Pod),
     ) -> Result<(), ProviderError> {
         let api = self.watched_pods();
-        let mut lp = ListParams::default().labels(selector).limit(LIST_PAGE);
-        loop {
-            let page = timed("listing backend pods", api.list(&lp)).await?;
-            page.items.into_iter().map(Pod::from).for_each(&mut each);
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => lp = lp.continue_token(&token),
-                None => return Ok(()),
-            }
-        }
+        for_each_page(
+            "listing backend pods",
+            ListParams::default().labels(selector),
+            |lp| {
+                let api = &api;
+                async move { api.list(&lp).await }
+            },
+            |p| each(Pod::from(p)),
+        )
+        .await
     }
 
     /// Per-pod Secrets that no backend pod owns, left by a crash between writing them and owning
@@ -323,41 +379,37 @@ impl Inner {
             NamespaceMapping::SameName => Api::all(self.client.clone()),
         };
         let mut verdicts = Vec::new();
-        let mut lp = ListParams::default().labels(&selector).limit(LIST_PAGE);
-        loop {
-            let page = timed("listing per-pod Secrets", api.list_metadata(&lp)).await?;
-            for s in &page.items {
-                match sweep::verdict(&s.metadata, &pods) {
-                    sweep::Verdict::Keep => {}
-                    v => verdicts.push((
-                        s.metadata.namespace.clone().unwrap_or_default(),
-                        s.metadata.name.clone().unwrap_or_default(),
-                        v,
-                    )),
-                }
-            }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => lp = lp.continue_token(&token),
-                None => break,
-            }
-        }
+        for_each_page(
+            "listing per-pod Secrets",
+            ListParams::default().labels(&selector),
+            |lp| {
+                let api = &api;
+                async move { api.list_metadata(&lp).await }
+            },
+            |s| match sweep::verdict(&s.metadata, &pods) {
+                sweep::Verdict::Keep => {}
+                v => verdicts.push((
+                    s.metadata.namespace.clone().unwrap_or_default(),
+                    s.metadata.name.clone().unwrap_or_default(),
+                    v,
+                )),
+            },
+        )
+        .await?;
         let (mut adopted, mut deleted) = (0, 0);
         for (ns, name, verdict) in verdicts {
             let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
             let done = match verdict {
                 sweep::Verdict::Keep => continue,
-                sweep::Verdict::Adopt(owner) => {
-                    let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
-                    let pp = PatchParams::default();
-                    let r = timed(
-                        "owning a per-pod Secret",
-                        secrets.patch(&name, &pp, &Patch::Merge(&patch)),
-                    )
-                    .await;
-                    adopted += usize::from(r.is_ok());
-                    r.map(|_| ())
-                }
+                sweep::Verdict::Adopt(owner) => own_secret(
+                    &secrets,
+                    &name,
+                    &sweep::owner_patch(&owner.name, &owner.uid),
+                )
+                .await
+                .map(|()| adopted += 1),
                 sweep::Verdict::Delete { resource_version } => {
+                    // Rewritten since the list (a 409): not an orphan to delete.
                     let dp = DeleteParams {
                         preconditions: Some(kube::api::Preconditions {
                             uid: None,
@@ -365,18 +417,9 @@ impl Inner {
                         }),
                         ..Default::default()
                     };
-                    match tokio::time::timeout(CALL_TIMEOUT, secrets.delete(&name, &dp)).await {
-                        Ok(Ok(_)) => {
-                            deleted += 1;
-                            Ok(())
-                        }
-                        // Gone already, or rewritten since the list: not an orphan to delete.
-                        Ok(Err(e)) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
-                        Ok(Err(e)) => Err(api_error("deleting a per-pod Secret", e)),
-                        Err(_) => Err(ProviderError::transient(
-                            "deleting a per-pod Secret: no answer",
-                        )),
-                    }
+                    delete_secret(&secrets, &name, &dp)
+                        .await
+                        .map(|gone| deleted += usize::from(gone))
                 }
             };
             if let Err(e) = done {
@@ -577,22 +620,12 @@ impl Inner {
         let (Some(uid), Some(name)) = (pod.metadata.uid.clone(), pod.metadata.name.clone()) else {
             return Ok(());
         };
-        let patch =
-            serde_json::json!({"metadata": {"ownerReferences": [sweep::owner(&name, &uid)]}});
-        let pp = PatchParams::default();
+        let patch = sweep::owner_patch(&name, &uid);
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         // Independent writes, at once (see create_pod).
         futures::future::try_join_all(t.secrets.iter().map(|s| {
-            let name = s.metadata.name.clone().unwrap_or_default();
-            let (api, pp, patch) = (&secrets, &pp, &patch);
-            async move {
-                timed(
-                    "owning a per-pod Secret",
-                    api.patch(&name, pp, &Patch::Merge(patch)),
-                )
-                .await
-                .map(|_| ())
-            }
+            let name = s.metadata.name.as_deref().unwrap_or_default();
+            own_secret(&secrets, name, &patch)
         }))
         .await?;
         Ok(())
@@ -1047,13 +1080,8 @@ impl Inner {
         futures::future::join_all(names.iter().map(|name| {
             let (secrets, dp) = (&secrets, &dp);
             async move {
-                match tokio::time::timeout(CALL_TIMEOUT, secrets.delete(name, dp)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) if is_status(&e, 404) => {}
-                    Ok(Err(e)) => {
-                        debug!(error = %e, uid, secret = %name, "deleting a per-pod Secret")
-                    }
-                    Err(_) => debug!(uid, secret = %name, "deleting a per-pod Secret: no answer"),
+                if let Err(e) = delete_secret(secrets, name, dp).await {
+                    debug!(error = %e, uid, secret = %name, "a per-pod Secret stays");
                 }
             }
         }))

@@ -44,6 +44,11 @@ pub fn owner(name: &str, uid: &str) -> OwnerReference {
     }
 }
 
+/// The merge patch that makes backend pod `name` (UID `uid`) a per-pod object's only owner.
+pub fn owner_patch(name: &str, uid: &str) -> serde_json::Value {
+    serde_json::json!({"metadata": {"ownerReferences": [owner(name, uid)]}})
+}
+
 /// Judges one Secret listed with this node's selector; `pods` maps source UIDs to this node's
 /// backend pods.
 pub fn verdict(secret: &ObjectMeta, pods: &HashMap<String, BackendPodRef>) -> Verdict {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{DEPLOY_NAMESPACE, POLL, Vk, backend_cluster, deploy_dir, phase, restarts};
+use common::{DEPLOY_NAMESPACE, POLL, Vk, backend_cluster, deploy_dir, phase, restarts, straggler};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -515,44 +515,6 @@ async fn wait_burst_running(env: &TestEnv, bootstrap: &Vk, n: usize) -> Vec<Pod>
         Ok(list) => list,
         Err(timeout) => panic!("wait_for timed out: {timeout}\n{}", replica_logs(bootstrap)),
     }
-}
-
-/// One line on a pod that is not Running: where it is bound, its phase and what its
-/// conditions and containers say.
-fn straggler(p: &Pod) -> String {
-    let status = p.status.clone().unwrap_or_default();
-    let conditions: Vec<String> = status
-        .conditions
-        .unwrap_or_default()
-        .iter()
-        .map(|c| {
-            format!(
-                "{}={}{}",
-                c.type_,
-                c.status,
-                c.reason
-                    .as_deref()
-                    .map(|r| format!("({r})"))
-                    .unwrap_or_default()
-            )
-        })
-        .collect();
-    let containers: Vec<String> = status
-        .container_statuses
-        .unwrap_or_default()
-        .iter()
-        .map(|c| format!("{}:{:?}", c.name, c.state))
-        .collect();
-    format!(
-        "  {} uid={} node={:?} phase={:?} reason={:?} conditions=[{}] containers=[{}]",
-        p.metadata.name.as_deref().unwrap_or_default(),
-        uid(p),
-        p.spec.as_ref().and_then(|s| s.node_name.as_deref()),
-        status.phase,
-        status.reason,
-        conditions.join(" "),
-        containers.join(" ")
-    )
 }
 
 /// B holds exactly one Running pod per API pod of `api` (by source UID) and nothing else, and

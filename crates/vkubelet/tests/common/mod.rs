@@ -660,6 +660,44 @@ pub fn phase(p: &Pod) -> Option<String> {
 }
 
 /// Wait until every pod matching `selector` in the namespace is Running, and there are `n`.
+/// One line on a pod that is not Running: where it is bound, its phase and what its
+/// conditions and containers say.
+pub fn straggler(p: &Pod) -> String {
+    let status = p.status.clone().unwrap_or_default();
+    let conditions: Vec<String> = status
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            format!(
+                "{}={}{}",
+                c.type_,
+                c.status,
+                c.reason
+                    .as_deref()
+                    .map(|r| format!("({r})"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    let containers: Vec<String> = status
+        .container_statuses
+        .unwrap_or_default()
+        .iter()
+        .map(|c| format!("{}:{:?}", c.name, c.state))
+        .collect();
+    format!(
+        "  {} uid={} node={:?} phase={:?} reason={:?} conditions=[{}] containers=[{}]",
+        p.metadata.name.as_deref().unwrap_or_default(),
+        p.metadata.uid.as_deref().unwrap_or_default(),
+        p.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        status.phase,
+        status.reason,
+        conditions.join(" "),
+        containers.join(" ")
+    )
+}
+
 pub async fn wait_running(env: &TestEnv, selector: &str, n: usize) -> Vec<Pod> {
     let pods: Api<Pod> = env.api();
     let lp = kube::api::ListParams::default().labels(selector);
@@ -673,7 +711,18 @@ pub async fn wait_running(env: &TestEnv, selector: &str, n: usize) -> Vec<Pod> {
         if running == n && list.items.len() == n {
             Ok(list.items)
         } else {
-            Err(format!("{running}/{} running, want {n}", list.items.len()))
+            let sample: Vec<String> = list
+                .items
+                .iter()
+                .filter(|p| phase(p).as_deref() != Some("Running"))
+                .take(5)
+                .map(straggler)
+                .collect();
+            Err(format!(
+                "{running}/{} running, want {n}; not running, for example:\n{}",
+                list.items.len(),
+                sample.join("\n")
+            ))
         }
     })
     .await
