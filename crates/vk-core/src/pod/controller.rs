@@ -260,13 +260,19 @@ impl PodController {
 
     /// Pods this node knows, for `/pods`-style listings.
     pub fn snapshot(&self) -> Vec<PodSummary> {
-        self.pods
+        // Stored pods are parsed after the table's lock is released: every worker needs it.
+        let stored: Vec<(PodKey, Option<StoredPod>, bool)> = self
+            .pods
             .lock()
             .values()
-            .map(|e| PodSummary {
-                key: e.key.clone(),
-                pod: e.api.as_ref().map(StoredPod::to_pod),
-                on_backend: e.backend == Backend::Present,
+            .map(|e| (e.key.clone(), e.api.clone(), e.backend == Backend::Present))
+            .collect();
+        stored
+            .into_iter()
+            .map(|(key, api, on_backend)| PodSummary {
+                key,
+                pod: api.as_ref().map(StoredPod::to_pod),
+                on_backend,
             })
             .collect()
     }
@@ -276,22 +282,26 @@ impl PodController {
     /// newer one if both are still listed). The stored pod may lack its spec: the copy of a pod
     /// that runs as specified is slimmed (docs/architecture.md, "Memory").
     pub fn find(&self, namespace: &str, name: &str) -> Option<PodSummary> {
-        let pods = self.pods.lock();
-        pods.values()
-            .filter(|e| e.key.namespace == namespace && e.key.name == name)
-            .max_by_key(|e| {
-                let created = e
-                    .api
-                    .as_ref()
-                    .and_then(|p| p.metadata().creation_timestamp.as_ref())
-                    .map(|t| t.0);
-                (e.api.is_some(), created)
-            })
-            .map(|e| PodSummary {
-                key: e.key.clone(),
-                pod: e.api.as_ref().map(StoredPod::to_pod),
-                on_backend: e.backend == Backend::Present,
-            })
+        let (key, api, on_backend) = {
+            let pods = self.pods.lock();
+            let e = pods
+                .values()
+                .filter(|e| e.key.namespace == namespace && e.key.name == name)
+                .max_by_key(|e| {
+                    let created = e
+                        .api
+                        .as_ref()
+                        .and_then(|p| p.metadata().creation_timestamp.as_ref())
+                        .map(|t| t.0);
+                    (e.api.is_some(), created)
+                })?;
+            (e.key.clone(), e.api.clone(), e.backend == Backend::Present)
+        };
+        Some(PodSummary {
+            key,
+            pod: api.as_ref().map(StoredPod::to_pod),
+            on_backend,
+        })
     }
 
     /// Whether the first API and backend lists are done.
@@ -725,10 +735,15 @@ impl PodController {
         uid: &str,
         api: Option<Option<Arc<Pod>>>,
     ) -> Option<(PodKey, PodState, Facts)> {
-        let pods = self.pods.lock();
-        let e = pods.get(uid)?;
-        let api = api.unwrap_or_else(|| e.api.as_ref().map(StoredPod::to_pod));
-        Some((e.key.clone(), e.state.clone(), e.facts(api)))
+        let (key, state, stored, facts) = {
+            let pods = self.pods.lock();
+            let e = pods.get(uid)?;
+            let stored = if api.is_none() { e.api.clone() } else { None };
+            (e.key.clone(), e.state.clone(), stored, e.facts(None))
+        };
+        // Parsed with the table unlocked (see `snapshot`).
+        let api = api.unwrap_or_else(|| stored.as_ref().map(StoredPod::to_pod));
+        Some((key, state, Facts { api, ..facts }))
     }
 
     /// Bring one pod's API object and backend instance into agreement: the decision step says

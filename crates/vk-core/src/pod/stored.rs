@@ -1,30 +1,34 @@
-//! The API pod as the pod controller keeps it between passes: whole until the backend runs it as
-//! specified, then only its metadata and its status, the status as compact JSON.
+//! The API pod as the pod controller keeps it between passes: packed as compact JSON, and once
+//! the backend runs it as specified, without its spec.
 //!
-//! Why: the spec is the bulk of a pod, and `Pod` keeps its `Option<PodSpec>` inline (a `Pod`
-//! whose spec is `None` still takes 2.4 KB, 1.5 KB of it the empty spec's room). Of what is left,
-//! a running pod's status takes ~3.8 KB as structs (every `Option` field of the status, of each
-//! condition and container status, inline, each string its own allocation) and under 1 KB as
-//! JSON. It is read only when a pass starts or a listing is made, so it is parsed then
-//! (microseconds) rather than held parsed for every pod between passes (docs/architecture.md,
-//! "Memory").
+//! Why: `Pod` keeps its `Option<PodSpec>` inline, and a `PodSpec` keeps every `Option` field of
+//! itself and of each container inline, each string its own allocation. Measured at 10,000
+//! pods queued for a slow backend (the kube provider, docs/testing.md), the whole pods took
+//! ~7.5 KB each, where the JSON of a spec is about a kilobyte. A running pod's status takes
+//! ~3.8 KB as structs and under 1 KB as JSON. The pod is read only when a pass starts or a
+//! listing is made, so it is parsed then (microseconds) rather than held parsed for every pod
+//! between passes (docs/architecture.md, "Memory").
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
 use tracing::warn;
 
 #[derive(Debug, Clone)]
 pub(crate) enum StoredPod {
+    /// Kept as given: only if packing failed (serializing plain data does not fail).
     Whole(Arc<Pod>),
-    /// The spec was dropped; whoever needs it fetches the pod again.
-    Slim(Arc<SlimPod>),
+    Packed(Arc<PackedPod>),
 }
 
 #[derive(Debug)]
-pub(crate) struct SlimPod {
+pub(crate) struct PackedPod {
     metadata: ObjectMeta,
+    /// The spec as JSON; `None` when dropped (whoever needs it fetches the pod again) or when
+    /// the pod had none.
+    spec: Option<Box<[u8]>>,
     /// The status as JSON; `None` when the pod had none.
     status: Option<Box<[u8]>>,
     /// The phase, which the metrics count on every scrape, parsed once.
@@ -34,25 +38,25 @@ pub(crate) struct SlimPod {
 impl StoredPod {
     /// Keep `pod`, without its spec when `slim`.
     pub(crate) fn new(pod: Pod, slim: bool) -> Self {
-        if !slim {
-            return Self::Whole(Arc::new(pod));
-        }
         let phase = pod
             .status
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .map(Box::from);
-        let status = match &pod.status {
+        let spec = match pod.spec.as_ref().filter(|_| !slim).map(serde_json::to_vec) {
             None => None,
-            Some(s) => match serde_json::to_vec(s) {
-                Ok(json) => Some(json.into_boxed_slice()),
-                // Serializing plain data does not fail; if it ever did, the pod would keep its
-                // spec rather than lose its status.
-                Err(_) => return Self::Whole(Arc::new(pod)),
-            },
+            Some(Ok(json)) => Some(json.into_boxed_slice()),
+            // If it ever failed, the pod would be kept as it is rather than lose anything.
+            Some(Err(_)) => return Self::Whole(Arc::new(pod)),
         };
-        Self::Slim(Arc::new(SlimPod {
+        let status = match pod.status.as_ref().map(serde_json::to_vec) {
+            None => None,
+            Some(Ok(json)) => Some(json.into_boxed_slice()),
+            Some(Err(_)) => return Self::Whole(Arc::new(pod)),
+        };
+        Self::Packed(Arc::new(PackedPod {
             metadata: pod.metadata,
+            spec,
             status,
             phase,
         }))
@@ -61,38 +65,37 @@ impl StoredPod {
     pub(crate) fn metadata(&self) -> &ObjectMeta {
         match self {
             Self::Whole(p) => &p.metadata,
-            Self::Slim(p) => &p.metadata,
+            Self::Packed(p) => &p.metadata,
         }
     }
 
     pub(crate) fn phase(&self) -> Option<&str> {
         match self {
             Self::Whole(p) => p.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Self::Slim(p) => p.phase.as_deref(),
+            Self::Packed(p) => p.phase.as_deref(),
         }
     }
 
-    /// The pod as a `Pod` (spec `None` when slim): shared when whole, a copy of the metadata
-    /// and the parsed status when slim.
+    /// The pod as a `Pod` (spec `None` when slim): the metadata copied, spec and status parsed.
     pub(crate) fn to_pod(&self) -> Arc<Pod> {
         match self {
             Self::Whole(p) => p.clone(),
-            Self::Slim(p) => Arc::new(Pod {
+            Self::Packed(p) => Arc::new(Pod {
                 metadata: p.metadata.clone(),
-                spec: None,
-                status: p.status.as_deref().and_then(parse_status),
+                spec: p.spec.as_deref().and_then(parse::<PodSpec>),
+                status: p.status.as_deref().and_then(parse::<PodStatus>),
             }),
         }
     }
 }
 
-fn parse_status(json: &[u8]) -> Option<PodStatus> {
+fn parse<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
     match serde_json::from_slice(json) {
         Ok(s) => Some(s),
-        // What `serde_json::to_vec` wrote parses; a status that did not would be written
-        // again by the next pass, which is the safe side.
+        // What `serde_json::to_vec` wrote parses. A status that did not would be written again
+        // by the next pass; a spec that did not would be fetched again, as a slim pod's is.
         Err(e) => {
-            warn!(error = %e, "a stored pod status does not parse");
+            warn!(error = %e, "a stored pod does not parse");
             None
         }
     }
@@ -156,7 +159,7 @@ mod tests {
         let mut p = pod();
         p.status = Some(status.clone());
         let slim = StoredPod::new(p, true);
-        assert!(matches!(slim, StoredPod::Slim(_)));
+        assert!(matches!(&slim, StoredPod::Packed(p) if p.spec.is_none()));
         assert_eq!(slim.to_pod().status.as_ref(), Some(&status));
         assert_eq!(slim.phase(), Some("Running"));
 
@@ -168,19 +171,43 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_pod_is_shared_not_copied() {
-        let whole = StoredPod::new(pod(), false);
-        assert!(whole.to_pod().spec.is_some());
-        assert!(Arc::ptr_eq(&whole.to_pod(), &whole.to_pod()));
+    fn a_packed_pod_gives_back_the_very_spec_and_status_it_was_given() {
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "containers": [{
+                "name": "app", "image": "busybox:1.36", "command": ["sh", "-c", "exec sleep 1"],
+                "env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+                "resources": {"requests": {"cpu": "100m"}, "limits": {"memory": "64Mi"}},
+                "volumeMounts": [{"name": "token", "mountPath": "/var/run/secrets", "readOnly": true}]
+            }],
+            "volumes": [{"name": "token", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}}],
+            "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
+            "nodeName": "vk", "restartPolicy": "Always", "terminationGracePeriodSeconds": 30
+        }))
+        .unwrap();
+        let mut p = pod();
+        p.spec = Some(spec.clone());
+        let status = p.status.clone();
+        let packed = StoredPod::new(p, false);
+        assert!(matches!(&packed, StoredPod::Packed(p) if p.spec.is_some()));
+        let back = packed.to_pod();
+        assert_eq!(back.spec.as_ref(), Some(&spec));
+        assert_eq!(back.status, status);
+        assert_eq!(back.metadata.name.as_deref(), Some("web"));
+        assert_eq!(packed.phase(), Some("Running"));
+
+        let mut p = pod();
+        p.spec = None;
+        assert_eq!(StoredPod::new(p, false).to_pod().spec, None);
     }
 
     #[test]
-    fn the_slim_form_is_smaller_than_a_pod_without_spec() {
+    fn the_packed_form_is_smaller_than_a_pod_without_spec() {
         // What the module exists for: if `Pod` ever boxes its spec, this type can go.
         assert!(
-            std::mem::size_of::<SlimPod>() + 1024 < std::mem::size_of::<Pod>(),
-            "SlimPod {} vs Pod {}",
-            std::mem::size_of::<SlimPod>(),
+            std::mem::size_of::<PackedPod>() + 1024 < std::mem::size_of::<Pod>(),
+            "PackedPod {} vs Pod {}",
+            std::mem::size_of::<PackedPod>(),
             std::mem::size_of::<Pod>()
         );
     }
