@@ -40,7 +40,7 @@ use super::decide::{
     Action, Backend, CreateResult, DeletePurpose, Done, Effect, Facts, Next, PodState, Policy,
     Then, VolumesResult, after, decide, fingerprint, spec_hash,
 };
-use super::stored::StoredPod;
+use super::stored::{StoredPod, StoredStatus};
 use super::versions::{CopyOrder, Source};
 use crate::error::{Error, ProviderError, api_status_code};
 use crate::events::EventRecorder;
@@ -93,7 +93,7 @@ struct Entry {
     /// resourceVersion's).
     api_order: CopyOrder,
     backend: Backend,
-    backend_status: Option<Arc<PodStatus>>,
+    backend_status: Option<StoredStatus>,
     /// Hash of the API object's spec, taken before the stored copy was slimmed.
     api_spec: u64,
     restart_policy: Option<String>,
@@ -135,15 +135,16 @@ impl Entry {
         }
     }
 
-    /// What the decision step reads, with `api` as the pass sees it.
-    fn facts(&self, api: Option<Arc<Pod>>) -> Facts {
+    /// What the decision step reads, with `api` as the pass sees it and the backend status as
+    /// `backend_status` (parsed from this entry's copy by the caller, outside the table's lock).
+    fn facts(&self, api: Option<Arc<Pod>>, backend_status: Option<Arc<PodStatus>>) -> Facts {
         Facts {
             uid: self.key.uid.clone(),
             api,
             api_spec: self.api_spec,
             restart_policy: self.restart_policy.clone(),
             backend: self.backend,
-            backend_status: self.backend_status.clone(),
+            backend_status,
             references_changed: self.references_changed,
             written: self.written,
             now: Instant::now(),
@@ -371,7 +372,7 @@ impl PodController {
                 if e.backend != Backend::Gone {
                     e.backend = Backend::Present;
                 }
-                e.backend_status = Some(status);
+                e.backend_status = Some(StoredStatus::new(status));
                 e.backend_seen_at = Some(Instant::now());
             }
             PodUpdate::Gone => {
@@ -618,7 +619,7 @@ impl PodController {
                 e.backend = Backend::Present;
             }
             if e.backend_status.is_none() {
-                e.backend_status = bp.status;
+                e.backend_status = bp.status.map(StoredStatus::new);
             }
             if e.api.is_none() {
                 e.key = bp.key;
@@ -735,15 +736,30 @@ impl PodController {
         uid: &str,
         api: Option<Option<Arc<Pod>>>,
     ) -> Option<(PodKey, PodState, Facts)> {
-        let (key, state, stored, facts) = {
+        let (key, state, stored, backend_status, facts) = {
             let pods = self.pods.lock();
             let e = pods.get(uid)?;
             let stored = if api.is_none() { e.api.clone() } else { None };
-            (e.key.clone(), e.state.clone(), stored, e.facts(None))
+            (
+                e.key.clone(),
+                e.state.clone(),
+                stored,
+                e.backend_status.clone(),
+                e.facts(None, None),
+            )
         };
         // Parsed with the table unlocked (see `snapshot`).
         let api = api.unwrap_or_else(|| stored.as_ref().map(StoredPod::to_pod));
-        Some((key, state, Facts { api, ..facts }))
+        let backend_status = backend_status.as_ref().and_then(StoredStatus::get);
+        Some((
+            key,
+            state,
+            Facts {
+                api,
+                backend_status,
+                ..facts
+            },
+        ))
     }
 
     /// Bring one pod's API object and backend instance into agreement: the decision step says

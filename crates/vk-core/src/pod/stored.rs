@@ -89,6 +89,38 @@ impl StoredPod {
     }
 }
 
+/// The backend's last status of a pod. A provider that keeps a copy of its own (the sim, the
+/// process runner) hands over a shared `Arc`, kept as it is: packing it would only add a second
+/// copy. A provider that hands over its only copy (the kube provider parses each backend pod
+/// afresh) leaves it here alone for as long as the pod lives, and there it is kept as JSON: at
+/// 10,000 pods, a few KB each as structs.
+#[derive(Debug, Clone)]
+pub(crate) enum StoredStatus {
+    Shared(Arc<PodStatus>),
+    Packed(Arc<[u8]>),
+}
+
+impl StoredStatus {
+    pub(crate) fn new(status: Arc<PodStatus>) -> Self {
+        if Arc::strong_count(&status) > 1 {
+            return Self::Shared(status);
+        }
+        match serde_json::to_vec(&*status) {
+            Ok(json) => Self::Packed(json.into()),
+            Err(_) => Self::Shared(status),
+        }
+    }
+
+    /// The status, parsed when packed; `None` only if what was packed does not parse, which the
+    /// next push from the backend mends.
+    pub(crate) fn get(&self) -> Option<Arc<PodStatus>> {
+        match self {
+            Self::Shared(s) => Some(s.clone()),
+            Self::Packed(json) => parse::<PodStatus>(json).map(Arc::new),
+        }
+    }
+}
+
 fn parse<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
     match serde_json::from_slice(json) {
         Ok(s) => Some(s),
@@ -120,6 +152,29 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn a_status_only_this_table_holds_is_packed_and_comes_back_equal() {
+        let status = PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some("10.1.2.3".into()),
+            conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let only = StoredStatus::new(Arc::new(status.clone()));
+        assert!(matches!(only, StoredStatus::Packed(_)));
+        assert_eq!(only.get().as_deref(), Some(&status));
+
+        // Shared with the provider: kept as the same allocation, not copied.
+        let shared = Arc::new(status);
+        let kept = StoredStatus::new(shared.clone());
+        assert!(matches!(&kept, StoredStatus::Shared(s) if Arc::ptr_eq(s, &shared)));
+        assert!(kept.get().is_some_and(|s| Arc::ptr_eq(&s, &shared)));
     }
 
     #[test]
