@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use common::{POLL, Vk, WAIT, backend_cluster, phase, wait_event, wait_running};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Volume, VolumeMount};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use vk_testkit::{TestEnv, wait_for};
 
@@ -44,6 +45,15 @@ impl Burst {
     async fn start_with(
         settings: impl AsyncFnOnce(&TestEnv, &TestEnv) -> serde_json::Value,
     ) -> Option<Self> {
+        Self::start_with_args(settings, |_| Vec::new()).await
+    }
+
+    /// Like `start_with`, with vkubelet-A's extra command-line arguments made from A's test
+    /// environment.
+    async fn start_with_args(
+        settings: impl AsyncFnOnce(&TestEnv, &TestEnv) -> serde_json::Value,
+        args: impl FnOnce(&TestEnv) -> Vec<String>,
+    ) -> Option<Self> {
         let a = vk_testkit::env().await?;
         let b = backend_cluster().await?.namespace("kube-backend").await;
         let vb = Vk::start_process(&b, json!({}), &[]);
@@ -65,7 +75,9 @@ impl Burst {
                 }
             }
         }
-        let va = Vk::start_kube(&a, cfg, &[]);
+        let args = args(&a);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let va = Vk::start_kube(&a, cfg, &args);
         va.wait_ready(&a).await;
         Some(Self {
             va,
@@ -1650,4 +1662,121 @@ async fn registry_credentials_become_a_per_pod_pull_secret() {
         .next()
         .expect("owned");
     assert_eq!(owner.uid, uid(&backend[0]));
+}
+
+/// A replica keeps its provider (its backend watch) from one leadership term to the next, and
+/// what the backend reported while the replica did not lead was pushed to no pod controller. The
+/// next term must learn it from its first backend list, whatever the provider pushed before.
+#[tokio::test]
+async fn a_replica_that_leads_again_learns_what_the_backend_reported_meanwhile() {
+    let Some(t) = Burst::start_with_args(
+        async |_, _| json!({}),
+        |a| {
+            [
+                "--leader-elect",
+                "--leader-elect-namespace",
+                a.namespace(),
+                "--leader-elect-lease-duration",
+                "6",
+                "--leader-elect-renew-deadline",
+                "4",
+                "--leader-elect-retry-period",
+                "1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    // Runs until told to stop through its emptyDir, then exits 0: a status change on B that
+    // the test triggers while no replica leads.
+    let mut pod = t
+        .pod(
+            "between-terms",
+            "while [ ! -e /flag/go ]; do sleep 0.2; done",
+        )
+        .restart_policy("Never")
+        .build();
+    let spec = pod.spec.as_mut().expect("spec");
+    spec.volumes = Some(vec![Volume {
+        name: "flag".into(),
+        empty_dir: Some(Default::default()),
+        ..Default::default()
+    }]);
+    spec.containers[0].volume_mounts = Some(vec![VolumeMount {
+        name: "flag".into(),
+        mount_path: "/flag".into(),
+        ..Default::default()
+    }]);
+    t.a.create(&pod).await;
+    let running = common::wait_pod_phase(&t.a, "between-terms", "Running").await;
+    let backend = wait_backend_running(&t, &[uid(&running)].into()).await;
+    let backend_name = backend[0].metadata.name.clone().expect("name");
+
+    // Take the node's Lease from the replica, for as long as the test needs.
+    let leases: Api<Lease> = t.a.api();
+    let lease = format!("vkubelet-{}", t.va.node);
+    let hold = |holder: &str, secs: i32| json!({"spec": {"holderIdentity": holder, "leaseDurationSeconds": secs}});
+    leases
+        .patch(
+            &lease,
+            &PatchParams::default(),
+            &Patch::Merge(&hold("e2e-thief", 3600)),
+        )
+        .await
+        .expect("take the lease");
+    wait_for(WAIT, POLL, async || {
+        if t.va.log().contains("leadership lost") {
+            Ok(())
+        } else {
+            Err("the replica still leads")
+        }
+    })
+    .await;
+
+    // Meanwhile the container exits on B.
+    t.b.kubectl([
+        "exec",
+        "-n",
+        &t.managed,
+        &backend_name,
+        "--",
+        "touch",
+        "/flag/go",
+    ])
+    .await
+    .assert_success();
+    let backend_pods = t.backend_pods_api();
+    wait_for(WAIT, POLL, async || {
+        let p = backend_pods
+            .get(&backend_name)
+            .await
+            .map_err(|e| e.to_string())?;
+        match phase(&p).as_deref() {
+            Some("Succeeded") => Ok(()),
+            other => Err(format!("backend pod {other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        t.va.log().matches("leading the node").count(),
+        1,
+        "no replica leads while the test holds the lease"
+    );
+
+    // Handed back: the replica's next term must see the pod Succeeded.
+    leases
+        .patch(&lease, &PatchParams::default(), &Patch::Merge(&hold("", 1)))
+        .await
+        .expect("release the lease");
+    common::wait_pod_phase(&t.a, "between-terms", "Succeeded").await;
+    assert_eq!(
+        t.va.log().matches("leading the node").count(),
+        2,
+        "the same replica led the node again"
+    );
 }
