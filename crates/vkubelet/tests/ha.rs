@@ -14,7 +14,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{POLL, Vk, WAIT, phase, restarts, wait_running};
+use common::{POLL, Vk, WAIT, ha_args, phase, restarts, wait_running};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -22,23 +22,6 @@ use kube::Api;
 use kube::api::ListParams;
 use serde_json::json;
 use vk_testkit::{DeploymentBuilder, TestEnv, wait_for};
-
-fn ha_args(env: &TestEnv) -> Vec<String> {
-    [
-        "--leader-elect",
-        "--leader-elect-namespace",
-        env.namespace(),
-        "--leader-elect-lease-duration",
-        "6",
-        "--leader-elect-renew-deadline",
-        "4",
-        "--leader-elect-retry-period",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
 
 /// The holder of the node's election Lease, once someone holds it.
 async fn holder(env: &TestEnv, node: &str) -> Option<String> {

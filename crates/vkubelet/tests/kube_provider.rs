@@ -14,7 +14,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{POLL, Vk, WAIT, backend_cluster, phase, wait_event, wait_running};
+use common::{POLL, Vk, WAIT, backend_cluster, ha_args, phase, wait_event, wait_running};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Volume, VolumeMount};
@@ -1669,27 +1669,7 @@ async fn registry_credentials_become_a_per_pod_pull_secret() {
 /// next term must learn it from its first backend list, whatever the provider pushed before.
 #[tokio::test]
 async fn a_replica_that_leads_again_learns_what_the_backend_reported_meanwhile() {
-    let Some(t) = Burst::start_with_args(
-        async |_, _| json!({}),
-        |a| {
-            [
-                "--leader-elect",
-                "--leader-elect-namespace",
-                a.namespace(),
-                "--leader-elect-lease-duration",
-                "6",
-                "--leader-elect-renew-deadline",
-                "4",
-                "--leader-elect-retry-period",
-                "1",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-        },
-    )
-    .await
-    else {
+    let Some(t) = Burst::start_with_args(async |_, _| json!({}), ha_args).await else {
         return;
     };
     // Runs until told to stop through its emptyDir, then exits 0: a status change on B that

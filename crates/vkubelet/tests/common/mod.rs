@@ -698,6 +698,25 @@ pub fn straggler(p: &Pod) -> String {
     )
 }
 
+/// `--leader-elect` with the election shortened so a takeover happens in seconds, the Lease in
+/// the test's namespace.
+pub fn ha_args(env: &TestEnv) -> Vec<String> {
+    [
+        "--leader-elect",
+        "--leader-elect-namespace",
+        env.namespace(),
+        "--leader-elect-lease-duration",
+        "6",
+        "--leader-elect-renew-deadline",
+        "4",
+        "--leader-elect-retry-period",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 pub async fn wait_running(env: &TestEnv, selector: &str, n: usize) -> Vec<Pod> {
     let pods: Api<Pod> = env.api();
     let lp = kube::api::ListParams::default().labels(selector);
