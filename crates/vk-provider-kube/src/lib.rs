@@ -139,7 +139,7 @@ async fn delete_secret(
     }
 }
 
-/// Make backend pod `owner` (`sweep::owner_patch`) the owner of one per-pod Secret.
+/// Apply `owner_patch` (`sweep::owner_patch`) to one per-pod Secret.
 async fn own_secret(
     secrets: &Api<Secret>,
     name: &str,
@@ -401,13 +401,11 @@ impl Inner {
             let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
             let done = match verdict {
                 sweep::Verdict::Keep => continue,
-                sweep::Verdict::Adopt(owner) => own_secret(
-                    &secrets,
-                    &name,
-                    &sweep::owner_patch(&owner.name, &owner.uid),
-                )
-                .await
-                .map(|()| adopted += 1),
+                sweep::Verdict::Adopt(owner) => {
+                    own_secret(&secrets, &name, &sweep::owner_patch(&owner))
+                        .await
+                        .map(|()| adopted += 1)
+                }
                 sweep::Verdict::Delete { resource_version } => {
                     // Rewritten since the list (a 409): not an orphan to delete.
                     let dp = DeleteParams {
@@ -620,7 +618,7 @@ impl Inner {
         let (Some(uid), Some(name)) = (pod.metadata.uid.clone(), pod.metadata.name.clone()) else {
             return Ok(());
         };
-        let patch = sweep::owner_patch(&name, &uid);
+        let patch = sweep::owner_patch(&sweep::owner(&name, &uid));
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         // Independent writes, at once (see create_pod).
         futures::future::try_join_all(t.secrets.iter().map(|s| {

@@ -44,9 +44,9 @@ pub fn owner(name: &str, uid: &str) -> OwnerReference {
     }
 }
 
-/// The merge patch that makes backend pod `name` (UID `uid`) a per-pod object's only owner.
-pub fn owner_patch(name: &str, uid: &str) -> serde_json::Value {
-    serde_json::json!({"metadata": {"ownerReferences": [owner(name, uid)]}})
+/// The merge patch that makes `owner` (see [`owner`]) a per-pod object's only owner.
+pub fn owner_patch(owner: &OwnerReference) -> serde_json::Value {
+    serde_json::json!({"metadata": {"ownerReferences": [owner]}})
 }
 
 /// Judges one Secret listed with this node's selector; `pods` maps source UIDs to this node's

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{DEPLOY_NAMESPACE, POLL, Vk, backend_cluster, deploy_dir, phase, restarts, straggler};
+use common::{
+    DEPLOY_NAMESPACE, POLL, Vk, backend_cluster, deploy_dir, phase, restarts, try_wait_running,
+};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -27,7 +29,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use vk_testkit::{PodBuilder, TestEnv, try_wait_for, wait_for};
+use vk_testkit::{PodBuilder, TestEnv, wait_for};
 
 /// The virtual nodes of deploy/overlays/test-kube/nodes.yaml, and their clusterID.
 const TEST_NODES: [&str; 2] = ["vk-incluster-a", "vk-incluster-b"];
@@ -491,27 +493,7 @@ fn source_uid(p: &Pod) -> String {
 /// The burst's pods on A once all `n` are Running. On timeout the failure shows what the
 /// stragglers say and what the replicas logged: a count alone cannot be diagnosed from CI.
 async fn wait_burst_running(env: &TestEnv, bootstrap: &Vk, n: usize) -> Vec<Pod> {
-    let pods: Api<Pod> = env.api();
-    let lp = ListParams::default().labels("app=burst");
-    let waited = try_wait_for(BURST_WAIT, POLL, async || {
-        let list = pods.list(&lp).await.map_err(|e| e.to_string())?.items;
-        let (running, waiting): (Vec<&Pod>, Vec<&Pod>) = list
-            .iter()
-            .partition(|p| phase(p).as_deref() == Some("Running"));
-        if running.len() == n && list.len() == n {
-            Ok(list)
-        } else {
-            let sample: Vec<String> = waiting.iter().take(5).map(|p| straggler(p)).collect();
-            Err(format!(
-                "{}/{} burst pods running, want {n}; not running, for example:\n{}",
-                running.len(),
-                list.len(),
-                sample.join("\n")
-            ))
-        }
-    })
-    .await;
-    match waited {
+    match try_wait_running(env, "app=burst", n, BURST_WAIT).await {
         Ok(list) => list,
         Err(timeout) => panic!("wait_for timed out: {timeout}\n{}", replica_logs(bootstrap)),
     }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -135,16 +135,16 @@ impl Entry {
         }
     }
 
-    /// What the decision step reads, with `api` as the pass sees it and the backend status as
-    /// `backend_status` (parsed from this entry's copy by the caller, outside the table's lock).
-    fn facts(&self, api: Option<Arc<Pod>>, backend_status: Option<Arc<PodStatus>>) -> Facts {
+    /// What the decision step reads, less the API pod and the backend status: the caller parses
+    /// those from this entry's copies once the table's lock is released.
+    fn facts_unparsed(&self) -> Facts {
         Facts {
             uid: self.key.uid.clone(),
-            api,
+            api: None,
             api_spec: self.api_spec,
             restart_policy: self.restart_policy.clone(),
             backend: self.backend,
-            backend_status,
+            backend_status: None,
             references_changed: self.references_changed,
             written: self.written,
             now: Instant::now(),
@@ -745,7 +745,7 @@ impl PodController {
                 e.state.clone(),
                 stored,
                 e.backend_status.clone(),
-                e.facts(None, None),
+                e.facts_unparsed(),
             )
         };
         // Parsed with the table unlocked (see `snapshot`).

@@ -659,7 +659,6 @@ pub fn phase(p: &Pod) -> Option<String> {
     p.status.as_ref().and_then(|s| s.phase.clone())
 }
 
-/// Wait until every pod matching `selector` in the namespace is Running, and there are `n`.
 /// One line on a pod that is not Running: where it is bound, its phase and what its
 /// conditions and containers say.
 pub fn straggler(p: &Pod) -> String {
@@ -717,10 +716,25 @@ pub fn ha_args(env: &TestEnv) -> Vec<String> {
     .collect()
 }
 
+/// Wait until every pod matching `selector` in the namespace is Running, and there are `n`.
 pub async fn wait_running(env: &TestEnv, selector: &str, n: usize) -> Vec<Pod> {
+    match try_wait_running(env, selector, n, WAIT).await {
+        Ok(pods) => pods,
+        Err(e) => panic!("wait_for timed out: {e}"),
+    }
+}
+
+/// Like [`wait_running`] within `timeout`, returning the timeout (whose last state names up to
+/// five pods that are not Running, with what they say) for the caller to add to.
+pub async fn try_wait_running(
+    env: &TestEnv,
+    selector: &str,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<Pod>, vk_testkit::WaitTimeout<String>> {
     let pods: Api<Pod> = env.api();
     let lp = kube::api::ListParams::default().labels(selector);
-    wait_for(WAIT, POLL, async || {
+    vk_testkit::try_wait_for(timeout, POLL, async || {
         let list = pods.list(&lp).await.map_err(|e| e.to_string())?;
         let running = list
             .items
