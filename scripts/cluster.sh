@@ -140,6 +140,18 @@ spawn() { # name cmd...
   local name=$1; shift
   setsid "$@" >"$DIR/logs/$name.log" 2>&1 < /dev/null &
   echo $! > "$DIR/$name.pid"
+  exec_seen $! "$1"
+}
+
+# Until a child started with `&` has exec'd, /proc shows this script's command line under its pid,
+# which `alive` would take for a process that exited: wait (at most 1 s) for its own.
+exec_seen() { # pid binary
+  local i
+  for i in $(seq 100); do
+    tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -q -- "$2" && return 0
+    [ -e "/proc/$1" ] || return 0
+    sleep 0.01
+  done
 }
 
 alive() { # name -> pid if the recorded process still runs the binary we started
@@ -258,6 +270,7 @@ restart_apiserver() {
   echo "---- restarted $(date -u +%FT%TZ)" >> logs/kube-apiserver.log
   setsid "${args[@]}" >>logs/kube-apiserver.log 2>&1 < /dev/null &
   echo $! > kube-apiserver.pid
+  exec_seen $! "${args[0]}"
   local i
   for i in $(seq 120); do ready && break; alive kube-apiserver >/dev/null || { tail -n 20 logs/kube-apiserver.log >&2; die "kube-apiserver exited"; }; sleep 0.5; done
   ready || { tail -n 20 logs/kube-apiserver.log >&2; die "kube-apiserver not ready after 60 s"; }
