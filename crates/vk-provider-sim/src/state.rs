@@ -2,10 +2,12 @@
 //! backend does) and tests can check what it really did.
 //!
 //! In `stateDir`:
-//! - `journal.jsonl`: one JSON record per line, `create` (the pod as the backend runs it) or
-//!   `delete` (by UID). Replayed at start to rebuild the pod set, then compacted to the live pods.
-//! - `creates.log`: one UID per line for every pod the backend really created. Never compacted: a
-//!   UID appearing twice means the backend ran a pod twice.
+//! - `journal.jsonl`: one JSON record per line, `create` (a pod the backend really created, as it
+//!   runs it) or `delete` (by UID). Replayed at start to rebuild the pod set, then compacted: a
+//!   `history` line with the UID of every create so far, then one `live` line per live pod. So the
+//!   journal is both the pod set and the create history ([`creates`]: a UID twice means the backend
+//!   ran a pod twice), and a create is one write — a kill -9 cannot leave a pod the backend holds
+//!   but never counted as created, nor count a create it does not hold.
 //! - `faults.log`: one line per failure the sim injected, `<op> <kind> <uid>` (see [`Fault`]), so
 //!   a test can check that each one reached the pod as a reason and an event.
 //!
@@ -38,15 +40,30 @@ pub struct PodRecord {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase")]
 enum Record {
+    /// A real create.
     Create(PodRecord),
-    Delete { uid: String },
+    Delete {
+        uid: String,
+    },
+    /// Written by compaction: every create before it, oldest first.
+    History {
+        creates: Vec<String>,
+    },
+    /// Written by compaction: a pod live when the journal was compacted (not a new create).
+    Live(PodRecord),
 }
 
 pub struct Journal {
     dir: PathBuf,
     journal: File,
-    creates: File,
     faults: File,
+}
+
+/// What a journal holds: the live pods and every create, oldest first.
+#[derive(Default)]
+struct Replayed {
+    live: Vec<PodRecord>,
+    creates: Vec<String>,
 }
 
 /// A failure the sim injected into one provider call.
@@ -60,32 +77,38 @@ pub struct Fault {
     pub uid: String,
 }
 
-/// Replays `journal.jsonl` into the pods that were live at its last complete line.
-fn replay(path: &Path) -> std::io::Result<Vec<PodRecord>> {
-    let mut live: Vec<PodRecord> = Vec::new();
+/// Replays `journal.jsonl` up to its last complete line.
+fn replay(path: &Path) -> std::io::Result<Replayed> {
+    let mut out = Replayed::default();
     let f = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(live),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(e),
+    };
+    let upsert = |live: &mut Vec<PodRecord>, p: PodRecord| {
+        live.retain(|q| q.uid != p.uid);
+        live.push(p);
     };
     for line in BufReader::new(f).lines() {
         let line = line?;
         // A torn last line (killed mid-write, or read while being written) is skipped, not fatal.
         match serde_json::from_str::<Record>(&line) {
             Ok(Record::Create(p)) => {
-                live.retain(|q| q.uid != p.uid);
-                live.push(p);
+                out.creates.push(p.uid.clone());
+                upsert(&mut out.live, p);
             }
-            Ok(Record::Delete { uid }) => live.retain(|q| q.uid != uid),
+            Ok(Record::Live(p)) => upsert(&mut out.live, p),
+            Ok(Record::Delete { uid }) => out.live.retain(|q| q.uid != uid),
+            Ok(Record::History { creates }) => out.creates.extend(creates),
             Err(_) => {}
         }
     }
-    Ok(live)
+    Ok(out)
 }
 
 /// The pods the backend in `dir` holds now, without touching its files.
 pub fn live_pods(dir: &Path) -> std::io::Result<Vec<PodRecord>> {
-    replay(&dir.join("journal.jsonl"))
+    Ok(replay(&dir.join("journal.jsonl"))?.live)
 }
 
 /// Complete lines of a log in `dir` (a missing file has none; a torn last line is left out).
@@ -105,7 +128,7 @@ fn complete_lines(dir: &Path, name: &str) -> std::io::Result<Vec<String>> {
 
 /// Every real create of the backend in `dir`, one UID per create, oldest first.
 pub fn creates(dir: &Path) -> std::io::Result<Vec<String>> {
-    complete_lines(dir, "creates.log")
+    Ok(replay(&dir.join("journal.jsonl"))?.creates)
 }
 
 /// Every failure the sim in `dir` injected, oldest first.
@@ -128,22 +151,23 @@ impl Journal {
     pub fn open(dir: &Path) -> std::io::Result<(Self, Vec<PodRecord>)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("journal.jsonl");
-        let live = replay(&path)?;
-        // Compact: rewrite only the live pods, atomically.
+        let Replayed { live, creates } = replay(&path)?;
+        // Compact: the history and the live pods, atomically (written beside, then renamed over).
         let tmp = dir.join("journal.jsonl.tmp");
         {
             let mut f = File::create(&tmp)?;
-            for p in &live {
-                writeln!(f, "{}", serde_json::to_string(&Record::Create(p.clone()))?)?;
+            writeln!(
+                f,
+                "{}",
+                serde_json::to_string(&Record::History { creates })?
+            )?;
+            for p in live.iter().cloned() {
+                writeln!(f, "{}", serde_json::to_string(&Record::Live(p))?)?;
             }
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &path)?;
         let journal = OpenOptions::new().append(true).create(true).open(&path)?;
-        let creates = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(dir.join("creates.log"))?;
         let faults = OpenOptions::new()
             .append(true)
             .create(true)
@@ -152,7 +176,6 @@ impl Journal {
             Self {
                 dir: dir.to_path_buf(),
                 journal,
-                creates,
                 faults,
             },
             live,
@@ -163,11 +186,10 @@ impl Journal {
         &self.dir
     }
 
-    /// Record a new pod (and count the real create).
+    /// Record a real create: the new pod and its place in the history, in one write.
     pub fn created(&mut self, pod: &PodRecord) -> std::io::Result<()> {
         let line = format!("{}\n", serde_json::to_string(&Record::Create(pod.clone()))?);
-        self.journal.write_all(line.as_bytes())?;
-        self.creates.write_all(format!("{}\n", pod.uid).as_bytes())
+        self.journal.write_all(line.as_bytes())
     }
 
     /// Record a failure injected into `op` (`create`/`delete`) of pod `uid`.
@@ -217,22 +239,30 @@ mod tests {
             j.created(&rec("b")).unwrap();
             j.deleted("a").unwrap();
         }
-        // A torn line from a kill mid-write.
+        // A create torn by a kill mid-write: the pod neither lives on nor counts as created.
         std::fs::OpenOptions::new()
             .append(true)
             .open(dir.join("journal.jsonl"))
             .unwrap()
-            .write_all(b"{\"op\":\"cre")
+            .write_all(b"{\"op\":\"create\",\"uid\":\"c")
             .unwrap();
+        let uids = |live: Vec<PodRecord>| live.into_iter().map(|p| p.uid).collect::<Vec<_>>();
+        {
+            let (mut j, live) = Journal::open(&dir).unwrap();
+            assert_eq!(uids(live), vec!["b"]);
+            let journal = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
+            assert_eq!(
+                journal.lines().count(),
+                2,
+                "compacted to history + live pods"
+            );
+            assert_eq!(creates(&dir).unwrap(), vec!["a", "b"], "history kept");
+            j.created(&rec("d")).unwrap();
+        }
+        // Compacting again does not count the live pods as new creates.
         let (_, live) = Journal::open(&dir).unwrap();
-        assert_eq!(
-            live.iter().map(|p| p.uid.as_str()).collect::<Vec<_>>(),
-            vec!["b"]
-        );
-        let journal = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
-        assert_eq!(journal.lines().count(), 1, "compacted to live pods");
-        let creates = std::fs::read_to_string(dir.join("creates.log")).unwrap();
-        assert_eq!(creates, "a\nb\n", "history kept");
+        assert_eq!(uids(live), vec!["b", "d"]);
+        assert_eq!(creates(&dir).unwrap(), vec!["a", "b", "d"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -248,12 +278,14 @@ mod tests {
         j.fault("create", "failureRate", "c").unwrap();
         j.fault("delete", "deleteFailureRate", "b").unwrap();
         // A line being written as the reader looks: not counted yet.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.join("creates.log"))
-            .unwrap()
-            .write_all(b"half")
-            .unwrap();
+        for log in ["journal.jsonl", "faults.log"] {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join(log))
+                .unwrap()
+                .write_all(b"half")
+                .unwrap();
+        }
         let journal_before = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
         let live: Vec<String> = live_pods(&dir)
             .unwrap()

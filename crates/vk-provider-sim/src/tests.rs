@@ -392,8 +392,7 @@ async fn state_dir_survives_a_restart_without_duplicate_creates() {
         "replayed pods are reported at start"
     );
     sim.create_pod(&a).await.unwrap();
-    let creates = std::fs::read_to_string(dir.join("creates.log")).unwrap();
-    assert_eq!(creates, "uid-a\nuid-b\n");
+    assert_eq!(state::creates(&dir).unwrap(), vec!["uid-a", "uid-b"]);
     assert_eq!(sim.cleanup_all().await.unwrap(), 1);
     drop(sim);
     let (sim, _) = started(cfg).await;

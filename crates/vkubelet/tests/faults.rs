@@ -6,7 +6,7 @@
 //!
 //! Every test runs a burst of pods bound straight to the virtual node and checks counts and
 //! observed states, never durations: no pod lost (all Running, then all gone), no pod created
-//! twice on the backend (the sim's `creates.log`, or the process pods' own start reports), no
+//! twice on the backend (the sim journal's create history, or the process pods' own start reports), no
 //! backend pod left once the API pods are gone, each injected failure (the sim's `faults.log`)
 //! visible on its pod as a reason and an event, and vkubelet alive throughout, started exactly as
 //! often as the test started it.
@@ -231,7 +231,7 @@ impl SimBackend {
     }
 
     fn creates(&self) -> Vec<String> {
-        state::creates(&self.dir).expect("read creates.log")
+        state::creates(&self.dir).expect("read the sim journal")
     }
 
     fn live(&self) -> BTreeSet<String> {

@@ -336,14 +336,9 @@ impl Vk {
         .await
     }
 
-    /// UIDs the backend ever created, one entry per real create (from the sim's creates.log).
+    /// UIDs the backend ever created, one entry per real create (the sim journal's history).
     pub fn backend_creates(&self) -> Vec<String> {
-        std::fs::read_to_string(self.state_dir().join("creates.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| l.trim().to_string())
-            .collect()
+        vk_provider_sim::state::creates(&self.state_dir()).expect("read the sim's journal")
     }
 
     /// Pods the backend holds, read from its persisted state (only while vkubelet is stopped).
