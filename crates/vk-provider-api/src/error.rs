@@ -49,6 +49,19 @@ impl ProviderError {
         matches!(self, Self::InvalidInput(_) | Self::NotSupported(_))
     }
 
+    /// Whether a create that failed this way may have left something on the backend: anything
+    /// but a refusal (an invalid or unsupported pod, no capacity, no quota), which promises that
+    /// nothing was left. After a transient or unclassified failure the outcome is unknown.
+    pub fn may_have_created(&self) -> bool {
+        !matches!(
+            self,
+            Self::InvalidInput(_)
+                | Self::NotSupported(_)
+                | Self::SoldOut(_)
+                | Self::QuotaExceeded(_)
+        )
+    }
+
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound(_))
     }
@@ -81,6 +94,32 @@ impl ProviderError {
         match self {
             Self::Transient { retry_after, .. } => *retry_after,
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProviderError;
+
+    #[test]
+    fn only_a_refused_create_promises_it_left_nothing() {
+        let refused = [
+            ProviderError::InvalidInput("bad image".into()),
+            ProviderError::NotSupported("hostPath".into()),
+            ProviderError::SoldOut("pool".into()),
+            ProviderError::QuotaExceeded("pods".into()),
+        ];
+        for e in refused {
+            assert!(!e.may_have_created(), "{e}");
+        }
+        let unknown = [
+            ProviderError::transient("504"),
+            ProviderError::Other("unexpected".into()),
+            ProviderError::NotFound("namespace".into()),
+        ];
+        for e in unknown {
+            assert!(e.may_have_created(), "{e}");
         }
     }
 }

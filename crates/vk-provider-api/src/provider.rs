@@ -200,6 +200,11 @@ impl fmt::Debug for ProviderSinks {
 ///
 /// Contract:
 /// - `create_pod` is idempotent per UID: creating a pod the backend already has succeeds.
+/// - A `create_pod` that fails with a refusal (see [`ProviderError::may_have_created`]) leaves
+///   nothing on the backend. After any other failure the outcome is unknown (a 5xx or a timeout
+///   from a cloud API may come after the write took effect), so the core calls `delete_pod`
+///   before it lets such a pod go, even when the backend does not report the pod: leftovers of
+///   the attempt (a per-pod object written before the pod) go with that call.
 /// - `delete_pod` starts stopping the pod (SIGTERM, then kill after `grace`) and releasing all
 ///   its backend resources; it may return before that finishes. The backend reports
 ///   [`PodUpdate::Gone`] once the pod is gone. Deleting an unknown pod returns `Ok` or `NotFound`.

@@ -155,10 +155,6 @@ async fn own_secret(
 
 /// Whether the API refused a write for good reason of its own (4xx other than a conflict or
 /// throttling): then the write did not happen. After a 5xx it may have.
-fn is_refusal(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
-}
-
 fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
@@ -309,6 +305,85 @@ impl KubeProvider {
 }
 
 impl Inner {
+    /// The create itself: the per-pod Secrets, then the pod, then the Secrets' owner.
+    async fn create_backend_pod(&self, pod: &ResolvedPod) -> Result<(), ProviderError> {
+        let ctx = self.context(&pod.key, pod.restart_count_base);
+        let ns = ctx.namespace.clone();
+        self.ensure_namespace(&ns).await?;
+        let mut t = translate::translate(pod, &ctx)?;
+        if let Some(spec) = t.pod.spec.as_mut() {
+            if !self.cfg.node_selector.is_empty() {
+                spec.node_selector = Some(self.cfg.node_selector.clone());
+            }
+            if !self.cfg.tolerations.is_empty() {
+                spec.tolerations
+                    .get_or_insert_with(Vec::new)
+                    .extend(self.cfg.tolerations.iter().cloned());
+            }
+        }
+        let names: Vec<String> = t
+            .secrets
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect();
+        if !names.is_empty() {
+            self.state
+                .unowned
+                .lock()
+                .insert(pod.key.uid.clone(), (ns.clone(), names));
+        }
+        // Usually one Secret; a pod with volumes too large to share it has more, written at once.
+        // On failure they stay listed as unowned: an earlier attempt's pod, whose create got no
+        // answer, may exist and need them.
+        futures::future::try_join_all(t.secrets.iter().map(|s| self.put_secret(&ns, s))).await?;
+        let api = self.pods_api(&ns);
+        let created =
+            match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &t.pod))
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) if is_status(&e, 409) => {
+                    // A previous attempt (or a run before a restart) made it: ours if it says so.
+                    let existing = timed("reading the backend pod", api.get(&ctx.name)).await?;
+                    match identity::source_key(&existing) {
+                        // Still terminating from an earlier instance: not a created pod.
+                        Some(k)
+                            if k.uid == pod.key.uid
+                                && existing.metadata.deletion_timestamp.is_some() =>
+                        {
+                            return Err(ProviderError::transient(format!(
+                                "backend pod {ns}/{} is still terminating",
+                                ctx.name
+                            )));
+                        }
+                        Some(k) if k.uid == pod.key.uid => existing,
+                        _ => {
+                            return Err(ProviderError::InvalidInput(format!(
+                                "backend pod {ns}/{} exists and is not this pod's",
+                                ctx.name
+                            )));
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    let err = self.write_error("creating the backend pod", &ns, e);
+                    if matches!(err, ProviderError::QuotaExceeded(_)) {
+                        self.state.node_changed();
+                    }
+                    return Err(err);
+                }
+                Err(_) => {
+                    return Err(ProviderError::transient(
+                        "creating the backend pod: no answer",
+                    ));
+                }
+            };
+        self.adopt_objects(&ns, &t, &created).await?;
+        self.state.unowned.lock().remove(&pod.key.uid);
+        self.observe(&created);
+        Ok(())
+    }
+
     fn backend_namespace(&self, key: &PodKey) -> String {
         match self.cfg.namespace_mapping {
             NamespaceMapping::Managed => self.namespace.clone(),
@@ -1228,90 +1303,16 @@ impl Provider for KubeProvider {
     }
 
     async fn create_pod(&self, pod: &ResolvedPod) -> Result<(), ProviderError> {
-        let ctx = self.context(&pod.key, pod.restart_count_base);
-        let ns = ctx.namespace.clone();
-        self.ensure_namespace(&ns).await?;
-        let mut t = translate::translate(pod, &ctx)?;
-        if let Some(spec) = t.pod.spec.as_mut() {
-            if !self.cfg.node_selector.is_empty() {
-                spec.node_selector = Some(self.cfg.node_selector.clone());
-            }
-            if !self.cfg.tolerations.is_empty() {
-                spec.tolerations
-                    .get_or_insert_with(Vec::new)
-                    .extend(self.cfg.tolerations.iter().cloned());
-            }
+        let result = self.create_backend_pod(pod).await;
+        if let Err(e) = &result
+            && !e.may_have_created()
+        {
+            // A refusal leaves nothing behind (the contract): the Secrets written for it have no
+            // pod to own them. After any other failure they stay, for a retry that finds the pod
+            // made after all, or for the `delete_pod` the core calls when the pod goes.
+            self.delete_unowned(&pod.key.uid).await;
         }
-        let names: Vec<String> = t
-            .secrets
-            .iter()
-            .filter_map(|s| s.metadata.name.clone())
-            .collect();
-        if !names.is_empty() {
-            self.state
-                .unowned
-                .lock()
-                .insert(pod.key.uid.clone(), (ns.clone(), names));
-        }
-        // Usually one Secret; a pod with volumes too large to share it has more, written at once.
-        // On failure they stay listed as unowned: an earlier attempt's pod, whose create got no
-        // answer, may exist and need them.
-        futures::future::try_join_all(t.secrets.iter().map(|s| self.put_secret(&ns, s))).await?;
-        let api = self.pods_api(&ns);
-        let created =
-            match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &t.pod))
-                .await
-            {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) if is_status(&e, 409) => {
-                    // A previous attempt (or a run before a restart) made it: ours if it says so.
-                    let existing = timed("reading the backend pod", api.get(&ctx.name)).await?;
-                    match identity::source_key(&existing) {
-                        // Still terminating from an earlier instance: not a created pod.
-                        Some(k)
-                            if k.uid == pod.key.uid
-                                && existing.metadata.deletion_timestamp.is_some() =>
-                        {
-                            return Err(ProviderError::transient(format!(
-                                "backend pod {ns}/{} is still terminating",
-                                ctx.name
-                            )));
-                        }
-                        Some(k) if k.uid == pod.key.uid => existing,
-                        _ => {
-                            return Err(ProviderError::InvalidInput(format!(
-                                "backend pod {ns}/{} exists and is not this pod's",
-                                ctx.name
-                            )));
-                        }
-                    }
-                }
-                Ok(Err(e)) => {
-                    let refused = is_refusal(&e);
-                    let err = self.write_error("creating the backend pod", &ns, e);
-                    if matches!(err, ProviderError::QuotaExceeded(_)) {
-                        self.state.node_changed();
-                    }
-                    // Refused (quota, an invalid pod): there is no pod to own them. A retry
-                    // writes them again, and if none comes (the source pod is deleted first)
-                    // nothing is left. After a 5xx the pod may exist all the same (a 504 once
-                    // the write is in etcd), and the core may adopt it without another create:
-                    // its Secrets stay, for `delete_pod` to take back.
-                    if refused {
-                        self.delete_unowned(&pod.key.uid).await;
-                    }
-                    return Err(err);
-                }
-                Err(_) => {
-                    return Err(ProviderError::transient(
-                        "creating the backend pod: no answer",
-                    ));
-                }
-            };
-        self.adopt_objects(&ns, &t, &created).await?;
-        self.state.unowned.lock().remove(&pod.key.uid);
-        self.observe(&created);
-        Ok(())
+        result
     }
 
     /// What a running pod can take: images, `activeDeadlineSeconds`, and the source's labels
@@ -1660,20 +1661,24 @@ mod tests {
     }
 
     #[test]
-    fn only_a_4xx_refusal_means_a_create_did_not_happen() {
-        let status = |code: u16| {
-            kube::Error::Api(
-                kube::core::Status::failure("m", "Reason")
-                    .with_code(code)
-                    .boxed(),
+    fn only_a_refusal_means_a_create_did_not_happen() {
+        let status = |code: u16, message: &str| {
+            api_error(
+                "creating",
+                kube::Error::Api(
+                    kube::core::Status::failure(message, "Reason")
+                        .with_code(code)
+                        .boxed(),
+                ),
             )
         };
-        for code in [400, 403, 404, 422] {
-            assert!(is_refusal(&status(code)), "{code}");
+        for (code, message) in [(400, "bad"), (422, "invalid"), (403, "exceeded quota: q")] {
+            assert!(!status(code, message).may_have_created(), "{code}");
         }
-        // A conflict, throttling, or a server error: the write may have happened.
-        for code in [409, 429, 500, 503, 504] {
-            assert!(!is_refusal(&status(code)), "{code}");
+        // A conflict, throttling, a server error, or anything unclassified: the write may have
+        // happened, so its Secrets stay until the pod goes.
+        for code in [403, 404, 409, 429, 500, 503, 504] {
+            assert!(status(code, "m").may_have_created(), "{code}");
         }
     }
 

@@ -933,6 +933,130 @@ async fn backend_quota_exhausted_sells_the_node_out_until_raised() {
     common::wait_pod_phase(&t.a, "second", "Running").await;
 }
 
+/// B answers a pod create with a server error after the pod's Secret was written (an admission
+/// webhook nobody serves, failing closed: a 500 for every pod create in this test's managed
+/// namespace). B never has the pod, so nothing owns the Secret; a source pod deleted while it
+/// waits must take it back all the same, rather than leave it on B until the next start's sweep.
+#[tokio::test]
+async fn a_create_failing_with_a_server_error_leaves_nothing_once_the_pod_is_deleted() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    let Some(t) = Burst::start().await else {
+        return;
+    };
+    let hooks: Api<ValidatingWebhookConfiguration> = Api::all(t.b.client());
+    let hook_name = format!("fail-pod-creates-{}", t.managed);
+    let hook: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": hook_name},
+        "webhooks": [{
+            "name": "fail-pod-creates.vkubelet.test",
+            // Loopback, a port nothing listens on: refused at once.
+            "clientConfig": {"url": "https://127.0.0.1:1/validate"},
+            "rules": [{
+                "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                "resources": ["pods"],
+            }],
+            "namespaceSelector": {"matchLabels": {
+                vk_provider_kube::identity::CLUSTER_ID_LABEL: t.a.namespace(),
+            }},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 2,
+        }],
+    }))
+    .expect("webhook configuration");
+    hooks
+        .create(&Default::default(), &hook)
+        .await
+        .expect("create the webhook configuration");
+    // B's API server takes the configuration up a little later: a dry-run create says when.
+    let probe: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "probe"},
+        "spec": {"containers": [{"name": "c", "image": "none"}]},
+    }))
+    .expect("probe pod");
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wait_for(WAIT, POLL, async || {
+        match t.backend_pods_api().create(&dry_run, &probe).await {
+            Err(kube::Error::Api(s)) if s.code >= 500 => Ok(()),
+            other => Err(format!("a pod create on B still gives {other:?}")),
+        }
+    })
+    .await;
+
+    let secrets: Api<Secret> = t.a.api();
+    secrets
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "creds"},
+                "stringData": {"password": "hunter2"},
+            }))
+            .expect("secret"),
+        )
+        .await
+        .expect("create secret");
+    let doomed = t.a.create(&common::pod_with(
+        &t.va,
+        "doomed",
+        json!({
+            "command": ["sh", "-c", "exec sleep 3600"],
+            "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}}],
+        }),
+        json!({"terminationGracePeriodSeconds": 2}),
+    ))
+    .await;
+    let event = wait_event(&t.a, "doomed", "ProviderCreateFailed").await;
+    assert!(
+        event
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("webhook"),
+        "the create failed for the webhook: {event:?}"
+    );
+    // The window is real: B holds the pod's Secret, and no pod.
+    let backend_secrets: Api<Secret> = Api::namespaced(t.b.client(), &t.managed);
+    let of_doomed = ListParams::default().labels(&format!(
+        "{}={}",
+        vk_provider_kube::identity::SOURCE_UID_LABEL,
+        uid(&doomed)
+    ));
+    let written = backend_secrets
+        .list(&of_doomed)
+        .await
+        .expect("list Secrets");
+    assert!(
+        !written.items.is_empty(),
+        "the failed create wrote the pod's Secret first"
+    );
+    assert!(t.backend_pods().await.is_empty(), "B has no pod");
+
+    t.a.kubectl_ns(["delete", "pod", "doomed", "--wait=true"])
+        .await
+        .assert_success();
+    // Gone from A means vkubelet-A asked B to delete first: nothing may be left by now.
+    let left = backend_secrets
+        .list(&of_doomed)
+        .await
+        .expect("list Secrets");
+    assert!(
+        left.items.is_empty(),
+        "Secrets of the deleted pod left on B: {:?}",
+        left.items
+            .iter()
+            .map(|s| &s.metadata.name)
+            .collect::<Vec<_>>()
+    );
+    hooks
+        .delete(&hook_name, &DeleteParams::default())
+        .await
+        .expect("delete the webhook configuration");
+}
+
 /// Whether A's node carries the sold-out taint, waited for until it is `want`.
 async fn wait_sold_out(t: &Burst, want: bool) {
     use k8s_openapi::api::core::v1::Node;

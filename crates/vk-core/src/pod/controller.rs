@@ -125,7 +125,10 @@ impl Entry {
             backend_status: None,
             api_spec: 0,
             restart_policy: None,
-            state: PodState::New { verdict: None },
+            state: PodState::New {
+                verdict: None,
+                unsettled: false,
+            },
             references_changed: 0,
             created_at: None,
             backend_seen_at: None,

@@ -10,6 +10,9 @@
 //! - a [`PodState::Rejected`] pod is never created, updated or retried: only its verdict is
 //!   written, and a terminal API pod is never written at all;
 //! - a pod whose API object is being deleted is only ever stopped and released, never created;
+//! - a pod a create may have left something of on the backend (a failure that was not a
+//!   refusal: [`ProviderError::may_have_created`]) is deleted from the backend before it is let
+//!   go, even while the backend reports it absent;
 //! - the same inputs give the same decision (no clock, no randomness read here).
 
 use std::hash::{Hash, Hasher};
@@ -55,18 +58,23 @@ pub(crate) enum Backend {
 pub(crate) enum PodState {
     /// Not created by this process yet: created when the backend lacks it, adopted when the
     /// backend has it. `verdict` says why it is still Pending (a missing reference, a create
-    /// failure being retried).
-    New { verdict: Option<Verdict> },
+    /// failure being retried). `unsettled`: a create failed in a way that may have left
+    /// something on the backend.
+    New {
+        verdict: Option<Verdict>,
+        unsettled: bool,
+    },
     /// The backend lost the pod's instance and the loss was accounted for (event, restart count):
     /// the next create is the restart, not a lost instance found again.
     Restarting {
         restart_base: i32,
         verdict: Option<Verdict>,
+        unsettled: bool,
     },
     /// On the backend: created by us, or adopted after a restart.
     Running(Running),
-    /// Failed for good; only this verdict is written from now on.
-    Rejected(Verdict),
+    /// Failed for good; only this verdict is written from now on. `unsettled` as for `New`.
+    Rejected { verdict: Verdict, unsettled: bool },
     /// The API pod is being deleted; the backend was asked at `since` to stop it within the grace
     /// period.
     Stopping { since: Instant },
@@ -78,8 +86,8 @@ impl PodState {
     /// The core's own word on the pod, which overrides the backend's status.
     pub(crate) fn verdict(&self) -> Option<&Verdict> {
         match self {
-            Self::New { verdict } | Self::Restarting { verdict, .. } => verdict.as_ref(),
-            Self::Rejected(v) => Some(v),
+            Self::New { verdict, .. } | Self::Restarting { verdict, .. } => verdict.as_ref(),
+            Self::Rejected { verdict, .. } => Some(verdict),
             Self::Running(_) | Self::Stopping { .. } | Self::Released => None,
         }
     }
@@ -93,16 +101,38 @@ impl PodState {
         }
     }
 
-    /// The same pre-create state with another verdict.
-    fn with_verdict(&self, verdict: Verdict) -> PodState {
+    /// Whether a create may have left something on the backend that no backend pod accounts
+    /// for: the backend must be asked to delete the pod before it is let go.
+    fn unsettled(&self) -> bool {
+        match self {
+            Self::New { unsettled, .. }
+            | Self::Restarting { unsettled, .. }
+            | Self::Rejected { unsettled, .. } => *unsettled,
+            Self::Running(_) | Self::Stopping { .. } | Self::Released => false,
+        }
+    }
+
+    /// The same pre-create state with another verdict; once unsettled, it stays so.
+    fn with_verdict(&self, verdict: Verdict, unsettled: bool) -> PodState {
+        let unsettled = unsettled || self.unsettled();
         match self {
             Self::Restarting { restart_base, .. } => Self::Restarting {
                 restart_base: *restart_base,
                 verdict: Some(verdict),
+                unsettled,
             },
             _ => Self::New {
                 verdict: Some(verdict),
+                unsettled,
             },
+        }
+    }
+
+    /// Failed for good with `verdict`; unsettled if this state was or `unsettled` says so.
+    fn rejected(&self, verdict: Verdict, unsettled: bool) -> PodState {
+        Self::Rejected {
+            verdict,
+            unsettled: unsettled || self.unsettled(),
         }
     }
 
@@ -365,7 +395,7 @@ pub(crate) enum Done {
 /// The first step of a pass over one pod.
 pub(crate) fn decide(state: &mut PodState, f: &Facts, p: &Policy<'_>) -> Step {
     let Some(pod) = f.api.clone() else {
-        return without_api_pod(f);
+        return without_api_pod(state, f);
     };
     if pod.metadata.deletion_timestamp.is_some() {
         return deletion(state, f, &pod);
@@ -376,7 +406,7 @@ pub(crate) fn decide(state: &mut PodState, f: &Facts, p: &Policy<'_>) -> Step {
             then: Then::Finish(Next::Done),
         };
     }
-    if let PodState::Rejected(verdict) = state {
+    if let PodState::Rejected { verdict, .. } = state {
         return sync_status(f, &pod, Some(verdict), Next::Done);
     }
     match f.backend {
@@ -455,9 +485,11 @@ fn event(warning: bool, reason: &str, message: impl Into<String>) -> Effect {
     }
 }
 
-fn without_api_pod(f: &Facts) -> Step {
-    if matches!(f.backend, Backend::Present | Backend::Unknown) {
-        // An orphan, or a pod deleted from the API (force delete, or our own final delete).
+fn without_api_pod(state: &PodState, f: &Facts) -> Step {
+    let leftovers = f.backend == Backend::Absent && state.unsettled();
+    if matches!(f.backend, Backend::Present | Backend::Unknown) || leftovers {
+        // An orphan, or a pod deleted from the API (force delete, or our own final delete), or
+        // what a create whose outcome is unknown may have left.
         return Step::act(Action::DeleteBackend {
             grace: Duration::ZERO,
             purpose: DeletePurpose::Orphan,
@@ -478,6 +510,13 @@ fn deletion(state: &mut PodState, f: &Facts, pod: &Pod) -> Step {
     );
     match f.backend {
         Backend::Unknown => return Step::finish(Next::Done),
+        // What a create whose outcome is unknown may have left goes first.
+        Backend::Absent if state.unsettled() => {
+            return Step::act(Action::DeleteBackend {
+                grace: Duration::ZERO,
+                purpose: DeletePurpose::Release,
+            });
+        }
         Backend::Absent | Backend::Gone => return release_api_pod(state),
         Backend::Present => {}
     }
@@ -589,7 +628,7 @@ fn reject(state: &mut PodState, f: &Facts, pod: &Pod, reason: &str, message: Str
     ];
     let verdict = Verdict::failed(reason, message);
     let step = sync_status(f, pod, Some(&verdict), Next::Done);
-    *state = PodState::Rejected(verdict);
+    *state = state.rejected(verdict, false);
     step.after_effects(effects)
 }
 
@@ -607,6 +646,7 @@ fn instance_lost(state: &mut PodState, f: &Facts, pod: &Pod, p: &Policy<'_>) -> 
     *state = PodState::Restarting {
         restart_base: restarts + 1,
         verdict: state.verdict().cloned(),
+        unsettled: state.unsettled(),
     };
     Step {
         effects: vec![
@@ -693,7 +733,7 @@ fn created(
             };
             let verdict = Verdict::containers_waiting(pod, CONFIG_ERROR_REASON, message);
             let step = sync_status(f, pod, Some(&verdict), Next::Retry(Duration::ZERO));
-            *state = state.with_verdict(verdict);
+            *state = state.with_verdict(verdict, false);
             step.after_effects(vec![effect])
         }
         CreateResult::InvalidReference(message) => {
@@ -709,7 +749,7 @@ fn created(
             if p.fail_fast {
                 let verdict = Verdict::failed(e.pod_reason(), e.to_string());
                 let step = sync_status(f, pod, Some(&verdict), Next::Done);
-                *state = PodState::Rejected(verdict);
+                *state = state.rejected(verdict, e.may_have_created());
                 return step.after_effects(vec![failed]);
             }
             let verdict = Verdict::pending(e.pod_reason(), e.to_string());
@@ -719,7 +759,7 @@ fn created(
                 Some(&verdict),
                 Next::Retry(e.retry_after().unwrap_or_default()),
             );
-            *state = state.with_verdict(verdict);
+            *state = state.with_verdict(verdict, e.may_have_created());
             step.after_effects(vec![failed])
         }
     }

@@ -235,7 +235,10 @@ fn running_state(pod: &Pod) -> PodState {
 }
 
 fn new_state() -> PodState {
-    PodState::New { verdict: None }
+    PodState::New {
+        verdict: None,
+        unsettled: false,
+    }
 }
 
 fn action(step: &Step) -> &Action {
@@ -393,7 +396,7 @@ fn an_unsupported_spec_is_rejected_for_good() {
     assert_eq!(status["phase"], "Failed");
     assert_eq!(status["reason"], UNSUPPORTED_REASON);
     assert_eq!(then, Next::Done);
-    assert!(matches!(state, PodState::Rejected(_)));
+    assert!(matches!(state, PodState::Rejected { .. }));
     // Never created afterwards, whatever wakes it.
     let step = decide(&mut state, &f, &policy());
     assert!(matches!(action(&step), Action::PatchStatus { .. }));
@@ -413,7 +416,7 @@ fn a_pod_the_profile_cannot_size_fails_with_the_rule_it_broke() {
     assert_eq!(events(&step), vec![(true, NORMALIZATION_FAILED_REASON)]);
     assert!(event_message(&step, NORMALIZATION_FAILED_REASON).contains("virtual node vk-0"));
     assert_eq!(patched(&step).0["reason"], NORMALIZATION_FAILED_REASON);
-    assert!(matches!(state, PodState::Rejected(_)));
+    assert!(matches!(state, PodState::Rejected { .. }));
 
     // A pod it can size goes to the backend normalised.
     let api = pod().requests("250m", "512Mi").build();
@@ -500,7 +503,7 @@ fn references_that_can_never_resolve_reject_the_pod() {
         assert_eq!(events(&step), vec![(true, reason)]);
         assert_eq!(patched(&step).0["reason"], reason);
         assert_eq!(patched(&step).0["phase"], "Failed");
-        assert!(matches!(state, PodState::Rejected(_)));
+        assert!(matches!(state, PodState::Rejected { .. }));
     }
 }
 
@@ -538,7 +541,7 @@ fn with_fail_fast_the_first_provider_failure_fails_the_pod() {
     assert_eq!(status["phase"], "Failed");
     assert_eq!(status["reason"], "ProviderFailed");
     assert_eq!(then, Next::Done);
-    assert!(matches!(state, PodState::Rejected(_)));
+    assert!(matches!(state, PodState::Rejected { .. }));
     let step = decide(&mut state, &f, &fail_fast());
     assert!(
         matches!(action(&step), Action::PatchStatus { .. }),
@@ -558,7 +561,7 @@ fn a_refusing_backend_fails_the_pod_without_retries() {
         vec![(true, "ProviderCreateFailed"), (true, "ProviderRejected")]
     );
     assert_eq!(patched(&step).0["phase"], "Failed");
-    assert!(matches!(state, PodState::Rejected(_)));
+    assert!(matches!(state, PodState::Rejected { .. }));
 }
 
 // ---- adopt ----------------------------------------------------------------------------------
@@ -851,7 +854,8 @@ fn a_lost_instance_is_re_created_under_always_and_on_failure() {
             state,
             PodState::Restarting {
                 restart_base: 3,
-                verdict: None
+                verdict: None,
+                unsettled: false,
             }
         );
         // Re-created, its restart count carried on; not reported lost a second time.
@@ -875,7 +879,7 @@ fn a_lost_instance_fails_the_pod_under_never() {
     assert_eq!(status["phase"], "Failed");
     assert_eq!(status["reason"], LOST_REASON);
     assert_eq!(then, Next::Done);
-    assert!(matches!(state, PodState::Rejected(_)));
+    assert!(matches!(state, PodState::Rejected { .. }));
 }
 
 #[test]
@@ -904,6 +908,7 @@ fn a_lost_slimmed_pod_is_fetched_whole_before_it_is_re_created() {
     let mut state = PodState::Restarting {
         restart_base: 1,
         verdict: None,
+        unsettled: false,
     };
     let f = facts(Some(slim), Backend::Absent)
         .api_spec_of(&whole)
@@ -952,7 +957,10 @@ fn a_terminal_pod_is_left_alone() {
             (new_state(), Backend::Absent),
             (running_state(&p), Backend::Gone),
             (
-                PodState::Rejected(Verdict::failed("X", "y")),
+                PodState::Rejected {
+                    verdict: Verdict::failed("X", "y"),
+                    unsettled: false,
+                },
                 Backend::Absent,
             ),
         ] {
@@ -1134,6 +1142,125 @@ fn a_failed_stop_is_retried_with_an_event() {
         matches!(state, PodState::Running(_)),
         "the stop is asked again"
     );
+}
+
+/// Deleting a pod whose create failed, as the API server sees it (graceful) or after a force
+/// delete (no API object): the step for a backend that reports the pod absent.
+fn delete_while_absent(state: &mut PodState, p: &Pod) -> (Step, Step) {
+    let mut deleting = p.clone();
+    deleting.metadata.deletion_timestamp = Some(epoch());
+    deleting.metadata.deletion_grace_period_seconds = Some(30);
+    let graceful = decide(
+        &mut state.clone(),
+        &facts(Some(Arc::new(deleting)), Backend::Absent).build(),
+        &policy(),
+    );
+    let forced = decide(state, &facts(None, Backend::Absent).build(), &policy());
+    (graceful, forced)
+}
+
+#[test]
+fn a_create_whose_outcome_is_unknown_is_deleted_from_the_backend_before_the_pod_goes() {
+    let p = pod().build();
+    let f = facts(Some(p.clone()), Backend::Absent).build();
+    let mut state = new_state();
+    // A 5xx or a timeout: the backend may hold the pod, or what the create wrote before it.
+    let failed = CreateResult::ProviderFailed(transient(None));
+    after(&mut state, &f, &policy(), create_failed(1, failed));
+    // A later attempt that stops short of the backend does not settle it.
+    let missing = CreateResult::MissingReference {
+        message: "configmap \"c\" not found".into(),
+        volume: true,
+    };
+    after(&mut state, &f, &policy(), create_failed(1, missing));
+    assert!(state.unsettled(), "{state:?}");
+
+    let (graceful, forced) = delete_while_absent(&mut state.clone(), &p);
+    assert_eq!(action(&graceful), &release());
+    let orphan = Action::DeleteBackend {
+        grace: Duration::ZERO,
+        purpose: DeletePurpose::Orphan,
+    };
+    assert_eq!(action(&forced), &orphan);
+    // The backend not knowing the pod is the expected answer; then the pod goes as usual.
+    for result in [Ok(()), Err(ProviderError::NotFound("u1".into()))] {
+        let step = after(
+            &mut state.clone(),
+            &f,
+            &policy(),
+            deleted(DeletePurpose::Release, result.clone()),
+        );
+        assert_eq!(action(&step), &Action::DeleteApi);
+        let step = after(
+            &mut state.clone(),
+            &f,
+            &policy(),
+            deleted(DeletePurpose::Orphan, result),
+        );
+        assert_eq!(step.effects, vec![Effect::DropPod]);
+    }
+    // A later refusal fails the pod, and what the earlier attempt left is still deleted; under
+    // fail-fast a first failure of unknown outcome fails it at once, unsettled all the same.
+    let refused = ProviderError::InvalidInput("bad image".into());
+    let eof = ProviderError::Other("EOF".into());
+    for (mut state, failure, policy) in
+        [(state, refused, policy()), (new_state(), eof, fail_fast())]
+    {
+        let failed = CreateResult::ProviderFailed(failure);
+        after(&mut state, &f, &policy, create_failed(1, failed));
+        assert!(
+            matches!(
+                state,
+                PodState::Rejected {
+                    unsettled: true,
+                    ..
+                }
+            ),
+            "{state:?}"
+        );
+        assert_eq!(action(&delete_while_absent(&mut state, &p).0), &release());
+    }
+
+    // A lost instance's re-create that fails carries it into the restart.
+    let mut state = new_state();
+    let failed = CreateResult::ProviderFailed(transient(None));
+    after(&mut state, &f, &policy(), create_failed(1, failed));
+    let started = pod().started(0).build();
+    decide(
+        &mut state,
+        &facts(Some(started), Backend::Gone).build(),
+        &policy(),
+    );
+    assert!(
+        matches!(
+            state,
+            PodState::Restarting {
+                unsettled: true,
+                ..
+            }
+        ),
+        "{state:?}"
+    );
+}
+
+#[test]
+fn a_refused_create_leaves_nothing_to_delete() {
+    let p = pod().build();
+    let f = facts(Some(p.clone()), Backend::Absent).build();
+    for refusal in [
+        ProviderError::SoldOut("pool".into()),
+        ProviderError::QuotaExceeded("pods".into()),
+        ProviderError::InvalidInput("bad image".into()),
+    ] {
+        let mut state = new_state();
+        let failed = CreateResult::ProviderFailed(refusal.clone());
+        after(&mut state, &f, &policy(), create_failed(1, failed));
+        assert!(!state.unsettled(), "{refusal}: {state:?}");
+        let (graceful, forced) = delete_while_absent(&mut state, &p);
+        assert_eq!(action(&graceful), &Action::DeleteApi, "{refusal}");
+        assert_eq!(forced.effects, vec![Effect::DropPod], "{refusal}");
+        assert_eq!(finish(&forced), Next::Done);
+    }
 }
 
 // ---- orphans --------------------------------------------------------------------------------
