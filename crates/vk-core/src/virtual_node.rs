@@ -79,6 +79,7 @@ impl VirtualNode {
         pod_cfg: PodControllerConfig,
         event_opts: EventOptions,
         client: kube::Client,
+        heartbeat_client: kube::Client,
         provider: DynProvider,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -87,6 +88,7 @@ impl VirtualNode {
         let node = NodeController::new(
             node_cfg,
             client.clone(),
+            heartbeat_client,
             provider.clone(),
             events.clone(),
             metrics.clone(),

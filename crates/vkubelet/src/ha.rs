@@ -74,7 +74,7 @@ pub async fn lead_node(
 ) -> anyhow::Result<()> {
     let name = plan.name().to_string();
     let elector = Elector::new(
-        common.client.clone(),
+        common.heartbeat_client.clone(),
         &ha.namespace,
         &lease_name(&name),
         &ha.identity,

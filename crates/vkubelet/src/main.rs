@@ -481,10 +481,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         burst: args.cluster.kube_api_burst,
         ..Default::default()
     };
+    // Leases get a client of their own, as the kubelet's heartbeat client is: its own connection,
+    // request queue and token bucket, so a renewal never waits behind a burst's pod traffic
+    // (a renewal queued past its deadline loses the node's lease, or the replica its term).
+    let heartbeat_client = build_client(config.clone(), ClientOptions::default(), metrics.clone())
+        .context("building the lease API client")?;
     let client =
         build_client(config, client_opts, metrics.clone()).context("building the API client")?;
     let common = serve::Common {
         client: client.clone(),
+        heartbeat_client,
         metrics: metrics.clone(),
         api_metrics,
         client_ca,

@@ -29,6 +29,8 @@ use crate::providers;
 #[derive(Clone)]
 pub struct Common {
     pub client: kube::Client,
+    /// For Leases alone (the node's heartbeat, leader election): see `main.rs`.
+    pub heartbeat_client: kube::Client,
     pub metrics: Arc<Metrics>,
     pub api_metrics: ApiMetrics,
     pub client_ca: Option<Vec<CertificateDer<'static>>>,
@@ -126,6 +128,7 @@ pub async fn prepare(
         plan.pods.clone(),
         plan.events,
         common.client.clone(),
+        common.heartbeat_client.clone(),
         provider.clone(),
         common.metrics.clone(),
     );

@@ -74,6 +74,8 @@ impl NodeConfig {
 pub struct NodeController {
     cfg: NodeConfig,
     client: kube::Client,
+    /// Renews the node's Lease: a client of its own, so that a burst's requests never delay it.
+    heartbeat_client: kube::Client,
     provider: DynProvider,
     events: EventRecorder,
     metrics: Arc<Metrics>,
@@ -86,6 +88,7 @@ impl NodeController {
     pub fn new(
         cfg: NodeConfig,
         client: kube::Client,
+        heartbeat_client: kube::Client,
         provider: DynProvider,
         events: EventRecorder,
         metrics: Arc<Metrics>,
@@ -93,6 +96,7 @@ impl NodeController {
         Arc::new(Self {
             cfg,
             client,
+            heartbeat_client,
             provider,
             events,
             metrics,
@@ -339,7 +343,7 @@ impl NodeController {
             let wait = match uid {
                 None => Duration::from_millis(200),
                 Some(uid) => match lease::renew(
-                    &self.client,
+                    &self.heartbeat_client,
                     &self.cfg.name,
                     &uid,
                     self.cfg.lease_duration_secs,

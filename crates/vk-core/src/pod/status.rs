@@ -227,7 +227,12 @@ pub fn status_patch(current: &PodStatus, desired: &PodStatus, uid: &str) -> Opti
             changed.insert((*field).to_string(), b.unwrap_or(Value::Null));
         }
     }
-    if changed.is_empty() {
+    // An API server before 1.28 drops `hostIPs`. Written alone, it would go out again for every
+    // pod after every restart and every leadership term, and change nothing: at 10,000 pods that
+    // is 10,000 writes queued ahead of real ones. It goes out with the pod's next real change
+    // instead, where a server that keeps it takes it.
+    let host_ips_alone = changed.len() == 1 && changed.contains_key("hostIPs");
+    if changed.is_empty() || (host_ips_alone && !cur.contains_key("hostIPs")) {
         return None;
     }
     Some(serde_json::json!({ "metadata": { "uid": uid }, "status": Value::Object(changed) }))
@@ -425,6 +430,33 @@ mod tests {
         let current = desired_status(&PodStatus::default(), Some(&backend_running()), None);
         let d = desired_status(&current, None, None);
         assert_eq!(status_patch(&current, &d, "u"), None);
+    }
+
+    #[test]
+    fn host_ips_alone_are_not_worth_a_write() {
+        let mut backend = backend_running();
+        backend.host_ip = Some("10.1.2.3".into());
+        backend.host_ips = Some(vec![k8s_openapi::api::core::v1::HostIP {
+            ip: "10.1.2.3".into(),
+        }]);
+        let desired = desired_status(&PodStatus::default(), Some(&backend), None);
+        // What a 1.20 API server keeps of it.
+        let mut kept = desired.clone();
+        kept.host_ips = None;
+        assert_eq!(status_patch(&kept, &desired, "u"), None);
+        // With a real change they go along.
+        let mut older = kept.clone();
+        older.phase = Some("Pending".into());
+        let p = status_patch(&older, &desired, "u").unwrap_or_default();
+        assert_eq!(p["status"]["phase"], "Running");
+        assert_eq!(p["status"]["hostIPs"][0]["ip"], "10.1.2.3");
+        // A server that keeps them gets a changed list written.
+        let mut moved = desired.clone();
+        moved.host_ips = Some(vec![k8s_openapi::api::core::v1::HostIP {
+            ip: "10.9.9.9".into(),
+        }]);
+        let p = status_patch(&moved, &desired, "u").unwrap_or_default();
+        assert_eq!(p["status"]["hostIPs"][0]["ip"], "10.1.2.3");
     }
 
     #[test]
