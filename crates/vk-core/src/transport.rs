@@ -1,7 +1,6 @@
 //! The HTTP transport under every API client vkubelet builds ([`crate::client::build_client`]):
-//! HTTP/2 for ordinary requests, so one TLS connection per API server carries every request in
-//! flight (as client-go does), and HTTP/1.1 connections of their own for watches, followed log
-//! streams and upgrades.
+//! HTTP/2 for ordinary requests, so a few TLS connections per API server carry every request in
+//! flight, and HTTP/1.1 connections of their own for watches, followed log streams and upgrades.
 //!
 //! Why not kube's default stack: it offers HTTP/1.1 only, so N requests in flight hold N TLS
 //! connections. With 256 pod workers a burst opened hundreds, each a handshake and tens of
@@ -23,6 +22,14 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 /// What kube's own builder produces, so the same layers go on top of either.
 pub type ApiService = BoxService<Request<Body>, Response<Box<DynBody>>, BoxError>;
+
+/// HTTP/2 connections the ordinary requests are spread over, in turn. One (client-go's choice)
+/// lost the API server's attention to clients with many connections: in a 10,000-pod burst
+/// beside a load generator on 128 HTTP/1.1 connections, vkubelet got 336 status writes/s while
+/// the generator's creates ran at 396/s, so pods queued (p99 create→Running 3.6× the null
+/// kubelet's); with four, 391 against 419/s and p99 1.49× (docs/testing.md). The API server
+/// serves each connection's frames from one goroutine, which is the likely reason.
+const MULTIPLEXED_CONNECTIONS: usize = 4;
 
 /// With no answer to a ping in this long, an HTTP/2 connection is given up and its requests
 /// fail (and are retried on a new one): client-go's read-idle and ping timeouts.
@@ -50,13 +57,18 @@ pub fn api_service(config: &kube::Config) -> Result<Option<ApiService>, kube::Er
         .enable_http1()
         .wrap_connector(http);
     let split = Split {
-        multiplexed: Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .http2_keep_alive_interval(PING_INTERVAL)
-            .http2_keep_alive_timeout(PING_TIMEOUT)
-            .http2_keep_alive_while_idle(true)
-            .build(negotiated),
+        multiplexed: (0..MULTIPLEXED_CONNECTIONS)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .http2_keep_alive_interval(PING_INTERVAL)
+                    .http2_keep_alive_timeout(PING_TIMEOUT)
+                    .http2_keep_alive_while_idle(true)
+                    .build(negotiated.clone())
+            })
+            .collect(),
+        next: Default::default(),
         dedicated: Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .build(http1_only),
@@ -75,11 +87,12 @@ pub fn api_service(config: &kube::Config) -> Result<Option<ApiService>, kube::Er
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
-/// Sends each request over the multiplexed client, or over a connection of its own when it
+/// Sends each request over the next multiplexed client in turn, or over a connection of its own when it
 /// lives long or upgrades ([`needs_own_connection`]).
 #[derive(Clone)]
 struct Split {
-    multiplexed: HttpsClient,
+    multiplexed: std::sync::Arc<[HttpsClient]>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     dedicated: HttpsClient,
 }
 
@@ -100,7 +113,8 @@ impl Service<Request<Body>> for Split {
         if needs_own_connection(&req) {
             self.dedicated.request(req)
         } else {
-            self.multiplexed.request(req)
+            let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.multiplexed[i % self.multiplexed.len()].request(req)
         }
     }
 }
