@@ -29,7 +29,7 @@ pub type ApiService = BoxService<Request<Body>, Response<Box<DynBody>>, BoxError
 /// the generator's creates ran at 396/s, so pods queued (p99 create→Running 3.6× the null
 /// kubelet's); with four, 391 against 419/s and p99 1.49× (docs/testing.md). The API server
 /// serves each connection's frames from one goroutine, which is the likely reason.
-const MULTIPLEXED_CONNECTIONS: usize = 4;
+pub const MULTIPLEXED_CONNECTIONS: usize = 4;
 
 /// With no answer to a ping in this long, an HTTP/2 connection is given up and its requests
 /// fail (and are retried on a new one): client-go's read-idle and ping timeouts.

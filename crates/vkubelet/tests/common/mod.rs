@@ -692,19 +692,22 @@ pub fn straggler(p: &Pod) -> String {
     )
 }
 
-/// `--leader-elect` with the election shortened so a takeover happens in seconds, the Lease in
+/// `--leader-elect` with the default election timings, the Lease in
 /// the test's namespace.
 pub fn ha_args(env: &TestEnv) -> Vec<String> {
+    // The defaults (15 s, 10 s, 2 s). Shorter ones made takeovers quicker, but with both control
+    // planes and every suite on two cores a renewal sometimes took longer than a 4 s deadline,
+    // and a term ended by itself in the middle of a test (seen in CI, twice in one run).
     [
         "--leader-elect",
         "--leader-elect-namespace",
         env.namespace(),
         "--leader-elect-lease-duration",
-        "6",
+        "15",
         "--leader-elect-renew-deadline",
-        "4",
+        "10",
         "--leader-elect-retry-period",
-        "1",
+        "2",
     ]
     .iter()
     .map(|s| s.to_string())
