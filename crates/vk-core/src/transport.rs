@@ -27,8 +27,9 @@ pub type ApiService = BoxService<Request<Body>, Response<Box<DynBody>>, BoxError
 /// lost the API server's attention to clients with many connections: in a 10,000-pod burst
 /// beside a load generator on 128 HTTP/1.1 connections, vkubelet got 336 status writes/s while
 /// the generator's creates ran at 396/s, so pods queued (p99 create→Running 3.6× the null
-/// kubelet's); with four, 391 against 419/s and p99 1.49× (2.26× in a second run; docs/testing.md). The API server
-/// serves each connection's frames from one goroutine, which is the likely reason.
+/// kubelet's); with four, 391 against 419/s and p99 1.49× (2.26× in a second run;
+/// docs/testing.md). The API server serves each connection's frames from one goroutine, which is
+/// the likely reason.
 pub const MULTIPLEXED_CONNECTIONS: usize = 4;
 
 /// With no answer to a ping in this long, an HTTP/2 connection is given up and its requests
@@ -87,8 +88,8 @@ pub fn api_service(config: &kube::Config) -> Result<Option<ApiService>, kube::Er
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
-/// Sends each request over the next multiplexed client in turn, or over a connection of its own when it
-/// lives long or upgrades ([`needs_own_connection`]).
+/// Sends each request over the next multiplexed client in turn, or over a connection of its own
+/// when it lives long or upgrades ([`needs_own_connection`]).
 #[derive(Clone)]
 struct Split {
     multiplexed: std::sync::Arc<[HttpsClient]>,

@@ -153,8 +153,6 @@ async fn own_secret(
     .map(|_| ())
 }
 
-/// Whether the API refused a write for good reason of its own (4xx other than a conflict or
-/// throttling): then the write did not happen. After a 5xx it may have.
 fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }

@@ -6,10 +6,10 @@
 //!
 //! Every test runs a burst of pods bound straight to the virtual node and checks counts and
 //! observed states, never durations: no pod lost (all Running, then all gone), no pod created
-//! twice on the backend (the sim journal's create history, or the process pods' own start reports), no
-//! backend pod left once the API pods are gone, each injected failure (the sim's `faults.log`)
-//! visible on its pod as a reason and an event, and vkubelet alive throughout, started exactly as
-//! often as the test started it.
+//! twice on the backend (the sim journal's create history, or the process pods' own start
+//! reports), no backend pod left once the API pods are gone, each injected failure (the sim's
+//! `faults.log`) visible on its pod as a reason and an event, and vkubelet alive throughout,
+//! started exactly as often as the test started it.
 
 // Test code: a failed expectation is the test failing.
 #![allow(clippy::expect_used, clippy::unwrap_used)]

@@ -500,7 +500,8 @@ async fn wait_burst_running(env: &TestEnv, bootstrap: &Vk, n: usize) -> Vec<Pod>
 }
 
 /// B holds exactly one Running pod per API pod of `api` (by source UID) and nothing else, and
-/// B's runner created each of them exactly once (its journal's create history); returns B's pods by UID.
+/// B's runner created each of them exactly once (its journal's create history); returns B's pods
+/// by UID.
 async fn assert_backend_is_the_api(b: &TestEnv, vb: &Vk, api: &[Pod]) -> BTreeSet<String> {
     let sources: BTreeSet<String> = api.iter().map(uid).collect();
     let backend = wait_for(BURST_WAIT, POLL, async || {

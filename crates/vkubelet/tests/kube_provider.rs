@@ -114,6 +114,15 @@ fn uid(p: &impl kube::Resource) -> String {
     p.meta().uid.clone().unwrap_or_default()
 }
 
+/// Selects the backend objects of source pod `p` (by its UID label).
+fn of_source_pod(p: &Pod) -> ListParams {
+    ListParams::default().labels(&format!(
+        "{}={}",
+        vk_provider_kube::identity::SOURCE_UID_LABEL,
+        uid(p)
+    ))
+}
+
 fn source_uid(p: &Pod) -> String {
     p.metadata
         .labels
@@ -909,11 +918,7 @@ async fn backend_quota_exhausted_sells_the_node_out_until_raised() {
         .await
         .assert_success();
     let secrets: Api<Secret> = Api::namespaced(t.b.client(), &t.managed);
-    let of_third = ListParams::default().labels(&format!(
-        "{}={}",
-        vk_provider_kube::identity::SOURCE_UID_LABEL,
-        uid(&third)
-    ));
+    let of_third = of_source_pod(&third);
     wait_for(WAIT, POLL, async || {
         let left = secrets.list(&of_third).await.map_err(|e| e.to_string())?;
         if left.items.is_empty() {
@@ -1020,11 +1025,7 @@ async fn a_create_failing_with_a_server_error_leaves_nothing_once_the_pod_is_del
     );
     // The window is real: B holds the pod's Secret, and no pod.
     let backend_secrets: Api<Secret> = Api::namespaced(t.b.client(), &t.managed);
-    let of_doomed = ListParams::default().labels(&format!(
-        "{}={}",
-        vk_provider_kube::identity::SOURCE_UID_LABEL,
-        uid(&doomed)
-    ));
+    let of_doomed = of_source_pod(&doomed);
     let written = backend_secrets
         .list(&of_doomed)
         .await

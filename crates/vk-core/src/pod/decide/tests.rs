@@ -1146,13 +1146,10 @@ fn a_failed_stop_is_retried_with_an_event() {
 
 /// Deleting a pod whose create failed, as the API server sees it (graceful) or after a force
 /// delete (no API object): the step for a backend that reports the pod absent.
-fn delete_while_absent(state: &mut PodState, p: &Pod) -> (Step, Step) {
-    let mut deleting = p.clone();
-    deleting.metadata.deletion_timestamp = Some(epoch());
-    deleting.metadata.deletion_grace_period_seconds = Some(30);
+fn delete_while_absent(state: &mut PodState, p: PodBuilder) -> (Step, Step) {
     let graceful = decide(
         &mut state.clone(),
-        &facts(Some(Arc::new(deleting)), Backend::Absent).build(),
+        &facts(Some(p.deleting(30).build()), Backend::Absent).build(),
         &policy(),
     );
     let forced = decide(state, &facts(None, Backend::Absent).build(), &policy());
@@ -1175,7 +1172,7 @@ fn a_create_whose_outcome_is_unknown_is_deleted_from_the_backend_before_the_pod_
     after(&mut state, &f, &policy(), create_failed(1, missing));
     assert!(state.unsettled(), "{state:?}");
 
-    let (graceful, forced) = delete_while_absent(&mut state.clone(), &p);
+    let (graceful, forced) = delete_while_absent(&mut state.clone(), pod());
     assert_eq!(action(&graceful), &release());
     let orphan = Action::DeleteBackend {
         grace: Duration::ZERO,
@@ -1218,7 +1215,10 @@ fn a_create_whose_outcome_is_unknown_is_deleted_from_the_backend_before_the_pod_
             ),
             "{state:?}"
         );
-        assert_eq!(action(&delete_while_absent(&mut state, &p).0), &release());
+        assert_eq!(
+            action(&delete_while_absent(&mut state, pod()).0),
+            &release()
+        );
     }
 
     // A lost instance's re-create that fails carries it into the restart.
@@ -1256,7 +1256,7 @@ fn a_refused_create_leaves_nothing_to_delete() {
         let failed = CreateResult::ProviderFailed(refusal.clone());
         after(&mut state, &f, &policy(), create_failed(1, failed));
         assert!(!state.unsettled(), "{refusal}: {state:?}");
-        let (graceful, forced) = delete_while_absent(&mut state, &p);
+        let (graceful, forced) = delete_while_absent(&mut state, pod());
         assert_eq!(action(&graceful), &Action::DeleteApi, "{refusal}");
         assert_eq!(forced.effects, vec![Effect::DropPod], "{refusal}");
         assert_eq!(finish(&forced), Next::Done);
