@@ -53,6 +53,24 @@ const BURST_WAIT: Duration = Duration::from_secs(600);
 /// The uninstall: the replicas stop, then B's pods and namespace are deleted.
 const UNINSTALL_WAIT: Duration = Duration::from_secs(420);
 
+/// Requests the API server's Priority and Fairness dispatched through deploy/'s FlowSchema
+/// `vkubelet-leases` at the `leader-election` level (its `/metrics`; absent until the first).
+async fn lease_requests_dispatched(env: &TestEnv) -> Result<f64, String> {
+    let metrics = env
+        .kubectl(["get", "--raw", "/metrics"])
+        .await
+        .assert_success();
+    let series = "apiserver_flowcontrol_dispatched_requests_total{\
+                  flow_schema=\"vkubelet-leases\",priority_level=\"leader-election\"}";
+    match metrics.stdout.lines().find_map(|l| l.strip_prefix(series)) {
+        Some(value) => value
+            .trim()
+            .parse()
+            .map_err(|e| format!("{series}: {value}: {e}")),
+        None => Ok(0.0),
+    }
+}
+
 /// `kubectl apply -k`'s rendering of a kustomization, as JSON objects.
 async fn render(env: &TestEnv, dir: &Path) -> Vec<serde_json::Value> {
     let out = env
@@ -782,6 +800,7 @@ async fn deploy_runs_in_cluster_survives_kill9_and_a_rollout_then_uninstalls_to_
         "deployment.apps/vkubelet",
         "service/vkubelet",
         "poddisruptionbudget.policy/vkubelet",
+        "flowschema.flowcontrol.apiserver.k8s.io/vkubelet-leases",
         "configmap/vkubelet-config",
         "secret/vkubelet-backend",
     ] {
@@ -901,6 +920,18 @@ async fn deploy_runs_in_cluster_survives_kill9_and_a_rollout_then_uninstalls_to_
     }
     // Each node has one leader, a running replica, which has taken the node on.
     let leaders = wait_synced_leaders(&env, &bootstrap, &replicas).await;
+    // Their Lease writes are served at the leader-election priority level, not behind their own
+    // pod writes in workload-low (deploy/base/flowschema.yaml): the API server's own count.
+    let dispatched = wait_for(INSTALL_WAIT, POLL, async || {
+        let n = lease_requests_dispatched(&env).await?;
+        if n > 0.0 {
+            Ok(n)
+        } else {
+            Err("no request dispatched by FlowSchema vkubelet-leases".to_string())
+        }
+    })
+    .await;
+    eprintln!("{dispatched} Lease requests through FlowSchema vkubelet-leases");
     // The replicas registered the burst-policy webhook (components/webhook, inert here).
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(env.client());
     wait_for(INSTALL_WAIT, POLL, async || {
@@ -1319,4 +1350,80 @@ async fn a_verb_missing_from_the_cluster_role_fails_loudly_naming_it() {
         .expect("restore the verb");
     common::wait_pod_phase(&env, "p", "Running").await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// components/kubernetes-1.29 changes the API version of the base's two objects whose version
+/// 1.20 serves and later releases removed, and nothing else: the same objects, the same specs.
+#[tokio::test]
+async fn the_kubernetes_1_29_component_changes_only_the_two_removed_api_versions() {
+    let Some(env) = vk_testkit::env().await else {
+        return;
+    };
+    let deploy = std::fs::canonicalize(deploy_dir()).expect("deploy/");
+    let kdir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("k129-{}", env.namespace()));
+    std::fs::create_dir_all(&kdir).expect("kustomization dir");
+    let kdir = std::fs::canonicalize(&kdir).expect("kustomization dir");
+    // kustomize takes relative paths only: up to the root, then down into deploy/.
+    let up = "../".repeat(kdir.components().count() - 1);
+    let deploy_rel = format!("{up}{}", deploy.to_string_lossy().trim_start_matches('/'));
+    std::fs::write(
+        kdir.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources: [{deploy_rel}/overlays/kube]\n\
+             components: [{deploy_rel}/components/kubernetes-1.29]\n"
+        ),
+    )
+    .expect("write kustomization");
+
+    // `kubectl kustomize` (YAML, keys sorted): a client-side `apply --dry-run` would still ask
+    // this 1.20 server for the v1 kinds, which it does not serve.
+    let build = async |dir: &Path| {
+        let out = env
+            .kubectl(["kustomize", &dir.to_string_lossy()])
+            .await
+            .assert_success();
+        let mut docs: Vec<String> = out.stdout.split("\n---\n").map(str::to_string).collect();
+        docs.sort();
+        docs
+    };
+    let base = build(&deploy.join("overlays/kube")).await;
+    let current = build(&kdir).await;
+    let moved = [
+        ("policy/v1beta1", "policy/v1", "PodDisruptionBudget"),
+        (
+            "flowcontrol.apiserver.k8s.io/v1beta1",
+            "flowcontrol.apiserver.k8s.io/v1",
+            "FlowSchema",
+        ),
+    ];
+    let head = |version: &str, kind: &str| format!("apiVersion: {version}\nkind: {kind}\n");
+    for (from, to, kind) in moved {
+        let count = |docs: &[String], version: &str| {
+            docs.iter()
+                .filter(|d| d.starts_with(&head(version, kind)))
+                .count()
+        };
+        assert_eq!(count(&base, from), 1, "the base's {kind} at {from}");
+        assert_eq!(count(&current, to), 1, "the component's {kind} at {to}");
+        assert_eq!(
+            count(&current, from),
+            0,
+            "the component leaves {kind} at {from}"
+        );
+    }
+    // Put the old versions back: what is left must be the base, object for object.
+    let mut restored: Vec<String> = current
+        .iter()
+        .map(|doc| {
+            moved.iter().fold(doc.clone(), |d, (from, to, kind)| {
+                d.replacen(&head(to, kind), &head(from, kind), 1)
+            })
+        })
+        .collect();
+    restored.sort();
+    assert_eq!(
+        restored, base,
+        "the component changes more than the two API versions"
+    );
 }
