@@ -50,6 +50,12 @@ pub struct StreamConfig {
     /// Largest WebSocket message accepted from a client; a larger one closes the connection
     /// with status 1009.
     pub max_message_bytes: usize,
+    /// How long an exec or attach over WebSocket holds back its first message until the
+    /// client has sent one. client-go's WebSocket executor before 1.33 (kubectl 1.30–1.32)
+    /// starts reading the connection before it has registered its channels and drops what
+    /// arrives first (kubernetes/kubernetes#131189): a command that fails at once would lose
+    /// its output and exit code. Any client message (stdin, a resize) ends the hold at once.
+    pub ws_first_output_hold: Duration,
 }
 
 impl Default for StreamConfig {
@@ -58,6 +64,7 @@ impl Default for StreamConfig {
             idle_timeout: Duration::from_secs(4 * 60 * 60),
             creation_timeout: Duration::from_secs(30),
             max_message_bytes: 16 << 20,
+            ws_first_output_hold: Duration::from_millis(250),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! session set-up (channel numbering per kubelet endpoint).
 
 use std::future::Future;
+use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -362,7 +363,10 @@ async fn ws_remote_command<S>(
         outgoing,
         work,
         activity,
-        cfg.idle_timeout,
+        ws::Limits {
+            idle_timeout: cfg.idle_timeout,
+            first_output_hold: cfg.ws_first_output_hold,
+        },
     )
     .await;
 }
@@ -470,7 +474,11 @@ async fn ws_port_forward<S>(
         outgoing,
         work,
         activity,
-        cfg.idle_timeout,
+        ws::Limits {
+            idle_timeout: cfg.idle_timeout,
+            // Port-forward clients write first or wait for the port prefix; nothing races.
+            first_output_hold: Duration::ZERO,
+        },
     )
     .await;
 }

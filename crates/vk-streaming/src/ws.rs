@@ -15,7 +15,7 @@ use base64::Engine as _;
 use futures::future::FusedFuture as _;
 use futures::{FutureExt as _, SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, DuplexStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
@@ -294,10 +294,19 @@ enum ReadEnd {
     Broken,
 }
 
+/// How a connection ends and what it may hold back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// No bytes moving for this long closes the connection.
+    pub(crate) idle_timeout: Duration,
+    /// Nothing is sent until the client has sent a message or this much time has passed.
+    pub(crate) first_output_hold: Duration,
+}
+
 /// Runs a channel-protocol connection until `work` (the session) ends, the client goes away or
-/// breaks the protocol, or the connection is idle for `idle_timeout`. When `work` ends first,
-/// everything it queued is delivered before a normal close; otherwise `work` is dropped first
-/// (which ends the session's backend side).
+/// breaks the protocol, or the connection is idle for `limits.idle_timeout`. When `work` ends
+/// first, everything it queued is delivered before a normal close; otherwise `work` is dropped
+/// first (which ends the session's backend side).
 pub(crate) async fn run<S>(
     ws: WebSocketStream<S>,
     protocol: WsProtocol,
@@ -305,14 +314,20 @@ pub(crate) async fn run<S>(
     outgoing: Outgoing,
     work: impl Future<Output = ()>,
     activity: Activity,
-    idle_timeout: Duration,
+    limits: Limits,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Limits {
+        idle_timeout,
+        first_output_hold,
+    } = limits;
     let Outgoing { tx, rx, .. } = outgoing;
     let (sink, stream) = ws.split();
-    let reader = read_loop(stream, protocol, inputs).fuse();
-    let writer = write_loop(sink, rx).fuse();
+    let (client_spoke, first_client_message) = oneshot::channel();
+    let reader = read_loop(stream, protocol, inputs, client_spoke).fuse();
+    let hold = hold_first_output(first_output_hold, first_client_message);
+    let writer = write_loop(sink, rx, hold).fuse();
     tokio::pin!(reader, writer);
     let mut work = Box::pin(work);
     let (close, finished) = tokio::select! {
@@ -389,14 +404,25 @@ fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     }
 }
 
+/// Resolves once the client has sent a message (or its side ended), or after `hold`.
+async fn hold_first_output(hold: Duration, first_client_message: oneshot::Receiver<()>) {
+    if hold.is_zero() {
+        return;
+    }
+    // An error means the reader ended: nobody is left to wait for.
+    let _ = tokio::time::timeout(hold, first_client_message).await;
+}
+
 async fn read_loop<S>(
     mut stream: futures::stream::SplitStream<WebSocketStream<S>>,
     protocol: WsProtocol,
     mut inputs: Vec<Input>,
+    client_spoke: oneshot::Sender<()>,
 ) -> ReadEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut client_spoke = Some(client_spoke);
     while let Some(message) = stream.next().await {
         let message = match message {
             Ok(m) => m,
@@ -421,6 +447,11 @@ where
             // Pings are answered by the protocol library.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
+        // A data message proves the client's channels are set up; a ping does not (client-go
+        // pings from its reading task).
+        if let Some(spoke) = client_spoke.take() {
+            let _ = spoke.send(());
+        }
         let frame = match decode(protocol.codec, protocol.stream_close, data) {
             Ok(f) => f,
             Err(e) => return ReadEnd::Violation(CloseCode::Protocol, e.to_string()),
@@ -460,9 +491,11 @@ where
 async fn write_loop<S>(
     mut sink: futures::stream::SplitSink<WebSocketStream<S>, Message>,
     mut rx: mpsc::Receiver<Message>,
+    hold: impl Future<Output = ()>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    hold.await;
     while let Some(message) = rx.recv().await {
         let closing = matches!(message, Message::Close(_));
         let sent = async {
@@ -624,6 +657,64 @@ mod tests {
             decode(Codec::Binary, false, &[0xFF, 0]),
             Ok(Frame::Data { channel: 0xFF, .. })
         ));
+    }
+
+    const V5: WsProtocol = EXEC_PROTOCOLS[0];
+    const HOLD: Duration = Duration::from_millis(250);
+
+    /// A session that writes `out` on stdout at once and ends, served over an in-memory
+    /// connection; returns the client's end.
+    fn serve_immediate_output(
+        out: &'static [u8],
+    ) -> impl Future<Output = WebSocketStream<DuplexStream>> {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let ws = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+            let outgoing = Outgoing::new(Codec::Binary);
+            let mut stdout = outgoing.writer(1);
+            let (stdin, _session_stdin) = input_pipe();
+            let work = async move {
+                stdout.send_message(out).await;
+            };
+            let limits = Limits {
+                idle_timeout: Duration::from_secs(3600),
+                first_output_hold: HOLD,
+            };
+            run(ws, V5, vec![stdin], outgoing, work, Activity::new(), limits).await;
+        });
+        WebSocketStream::from_raw_socket(client_io, Role::Client, None)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_output_waits_for_the_hold_when_the_client_is_silent() {
+        let mut client = serve_immediate_output(b"early").await;
+        let start = tokio::time::Instant::now();
+        let first = client.next().await.and_then(Result::ok);
+        assert_eq!(first, Some(Message::Binary(b"\x01early".to_vec().into())));
+        assert!(
+            start.elapsed() >= HOLD,
+            "output sent {:?} after the upgrade, before the hold ended",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_message_ends_the_hold_at_once() {
+        let mut client = serve_immediate_output(b"early").await;
+        let start = tokio::time::Instant::now();
+        client
+            .send(Message::Binary(vec![0, b'x'].into()))
+            .await
+            .unwrap();
+        let first = client.next().await.and_then(Result::ok);
+        assert_eq!(first, Some(Message::Binary(b"\x01early".to_vec().into())));
+        // The paused clock only moves when every task waits on a timer: the hold's did not fire.
+        assert!(
+            start.elapsed() < HOLD,
+            "output waited {:?} although the client had spoken",
+            start.elapsed()
+        );
     }
 
     #[test]
