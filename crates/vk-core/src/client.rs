@@ -25,6 +25,10 @@ pub struct ClientOptions {
     pub burst: u32,
     /// Retries of a request answered 429/5xx or lost in transit.
     pub max_retries: u32,
+    /// HTTP/2 connections ordinary requests are spread over (watches, followed logs and
+    /// upgrades always get their own): [`crate::transport::MULTIPLEXED_CONNECTIONS`] for the
+    /// pod traffic of a burst, one for a client as light as the Lease heartbeat.
+    pub connections: usize,
 }
 
 impl Default for ClientOptions {
@@ -35,6 +39,7 @@ impl Default for ClientOptions {
             qps: 500.0,
             burst: 1000,
             max_retries: 8,
+            connections: crate::transport::MULTIPLEXED_CONNECTIONS,
         }
     }
 }
@@ -45,7 +50,7 @@ pub fn build_client(
     options: ClientOptions,
     metrics: Arc<Metrics>,
 ) -> Result<kube::Client, kube::Error> {
-    let builder = match crate::transport::api_service(&config)? {
+    let builder = match crate::transport::api_service(&config, options.connections)? {
         Some(service) => ClientBuilder::new(service, config.default_namespace.clone()),
         None => ClientBuilder::try_from(config)?,
     };

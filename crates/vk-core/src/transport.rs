@@ -37,9 +37,13 @@ pub const MULTIPLEXED_CONNECTIONS: usize = 4;
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The transport for `config`, or `None` where kube's own stack must do: a proxy, or a TLS
-/// server name override (both are handled only there).
-pub fn api_service(config: &kube::Config) -> Result<Option<ApiService>, kube::Error> {
+/// The transport for `config`, ordinary requests spread over `connections` HTTP/2 connections
+/// (at least one), or `None` where kube's own stack must do: a proxy, or a TLS server name
+/// override (both are handled only there).
+pub fn api_service(
+    config: &kube::Config,
+    connections: usize,
+) -> Result<Option<ApiService>, kube::Error> {
     if config.proxy_url.is_some() || config.tls_server_name.is_some() {
         return Ok(None);
     }
@@ -58,7 +62,7 @@ pub fn api_service(config: &kube::Config) -> Result<Option<ApiService>, kube::Er
         .enable_http1()
         .wrap_connector(http);
     let split = Split {
-        multiplexed: (0..MULTIPLEXED_CONNECTIONS)
+        multiplexed: (0..connections.max(1))
             .map(|_| {
                 Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())

@@ -86,3 +86,33 @@ async fn requests_in_flight_share_a_few_connections_and_a_watch_has_its_own() {
         ours.len()
     );
 }
+
+/// The Lease client's setting: one connection carries every request, however many are in
+/// flight.
+#[tokio::test]
+async fn a_one_connection_client_keeps_to_one() {
+    let Some(cluster) = vk_testkit::cluster().await else {
+        return;
+    };
+    let config = cluster.config().clone();
+    let port = config.cluster_url.port_u16().expect("API server port");
+    let before = connections_to(port);
+    let options = ClientOptions {
+        connections: 1,
+        ..ClientOptions::default()
+    };
+    let client = build_client(config, options, Metrics::new()).expect("client");
+    let namespaces: Api<Namespace> = Api::all(client);
+    let one = ListParams::default().limit(1);
+    // In turn first (a round robin would have opened one connection per request by now), then
+    // at once.
+    for _ in 0..MULTIPLEXED_CONNECTIONS {
+        namespaces.list(&one).await.expect("first lists");
+    }
+    let lists = futures::future::join_all((0..64).map(|_| namespaces.list(&one))).await;
+    for r in &lists {
+        assert!(r.is_ok(), "a list failed: {r:?}");
+    }
+    let ours: HashSet<u64> = connections_to(port).difference(&before).copied().collect();
+    assert_eq!(ours.len(), 1, "connections: {}", ours.len());
+}

@@ -484,7 +484,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Leases get a client of their own, as the kubelet's heartbeat client is: its own connection,
     // request queue and token bucket, so a renewal never waits behind a burst's pod traffic
     // (a renewal queued past its deadline loses the node's lease, or the replica its term).
-    let heartbeat_client = build_client(config.clone(), ClientOptions::default(), metrics.clone())
+    // One renewal every few seconds per node needs one connection, not the burst's four.
+    let heartbeat_opts = ClientOptions {
+        connections: 1,
+        ..Default::default()
+    };
+    let heartbeat_client = build_client(config.clone(), heartbeat_opts, metrics.clone())
         .context("building the lease API client")?;
     let client =
         build_client(config, client_opts, metrics.clone()).context("building the API client")?;
