@@ -50,6 +50,19 @@ fn connections_to(port: u16) -> HashSet<u64> {
     found
 }
 
+/// One list at a time for each multiplexed connection (so each is up before the burst), then
+/// 64 at once; every one must succeed.
+async fn lists_in_turn_then_at_once(namespaces: &Api<Namespace>) {
+    let one = ListParams::default().limit(1);
+    for _ in 0..MULTIPLEXED_CONNECTIONS {
+        namespaces.list(&one).await.expect("first lists");
+    }
+    let lists = futures::future::join_all((0..64).map(|_| namespaces.list(&one))).await;
+    for r in &lists {
+        assert!(r.is_ok(), "a list failed: {r:?}");
+    }
+}
+
 #[tokio::test]
 async fn requests_in_flight_share_a_few_connections_and_a_watch_has_its_own() {
     let Some(cluster) = vk_testkit::cluster().await else {
@@ -68,15 +81,7 @@ async fn requests_in_flight_share_a_few_connections_and_a_watch_has_its_own() {
         .boxed();
     // The watch is answered (its first event) before the burst, so it has its connection.
     assert!(watch.next().await.is_some(), "the watch delivered nothing");
-    let one = ListParams::default().limit(1);
-    // One request at a time first: each multiplexed connection is up before the burst.
-    for _ in 0..MULTIPLEXED_CONNECTIONS {
-        namespaces.list(&one).await.expect("first lists");
-    }
-    let lists = futures::future::join_all((0..64).map(|_| namespaces.list(&one))).await;
-    for r in &lists {
-        assert!(r.is_ok(), "a list failed: {r:?}");
-    }
+    lists_in_turn_then_at_once(&namespaces).await;
     let ours: HashSet<u64> = connections_to(port).difference(&before).copied().collect();
     // HTTP/1.1 alone needs one connection per request in flight (about 64 here).
     assert_eq!(
@@ -103,16 +108,8 @@ async fn a_one_connection_client_keeps_to_one() {
     };
     let client = build_client(config, options, Metrics::new()).expect("client");
     let namespaces: Api<Namespace> = Api::all(client);
-    let one = ListParams::default().limit(1);
-    // In turn first (a round robin would have opened one connection per request by now), then
-    // at once.
-    for _ in 0..MULTIPLEXED_CONNECTIONS {
-        namespaces.list(&one).await.expect("first lists");
-    }
-    let lists = futures::future::join_all((0..64).map(|_| namespaces.list(&one))).await;
-    for r in &lists {
-        assert!(r.is_ok(), "a list failed: {r:?}");
-    }
+    // A round robin over several connections would have opened one per list in turn.
+    lists_in_turn_then_at_once(&namespaces).await;
     let ours: HashSet<u64> = connections_to(port).difference(&before).copied().collect();
     assert_eq!(ours.len(), 1, "connections: {}", ours.len());
 }

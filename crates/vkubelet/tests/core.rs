@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{POLL, Vk, WAIT, phase, wait_event, wait_pod_phase, wait_running};
+use common::{POLL, Vk, WAIT, is_ready, phase, wait_event, wait_pod_phase, wait_running};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -158,12 +158,7 @@ async fn deployment_runs_all_replicas_on_the_virtual_node_and_scale_down_deletes
         );
         let s = p.status.clone().unwrap_or_default();
         assert_eq!(s.pod_ip.as_deref(), Some("127.0.0.1"));
-        let ready = s
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        assert!(ready, "pod {:?} not Ready", p.metadata.name);
+        assert!(is_ready(p), "pod {:?} not Ready", p.metadata.name);
         assert!(
             s.conditions_contains_scheduled(),
             "PodScheduled condition (the scheduler's) was kept"
@@ -478,13 +473,6 @@ fn scrape(addr: &str) -> Result<String, String> {
     } else {
         Err(format!("curl /metrics: {}", out.status))
     }
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// A vkubelet killed and started again adopts what runs and, for pods whose backend state did
@@ -884,14 +872,9 @@ async fn metrics_report_pods_by_phase_provider_latency_and_api_requests() {
     vk.wait_ready(&env).await;
     env.create(&vk.pod("measured").build()).await;
     wait_pod_phase(&env, "measured", "Running").await;
-    let url = format!("http://{addr}/metrics");
     let node = vk.node.clone();
     let text = wait_for(WAIT, POLL, async || {
-        let out = std::process::Command::new("curl")
-            .args(["-sf", &url])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let text = scrape(&addr)?;
         if text.contains(&format!(
             "vkubelet_pods{{node=\"{node}\",phase=\"Running\"}} 1"
         )) {

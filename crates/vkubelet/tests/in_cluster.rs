@@ -18,7 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    DEPLOY_NAMESPACE, POLL, Vk, backend_cluster, deploy_dir, phase, restarts, try_wait_running,
+    DEPLOY_NAMESPACE, POLL, Vk, backend_cluster, deploy_dir, is_ready, phase, restarts,
+    try_wait_running,
 };
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -149,13 +150,6 @@ fn copy_into(root: &Path, path: &str) {
     let dest = root.join(path.trim_start_matches('/'));
     std::fs::create_dir_all(dest.parent().expect("parent dir")).expect("parent dir");
     std::fs::copy(path, &dest).unwrap_or_else(|e| panic!("copy {path}: {e}"));
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// `to` as seen from `from` (kustomize takes no absolute paths); both absolute.

@@ -654,6 +654,14 @@ pub fn phase(p: &Pod) -> Option<String> {
     p.status.as_ref().and_then(|s| s.phase.clone())
 }
 
+/// Whether the pod's Ready condition is True.
+pub fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// One line on a pod that is not Running: where it is bound, its phase and what its
 /// conditions and containers say.
 pub fn straggler(p: &Pod) -> String {
