@@ -6,7 +6,7 @@ run on fresh control planes, printed side by side with ratios, written as JSON w
 of pods Running over time next to it.
 
 usage: bench/burst.py [--n 1000 --n 10000] [--kube] [--out DIR] [--concurrency 128]
-                      [--no-sweep] [--no-plot] [--keep-cluster]
+                      [--no-sweep] [--no-plot] [--keep-cluster] [--expire-watches-at 0.5]
 
 Modes:
   default  vkubelet on the `sim` provider (zero start latency) on cluster A.
@@ -14,10 +14,18 @@ Modes:
            into cluster B, whose pods are run by vkubelet-B on the `sim` provider; writes are
            counted on A and on B. The baseline is still the null kubelet on A.
 
+--expire-watches-at F (sim mode): once F×N creates of a burst are answered, kill -9 cluster A's
+API server, move etcd on and start it again (scripts/cluster.sh kill-apiserver, advance-etcd,
+restart-apiserver), in both runs: every watch resumed on the new API server has expired and
+lists again. vkubelet's own metrics then show its relists, their duration, its backend creates
+and status writes (issue 15: a watch that expires at 100k relists without stalling or
+double-processing). The API server's CPU and RSS are not reported in such a run (its pid
+changes); its write counters are counted before and after the outage.
+
 Control-plane settings reach scripts/cluster.sh through the environment (MAX_INFLIGHT,
 MAX_MUT_INFLIGHT, SCHED_QPS, CM_QPS): e.g. `MAX_MUT_INFLIGHT=400 make bench N=100000`.
 """
-import argparse, datetime, json, os, subprocess, sys, tempfile, time
+import argparse, datetime, json, os, shlex, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as c  # noqa: E402
@@ -33,10 +41,39 @@ def uptime():
     return subprocess.run(["uptime"], text=True, capture_output=True).stdout.strip()
 
 
-def burst(kc, node, n, label, ns, out_dir, pids, concurrency, metrics=(), timeout=None):
+def expire_watches_command(cdir):
+    """Shell command: kill -9 cdir's API server, advance etcd, start the API server again."""
+    cl = shlex.quote(c.CLUSTER_SH)
+    d = shlex.quote(cdir)
+    return (f"{cl} kill-apiserver {d} && {cl} advance-etcd {d} && "
+            f"RESTART_WAIT=900 {cl} restart-apiserver {d}")
+
+
+def vkubelet_metrics(port, node):
+    """vkubelet's own counters for node after a burst (its /metrics on port)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    def total(name, *needles):
+        v = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and f'node="{node}"' in line and all(x in line for x in needles):
+                v += float(line.rsplit(" ", 1)[1])
+        return v
+    return {
+        "pod_watch_lists": total("vkubelet_pod_watch_lists_total{"),
+        "pod_watch_list_seconds_sum": round(total("vkubelet_pod_watch_list_duration_seconds_sum{"), 2),
+        "pods_created": total("vkubelet_pods_created_total{"),
+        "status_patches": total("vkubelet_pod_status_patches_total{"),
+        "reconciles_done": total("vkubelet_reconcile_duration_seconds_count{", 'outcome="done"'),
+    }
+
+
+def burst(kc, node, n, label, ns, out_dir, pids, concurrency, metrics=(), timeout=None, fault=None):
     path = os.path.join(out_dir, f"{label}-{n}.json")
     cmd = [VK_BENCH, "burst", "--kubeconfig", kc, "--node", node, "--n", str(n), "--namespace", ns,
            "--label", label, "--concurrency", str(concurrency), "--json", path]
+    if fault:
+        at, command = fault
+        cmd += ["--fault-at-created", str(at), "--fault-command", command]
     for role, pid in pids.items():
         cmd += ["--pid", f"{role}={pid}"]
     for name, mkc in metrics:
@@ -91,6 +128,15 @@ ROWS = [
     ("creates/s", ("generator", "create_rate_per_s")),
     ("create request p99 (ms)", ("generator", "create_request", "p99_ms")),
 ]
+FAULT_ROWS = [
+    ("fault at (s after 1st create)", ("fault", "started_s")),
+    ("fault took (s)", ("fault", "took_s")),
+    ("generator watch lists", ("generator", "observer_lists")),
+    ("vkubelet pod-watch lists", ("vkubelet_metrics", "pod_watch_lists")),
+    ("  list seconds, all lists", ("vkubelet_metrics", "pod_watch_list_seconds_sum")),
+    ("vkubelet backend creates", ("vkubelet_metrics", "pods_created")),
+    ("vkubelet status patches", ("vkubelet_metrics", "status_patches")),
+]
 KUBE_ROWS = [
     ("writes/pod on B (all)", ("api_writes_per_pod", "B", "total")),
     ("vkubelet-B peak RSS (MB)", ("processes", "kubelet_b", "peak_rss_mb")),
@@ -129,7 +175,11 @@ def main():
     ap.add_argument("--sweep-pods", type=int, default=2000, help="pods per sweep level")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--keep-cluster", action="store_true")
+    ap.add_argument("--expire-watches-at", type=float, metavar="F",
+                    help="kill -9 A's API server once F×N creates are answered, advance etcd, restart it (sim mode)")
     a = ap.parse_args()
+    if a.expire_watches_at is not None and (a.kube or not 0 < a.expire_watches_at < 1):
+        ap.error("--expire-watches-at takes a fraction in (0, 1), in sim mode")
     sizes = a.n or [1000, 10000]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = os.path.abspath(a.out or os.path.join(c.ROOT, "target", "bench", stamp))
@@ -151,10 +201,11 @@ def main():
     results = {"mode": mode, "date": stamp, "concurrency": a.concurrency, "cluster_settings": settings,
                "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=c.ROOT, text=True,
                                      capture_output=True).stdout.strip(),
-               "uptime_start": uptime(), "runs": []}
+               "uptime_start": uptime(), "expire_watches_at": a.expire_watches_at, "runs": []}
     procs = []
     try:
         server = {"apiserver": c.cluster_pid(cdir_a, "kube-apiserver"), "etcd": c.cluster_pid(cdir_a, "etcd")}
+        fault = None
         if not a.no_sweep:
             print("saturation sweep (creates at rising concurrency, no kubelet)", flush=True)
             path = os.path.join(out_dir, "sweep.json")
@@ -177,6 +228,12 @@ def main():
             procs.append(vk_b)
         for n in sizes:
             print(f"N={n} ({mode})", flush=True)
+            vk_port = 0
+            if a.expire_watches_at is not None:
+                # The restarted API server has another pid: measure etcd only.
+                server.pop("apiserver", None)
+                fault = (max(1, int(a.expire_watches_at * n)), expire_watches_command(cdir_a))
+                vk_port = c.free_port()
             # vkubelet first, then the baseline, each on its own node and namespace.
             if a.kube:
                 node = f"vk-a-{n}"
@@ -190,11 +247,16 @@ def main():
                 metrics = [("B", kc_b)]
             else:
                 node = f"vk-bench-{n}"
-                vk = c.run_vkubelet(kc, VKUBELET, node, workdir, 0, provider="sim", provider_config=sim_config(n))
+                vk = c.run_vkubelet(kc, VKUBELET, node, workdir, vk_port, provider="sim",
+                                    provider_config=sim_config(n))
                 pids = {"kubelet": vk.measured_pid, **server}
                 metrics = []
             procs.append(vk)
-            vk_report = burst(kc, node, n, "vkubelet", f"vk-{n}", out_dir, pids, a.concurrency, metrics)
+            vk_report = burst(kc, node, n, "vkubelet", f"vk-{n}", out_dir, pids, a.concurrency, metrics,
+                              fault=fault)
+            if vk_port:
+                vk_report["vkubelet_metrics"] = vkubelet_metrics(vk_port, node)
+                print(f"  vkubelet's own counters: {vk_report['vkubelet_metrics']}", flush=True)
             c.stop(vk)
             c.kubectl(kc, "delete", "node", node, "--wait=false")
             if a.kube and not wait_empty(kc_b, managed):
@@ -206,7 +268,8 @@ def main():
             procs.append(null)
             pids = {"kubelet": null.pid, **{k: v for k, v in server.items() if not k.endswith("_b")}}
             time.sleep(1)  # its watch is open before the first create
-            base = burst(kc, null_node, n, "null-kubelet", f"null-{n}", out_dir, pids, a.concurrency)
+            base = burst(kc, null_node, n, "null-kubelet", f"null-{n}", out_dir, pids, a.concurrency,
+                         fault=fault)
             c.stop(null)
             c.kubectl(kc, "delete", "node", null_node, "--wait=false")
             entry = {"n": n, "mode": mode, "vkubelet": vk_report, "null_kubelet": base, "ratios": {
@@ -226,7 +289,7 @@ def main():
                 entry["vkubelet_rss_bytes_per_pod"] = round(
                     (kubelet["steady_rss_mb"] - kubelet["idle_rss_mb"]) * 1e6 / n)
             results["runs"].append(entry)
-            print(table(entry, ROWS + (KUBE_ROWS if a.kube else [])), flush=True)
+            print(table(entry, ROWS + (KUBE_ROWS if a.kube else []) + (FAULT_ROWS if fault else [])), flush=True)
             if "vkubelet_rss_bytes_per_pod" in entry:
                 print(f"vkubelet RSS per pod (steady − idle) / N: {entry['vkubelet_rss_bytes_per_pod']} bytes", flush=True)
     finally:

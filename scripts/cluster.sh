@@ -9,6 +9,7 @@
 #   scripts/cluster.sh status DIR       exit 0 when the cluster in DIR answers /readyz
 #   scripts/cluster.sh kill-apiserver DIR     kill -9 DIR's kube-apiserver (fault tests)
 #   scripts/cluster.sh restart-apiserver DIR  start it again with the same flags; waits for /readyz
+#   scripts/cluster.sh advance-etcd DIR       one etcd write outside /registry: resumed watches expire
 #   scripts/cluster.sh legacy-kubectl   unpack (or reuse) Debian's kubectl 1.20 beside the
 #                                       installed one; prints its path. It speaks SPDY to the
 #                                       kubelet, where a modern kubectl speaks WebSocket.
@@ -272,9 +273,32 @@ restart_apiserver() {
   echo $! > kube-apiserver.pid
   exec_seen $! "${args[0]}"
   local i
-  for i in $(seq 120); do ready && break; alive kube-apiserver >/dev/null || { tail -n 20 logs/kube-apiserver.log >&2; die "kube-apiserver exited"; }; sleep 0.5; done
-  ready || { tail -n 20 logs/kube-apiserver.log >&2; die "kube-apiserver not ready after 60 s"; }
+  # RESTART_WAIT: seconds to wait for /readyz; an API server over 100,000 pods reads them all
+  # into its watch cache first.
+  local wait=${RESTART_WAIT:-60}
+  for i in $(seq $((wait * 2))); do ready && break; alive kube-apiserver >/dev/null || { tail -n 20 logs/kube-apiserver.log >&2; die "kube-apiserver exited"; }; sleep 0.5; done
+  ready || { tail -n 20 logs/kube-apiserver.log >&2; die "kube-apiserver not ready after $wait s"; }
   log "kube-apiserver of $DIR restarted"
+}
+
+# Move etcd's revision past every resourceVersion a client of DIR holds, by one write to a key
+# outside the API server's /registry prefix (through etcd's v3 JSON gateway: no etcdctl needed).
+# Done while the API server is down, its restart builds its watch cache from a revision newer
+# than any watch being resumed, so every such watch expires (410) and its client lists again:
+# the fault tests' and the benchmark's way to make a watch expire on purpose.
+advance_etcd() {
+  DIR=$(cd "$DIR" && pwd)
+  [ -f "$DIR/kube-apiserver.args" ] || die "$DIR has no kube-apiserver.args: start it with \`up\` first"
+  alive etcd >/dev/null || die "etcd of $DIR is not running"
+  local url
+  url=$(tr '\0' '\n' < "$DIR/kube-apiserver.args" | sed -n '/^--etcd-servers$/{n;p;q}')
+  [ -n "$url" ] || die "no --etcd-servers in $DIR/kube-apiserver.args"
+  local key value
+  key=$(printf 'vkubelet-harness/advance' | base64 -w0)
+  value=$(date -u +%FT%T.%NZ | base64 -w0)
+  curl -sf -X POST "$url/v3/kv/put" -d "{\"key\":\"$key\",\"value\":\"$value\"}" >/dev/null \
+    || die "etcd put through $url/v3/kv/put failed"
+  log "etcd of $DIR advanced one revision"
 }
 
 legacy_kubectl() {
@@ -303,6 +327,7 @@ case "$cmd" in
   status) [ -n "$DIR" ] || die "usage: $0 status DIR"; ready ;;
   kill-apiserver) [ -n "$DIR" ] || die "usage: $0 kill-apiserver DIR"; kill_apiserver ;;
   restart-apiserver) [ -n "$DIR" ] || die "usage: $0 restart-apiserver DIR"; restart_apiserver ;;
+  advance-etcd) [ -n "$DIR" ] || die "usage: $0 advance-etcd DIR"; advance_etcd ;;
   legacy-kubectl) legacy_kubectl ;;
-  *) echo "usage: $0 build | up DIR | down DIR | status DIR | kill-apiserver DIR | restart-apiserver DIR | legacy-kubectl" >&2; exit 2 ;;
+  *) echo "usage: $0 build | up DIR | down DIR | status DIR | kill-apiserver DIR | restart-apiserver DIR | advance-etcd DIR | legacy-kubectl" >&2; exit 2 ;;
 esac

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -21,7 +22,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::apimetrics::{self, WriteCounts};
-use crate::cluster::{ensure_namespace, retryable};
+use crate::cluster::{RETRY_BUDGET, ensure_namespace, retry_delay, retryable};
 use crate::procstat::{self, ProcessReport, Sampler, mb, round2};
 use crate::stats::{Percentiles, cumulative};
 
@@ -41,6 +42,97 @@ pub struct BurstSpec {
     /// API servers whose write counters are read, by name; the first is the one the pods are
     /// created on.
     pub metrics: Vec<(String, kube::Client)>,
+    /// A fault injected mid-burst.
+    pub fault: Option<Fault>,
+}
+
+/// A shell command run once `at_created` creates have been answered (e.g. kill the API server,
+/// move etcd on, start it again: every watch must relist). The burst goes on meanwhile; its
+/// requests ride out an outage ([`RETRY_BUDGET`]).
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub at_created: usize,
+    pub command: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FaultReport {
+    pub command: String,
+    pub at_created: usize,
+    /// Seconds from the first create to the command's start, and the command's duration.
+    pub started_s: f64,
+    pub took_s: f64,
+    pub exit_code: Option<i32>,
+    /// API servers whose write counters went back (restarted by the fault): their writes are
+    /// counted before and after it, not during (the outage's edges are missed).
+    pub counters_reset: Vec<String>,
+}
+
+/// Runs `fault` once `answered` reaches its mark; returns when the command has ended, with the
+/// write counters of `metrics` read just before it and just after.
+async fn inject(
+    fault: Fault,
+    answered: Arc<AtomicUsize>,
+    t0: Instant,
+    metrics: Vec<(String, kube::Client)>,
+) -> anyhow::Result<(FaultReport, Vec<WriteCounts>, Vec<WriteCounts>)> {
+    while answered.load(Ordering::Relaxed) < fault.at_created {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut before = Vec::new();
+    for (name, c) in &metrics {
+        before.push(
+            apimetrics::scrape(c)
+                .await
+                .with_context(|| format!("write counters of API server {name} before the fault"))?,
+        );
+    }
+    let started = Instant::now();
+    tracing::info!(command = %fault.command, "injecting the fault");
+    let command = fault.command.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .status()
+    })
+    .await
+    .context("fault command task")?
+    .with_context(|| format!("run fault command {:?}", fault.command))?;
+    let took = started.elapsed();
+    let mut after = Vec::new();
+    for (name, c) in &metrics {
+        // Answered as soon as the API server is back (the command waited for it).
+        let mut tries = 0;
+        let counts = loop {
+            match apimetrics::scrape(c).await {
+                Ok(c) => break c,
+                Err(e) if tries < 300 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "write counters after the fault");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(e).context(format!(
+                        "write counters of API server {name} after the fault"
+                    ));
+                }
+            }
+        };
+        after.push(counts);
+    }
+    Ok((
+        FaultReport {
+            command: fault.command,
+            at_created: fault.at_created,
+            started_s: round2(since(t0, started)),
+            took_s: round2(took.as_secs_f64()),
+            exit_code: status.code(),
+            counters_reset: Vec::new(),
+        },
+        before,
+        after,
+    ))
 }
 
 /// The name of pod `i` of a run; the observer maps names back to indexes.
@@ -86,6 +178,7 @@ pub async fn create_pods(
     node: &str,
     indexes: std::ops::Range<usize>,
     concurrency: usize,
+    answered: &AtomicUsize,
 ) -> anyhow::Result<Vec<RequestOutcome>> {
     let template = pod_manifest(&pod_name(0), node)?;
     let params = PostParams::default();
@@ -101,10 +194,9 @@ pub async fn create_pods(
                     match api.create(params, &pod).await {
                         Ok(_) => break true,
                         Err(kube::Error::Api(s)) if s.code == 409 && retries > 0 => break true,
-                        Err(e) if retryable(&e) && retries < 30 => {
+                        Err(e) if retryable(&e) && start.elapsed() < RETRY_BUDGET => {
                             retries += 1;
-                            tokio::time::sleep(Duration::from_millis(20 * u64::from(retries)))
-                                .await;
+                            tokio::time::sleep(retry_delay(retries)).await;
                         }
                         Err(e) => {
                             tracing::warn!(pod = pod_name(index), error = %e, "create failed");
@@ -113,6 +205,7 @@ pub async fn create_pods(
                     }
                 };
                 let done = Instant::now();
+                answered.fetch_add(1, Ordering::Relaxed);
                 RequestOutcome {
                     index,
                     done,
@@ -143,9 +236,9 @@ pub async fn delete_pods(
                 match api.delete(&name, params).await {
                     Ok(_) => break true,
                     Err(kube::Error::Api(s)) if s.code == 404 => break true,
-                    Err(e) if retryable(&e) && retries < 30 => {
+                    Err(e) if retryable(&e) && start.elapsed() < RETRY_BUDGET => {
                         retries += 1;
-                        tokio::time::sleep(Duration::from_millis(20 * u64::from(retries))).await;
+                        tokio::time::sleep(retry_delay(retries)).await;
                     }
                     Err(e) => {
                         tracing::warn!(pod = name, error = %e, "delete failed");
@@ -380,6 +473,8 @@ pub struct BurstReport {
     pub processes: BTreeMap<String, ProcessReport>,
     pub generator: Generator,
     pub timeline: Timeline,
+    /// The fault injected mid-burst, if any.
+    pub fault: Option<FaultReport>,
 }
 
 fn per_pod(counts: &WriteCounts, n: usize) -> WriteCounts {
@@ -407,6 +502,7 @@ pub async fn run(client: kube::Client, spec: BurstSpec) -> anyhow::Result<BurstR
         settle,
         pids,
         metrics,
+        fault,
     } = spec;
     ensure_namespace(&client, &namespace).await?;
     let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
@@ -434,8 +530,14 @@ pub async fn run(client: kube::Client, spec: BurstSpec) -> anyhow::Result<BurstR
     let gen0 = procstat::read(None).unwrap_or_default();
     let t0 = Instant::now();
 
-    let creates = create_pods(&api, &node, 0..n, concurrency).await?;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let fault_task = fault.map(|f| tokio::spawn(inject(f, answered.clone(), t0, metrics.clone())));
+    let creates = create_pods(&api, &node, 0..n, concurrency, &answered).await?;
     let t_created = Instant::now();
+    let fault = match fault_task {
+        Some(task) => Some(task.await.context("fault task")??),
+        None => None,
+    };
     let gen_created = procstat::read(None).unwrap_or_default();
     let created: Vec<&RequestOutcome> = creates.iter().filter(|c| c.ok).collect();
     let created_count = created.len();
@@ -478,11 +580,24 @@ pub async fn run(client: kube::Client, spec: BurstSpec) -> anyhow::Result<BurstR
     // pod go after the kubelet's final delete was answered.
     let mut api_writes_per_pod = BTreeMap::new();
     let mut kubelet_writes_per_pod = BTreeMap::new();
+    let mut fault_report = None;
+    let mut counters_reset = Vec::new();
     for (k, ((name, c), before)) in metrics.iter().zip(&writes_before).enumerate() {
         let after = apimetrics::scrape(c)
             .await
             .with_context(|| format!("write counters of API server {name}"))?;
-        let delta = apimetrics::delta(before, &after);
+        let mut delta = apimetrics::delta(before, &after);
+        if let Some((_, at_fault, after_fault)) = &fault {
+            let total = |c: &WriteCounts| c.values().sum::<f64>();
+            if total(&after_fault[k]) < total(&at_fault[k]) {
+                // Restarted: its counters began again from zero.
+                delta = apimetrics::delta(before, &at_fault[k]);
+                for (key, v) in apimetrics::delta(&after_fault[k], &after) {
+                    *delta.entry(key).or_default() += v;
+                }
+                counters_reset.push(name.clone());
+            }
+        }
         api_writes_per_pod.insert(name.clone(), per_pod(&delta, n));
         let mut kubelet = delta.clone();
         if k == 0 {
@@ -500,6 +615,10 @@ pub async fn run(client: kube::Client, spec: BurstSpec) -> anyhow::Result<BurstR
         kubelet_writes_per_pod.insert(name.clone(), per_pod(&kubelet, n));
     }
 
+    if let Some((mut report, _, _)) = fault {
+        report.counters_reset = counters_reset;
+        fault_report = Some(report);
+    }
     let observed = observer.state.lock();
     let to_running: Vec<f64> = created
         .iter()
@@ -601,6 +720,7 @@ pub async fn run(client: kube::Client, spec: BurstSpec) -> anyhow::Result<BurstR
         processes,
         generator,
         timeline,
+        fault: fault_report,
     })
 }
 

@@ -63,6 +63,15 @@ pub fn api_code(e: &kube::Error) -> Option<u16> {
     }
 }
 
+/// How long a request is retried: long enough to ride out an API-server restart (a fault run
+/// kills and restarts one mid-burst; at 100,000 pods the restart takes tens of seconds).
+pub const RETRY_BUDGET: Duration = Duration::from_secs(180);
+
+/// The pause before retry `attempt` (1-based): 20 ms more per attempt, at most 1 s.
+pub fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis((20 * u64::from(attempt)).min(1000))
+}
+
 /// Whether a failed request is worth repeating: throttled, server-side trouble, or transport.
 pub fn retryable(e: &kube::Error) -> bool {
     match api_code(e) {

@@ -85,6 +85,13 @@ struct BurstArgs {
     /// provider's backend); repeatable. The pods' own cluster is always counted, as `A`.
     #[arg(long = "metrics", value_parser = parse_named_path)]
     metrics: Vec<(String, PathBuf)>,
+    /// A shell command run once `--fault-at-created` creates have been answered (e.g. kill the
+    /// API server, advance etcd, restart it: every watch must relist). The burst goes on.
+    #[arg(long, requires = "fault_at_created")]
+    fault_command: Option<String>,
+    /// Creates answered before `--fault-command` runs (at most N).
+    #[arg(long, requires = "fault_command")]
+    fault_at_created: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -157,6 +164,16 @@ async fn main() -> anyhow::Result<()> {
                 metrics.push((name.clone(), cluster::client(path).await?));
             }
             let timeout = a.timeout.unwrap_or(120 + a.n as u64 / 20);
+            let fault = match (a.fault_command, a.fault_at_created) {
+                (Some(command), Some(at_created)) if at_created <= a.n => Some(burst::Fault {
+                    at_created,
+                    command,
+                }),
+                (Some(_), Some(at_created)) => {
+                    anyhow::bail!("--fault-at-created {at_created} is more than --n {}", a.n)
+                }
+                _ => None,
+            };
             let report = burst::run(
                 client,
                 burst::BurstSpec {
@@ -169,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
                     settle: Duration::from_secs(a.settle),
                     pids: a.common.pids,
                     metrics,
+                    fault,
                 },
             )
             .await?;

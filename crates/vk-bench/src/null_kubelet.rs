@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::TryStreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
@@ -17,7 +16,7 @@ use kube::runtime::watcher::{self, Event};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::cluster::{ensure_node, retryable};
+use crate::cluster::{RETRY_BUDGET, ensure_node, retry_delay, retryable};
 
 /// Runs until the process is stopped.
 pub async fn run(client: kube::Client, node: &str, concurrency: usize) -> anyhow::Result<()> {
@@ -86,11 +85,18 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), kube::Error>>,
 {
-    for attempt in 1..=20u64 {
+    let start = std::time::Instant::now();
+    let mut attempt = 0;
+    loop {
         match op().await {
             Ok(()) => return,
+            Err(e) if retryable(&e) && start.elapsed() < RETRY_BUDGET => {
+                attempt += 1;
+                tokio::time::sleep(retry_delay(attempt)).await;
+            }
             Err(e) if retryable(&e) => {
-                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                tracing::warn!(pod = name, error = %e, ?RETRY_BUDGET, "{what}: gave up");
+                return;
             }
             Err(e) => {
                 tracing::debug!(pod = name, error = %e, "{what} failed");
@@ -98,7 +104,6 @@ where
             }
         }
     }
-    tracing::warn!(pod = name, "{what}: gave up after 20 attempts");
 }
 
 async fn mark_running(api: &Api<Pod>, name: &str) {

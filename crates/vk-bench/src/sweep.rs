@@ -51,7 +51,7 @@ pub async fn run(
             .collect();
         let gen0 = procstat::read(None).unwrap_or_default();
         let t0 = Instant::now();
-        let creates = create_pods(&api, node, 0..pods, concurrency).await?;
+        let creates = create_pods(&api, node, 0..pods, concurrency, &Default::default()).await?;
         let secs = t0.elapsed().as_secs_f64().max(1e-3);
         let gen1 = procstat::read(None).unwrap_or_default();
         let processes = samplers

@@ -76,6 +76,11 @@ pub struct Metrics {
     pub events_sent: Counter,
     pub events_dropped: Counter,
     pub lease_renewals: Family<NodeLabels, Counter>,
+    /// Complete lists of the node's pods by the pod watch: one at start, then one per relist
+    /// (the watch expired, or the API server it resumed on had lost its place).
+    pub pod_watch_lists: Family<NodeLabels, Counter>,
+    /// From a pod-watch list's start to its last page, relists included.
+    pub pod_watch_list_seconds: Family<NodeLabels, Histogram>,
     /// Objects the resolver keeps for this node's pods (ConfigMaps, Secrets, Service summaries).
     pub resolver_objects: Family<NodeLabels, Gauge>,
     /// Namespace-scoped watches the resolver runs.
@@ -186,6 +191,20 @@ impl Metrics {
             "Successful node Lease renewals",
             lease_renewals.clone(),
         );
+        let pod_watch_lists = Family::<NodeLabels, Counter>::default();
+        registry.register(
+            "pod_watch_lists",
+            "Complete lists of the node's pods by the pod watch: the first, then one per relist",
+            pod_watch_lists.clone(),
+        );
+        let pod_watch_list_seconds = Family::<NodeLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "pod_watch_list_duration_seconds",
+            "Duration of one list of the node's pods by the pod watch, from its start to its last page",
+            pod_watch_list_seconds.clone(),
+        );
         Arc::new(Self {
             registry,
             refreshers: Mutex::new(Vec::new()),
@@ -202,6 +221,8 @@ impl Metrics {
             events_sent,
             events_dropped,
             lease_renewals,
+            pod_watch_lists,
+            pod_watch_list_seconds,
             resolver_objects,
             resolver_watches,
         })

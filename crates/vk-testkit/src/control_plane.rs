@@ -171,6 +171,14 @@ impl OwnControlPlane {
     pub async fn restart_apiserver(&self) -> Result<(), Error> {
         cluster_sh("restart-apiserver", &self.dir).await.map(|_| ())
     }
+
+    /// Moves etcd's revision past every resourceVersion a client holds (`scripts/cluster.sh
+    /// advance-etcd`: one write outside `/registry`). Between [`Self::kill_apiserver`] and
+    /// [`Self::restart_apiserver`] it makes every watch resumed on the new API server expire
+    /// (410 Gone), so its client must list again.
+    pub async fn advance_etcd_revision(&self) -> Result<(), Error> {
+        cluster_sh("advance-etcd", &self.dir).await.map(|_| ())
+    }
 }
 
 impl Drop for OwnControlPlane {

@@ -454,27 +454,6 @@ async fn kill_9_mid_burst_then_restart_runs_every_pod_exactly_once() {
     vk.assert_backend_matches(&running).await;
 }
 
-/// `name{labels} value` lines of a Prometheus scrape whose name and labels contain every
-/// `needle`, summed (0 when the series was never written).
-fn metric_sum(text: &str, needles: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && needles.iter().all(|n| l.contains(n)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn scrape(addr: &str) -> Result<String, String> {
-    let out = std::process::Command::new("curl")
-        .args(["-sf", &format!("http://{addr}/metrics")])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("curl /metrics: {}", out.status))
-    }
-}
-
 /// A vkubelet killed and started again adopts what runs and, for pods whose backend state did
 /// not change, writes nothing: no pods/status patch and no resourceVersion moves, although every
 /// pod is reconciled again (at 10,000 pods a restart would otherwise cost 10,000 writes).
@@ -510,27 +489,13 @@ async fn restart_writes_nothing_for_pods_that_did_not_change() {
     })
     .await;
     vk.kill9();
-    let versions = |l: &kube::core::ObjectList<Pod>| -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = l
-            .items
-            .iter()
-            .map(|p| {
-                (
-                    p.metadata.name.clone().unwrap_or_default(),
-                    p.metadata.resource_version.clone().unwrap_or_default(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    let before = versions(&pods.list(&lp).await.expect("list pods"));
+    let before = common::resource_versions(&pods.list(&lp).await.expect("list pods"));
     vk.resume();
     // Every pod went through the restarted process's reconcile at least once.
     let node = format!("node=\"{}\"", vk.node);
     let text = wait_for(WAIT, POLL, async || {
-        let text = scrape(&addr)?;
-        let done = metric_sum(
+        let text = common::scrape(&addr)?;
+        let done = common::metric_sum(
             &text,
             &[
                 "vkubelet_reconcile_duration_seconds_count{",
@@ -545,7 +510,7 @@ async fn restart_writes_nothing_for_pods_that_did_not_change() {
         }
     })
     .await;
-    let patches = metric_sum(&text, &["vkubelet_pod_status_patches_total{", &node]);
+    let patches = common::metric_sum(&text, &["vkubelet_pod_status_patches_total{", &node]);
     assert_eq!(patches, 0.0, "status patches after the restart");
     let after = pods.list(&lp).await.expect("list pods");
     for p in &after.items {
@@ -557,7 +522,7 @@ async fn restart_writes_nothing_for_pods_that_did_not_change() {
         );
     }
     assert_eq!(
-        versions(&after),
+        common::resource_versions(&after),
         before,
         "pods written by the restarted vkubelet (name, resourceVersion)"
     );
@@ -874,7 +839,7 @@ async fn metrics_report_pods_by_phase_provider_latency_and_api_requests() {
     wait_pod_phase(&env, "measured", "Running").await;
     let node = vk.node.clone();
     let text = wait_for(WAIT, POLL, async || {
-        let text = scrape(&addr)?;
+        let text = common::scrape(&addr)?;
         if text.contains(&format!(
             "vkubelet_pods{{node=\"{node}\",phase=\"Running\"}} 1"
         )) {

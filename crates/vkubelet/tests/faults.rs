@@ -1,8 +1,8 @@
 //! Fault suite: the vkubelet binary against the real control plane while things break — vkubelet
 //! killed with SIGKILL mid-burst and mid-delete (sim with a persistent backend, and the process
 //! provider), the API server killed and restarted mid-burst (on a control plane of the test's
-//! own), 20 % of backend creates and deletes failing, sold-out windows during a burst, and
-//! backend deletes slower than the grace period.
+//! own, with the pod watch made to expire), 20 % of backend creates and deletes failing,
+//! sold-out windows during a burst, and backend deletes slower than the grace period.
 //!
 //! Every test runs a burst of pods bound straight to the virtual node and checks counts and
 //! observed states, never durations: no pod lost (all Running, then all gone), no pod created
@@ -643,6 +643,10 @@ async fn backend_deletes_slower_than_the_grace_period_leave_nothing_behind() {
     lives.assert_started(&vk, 0);
 }
 
+/// The API server killed mid-burst and started again with the same flags, etcd moved on while it
+/// was down so that the pod watch cannot resume and must list again (its watch expired): nothing
+/// lost, nothing created twice; then the same over settled pods, where the relist reconciles
+/// every pod again and writes none of them.
 #[tokio::test]
 async fn apiserver_killed_mid_burst_and_restarted_with_the_same_flags() {
     // This test kills an API server: its own, never the shared one other tests use.
@@ -650,14 +654,17 @@ async fn apiserver_killed_mid_burst_and_restarted_with_the_same_flags() {
         return;
     };
     let env = cp.cluster().namespace("apiserver-kill").await;
-    let vk = Vk::start(
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let vk = Vk::start_with_args(
         &env,
         sim(json!({ "startLatency": { "uniform": { "min": "10ms", "max": "1500ms" } } })),
+        &["--metrics-addr", &addr],
     );
     vk.wait_ready(&env).await;
     let lives = Lives::new(&vk);
     let backend = SimBackend::of(&vk);
     let pods: Api<Pod> = env.api();
+    let metrics = NodeMetrics::new(&addr, &vk.node);
 
     let burst = Burst::start(pods.clone(), burst_pods(&vk, N, 30, |_| {}), CREATORS);
     when("some pods on the backend", || {
@@ -676,6 +683,11 @@ async fn apiserver_killed_mid_burst_and_restarted_with_the_same_flags() {
         "the kill came after the burst: {stored_at_kill} stored"
     );
     lives.assert_alive(&vk, "while the API server is down");
+    // The restarted API server's watch cache then starts past vkubelet's resourceVersion: the
+    // pod watch cannot resume and lists again, mid-burst.
+    cp.advance_etcd_revision()
+        .await
+        .expect("advance etcd's revision");
     cp.restart_apiserver()
         .await
         .expect("restart the API server");
@@ -688,12 +700,117 @@ async fn apiserver_killed_mid_burst_and_restarted_with_the_same_flags() {
         settled.restarted
     );
     backend.assert_created_once(&settled.uids);
+    let lists = metrics.watch_lists().await;
+    assert!(
+        lists >= 2.0,
+        "the pod watch resumed across the restart instead of listing again: {lists} lists"
+    );
+
+    // A relist over settled pods reconciles every one of them again and writes none.
+    wait_all_ready(&pods, N).await;
+    let before = common::resource_versions(&pods.list(&selector()).await.expect("list pods"));
+    let patches_before = metrics.status_patches().await;
+    let reconciles_before = metrics.reconciles_done().await;
+    cp.kill_apiserver()
+        .await
+        .expect("kill the API server again");
+    cp.advance_etcd_revision()
+        .await
+        .expect("advance etcd's revision");
+    cp.restart_apiserver()
+        .await
+        .expect("restart the API server again");
+    wait_for(SETTLE, POLL, async || {
+        let lists_now = metrics.watch_lists().await;
+        let reconciles = metrics.reconciles_done().await;
+        if lists_now > lists && reconciles >= reconciles_before + N as f64 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{lists_now} lists (want > {lists}), {} reconciles since (want {N})",
+                reconciles - reconciles_before
+            ))
+        }
+    })
+    .await;
+    assert_eq!(
+        metrics.status_patches().await,
+        patches_before,
+        "status patches after a relist of settled pods"
+    );
+    assert_eq!(
+        common::resource_versions(&pods.list(&selector()).await.expect("list pods")),
+        before,
+        "pods written after a relist of settled pods (name, resourceVersion)"
+    );
+    backend.assert_created_once(&settled.uids);
+    lives.assert_alive(&vk, "after the relist of settled pods");
 
     delete_all(&pods).await;
     wait_api_empty(&pods).await;
     backend.wait_empty().await;
     backend.assert_created_once(&settled.uids);
     lives.assert_started(&vk, 0);
+}
+
+/// Waits until all `n` pods of the burst are Ready: nothing is left for vkubelet to report.
+async fn wait_all_ready(pods: &Api<Pod>, n: usize) {
+    wait_for(SETTLE, POLL, async || {
+        let l = pods.list(&selector()).await.map_err(|e| e.to_string())?;
+        let ready = l.items.iter().filter(|p| common::is_ready(p)).count();
+        if ready == n {
+            Ok(())
+        } else {
+            Err(format!("{ready}/{n} Ready"))
+        }
+    })
+    .await;
+}
+
+/// One node's series in vkubelet's `/metrics`, read while it runs.
+struct NodeMetrics {
+    addr: String,
+    node: String,
+}
+
+impl NodeMetrics {
+    fn new(addr: &str, node: &str) -> Self {
+        Self {
+            addr: addr.to_string(),
+            node: format!("node=\"{node}\""),
+        }
+    }
+
+    /// The sum of the node's series whose name and labels contain every needle; waits for a
+    /// scrape to succeed (vkubelet serves `/metrics` from its start).
+    async fn sum(&self, needles: &[&str]) -> f64 {
+        let text = wait_for(SETTLE, POLL, async || {
+            let addr = self.addr.clone();
+            tokio::task::spawn_blocking(move || common::scrape(&addr))
+                .await
+                .map_err(|e| e.to_string())?
+        })
+        .await;
+        let mut all = needles.to_vec();
+        all.push(&self.node);
+        common::metric_sum(&text, &all)
+    }
+
+    async fn watch_lists(&self) -> f64 {
+        self.sum(&["vkubelet_pod_watch_lists_total{"]).await
+    }
+
+    async fn status_patches(&self) -> f64 {
+        self.sum(&["vkubelet_pod_status_patches_total{"]).await
+    }
+
+    async fn reconciles_done(&self) -> f64 {
+        self.sum(&[
+            "vkubelet_reconcile_duration_seconds_count{",
+            "outcome=\"done\"",
+        ])
+        .await
+    }
 }
 
 /// Where a process-provider pod's container reports that it started: one line with its pod's

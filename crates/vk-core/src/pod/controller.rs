@@ -505,13 +505,15 @@ impl PodController {
         let api: Api<Pod> = Api::all(self.watch_client());
         // A (re)list is read from etcd in pages of 500 (`MostRecent`), not from the watch cache
         // (`Any`), which a 1.20 API server answers in one piece whatever the limit: at 10,000
-        // pods a relist held ~70 MB of Pods at once, and it grows with the node.
+        // pods a relist held ~70 MB of Pods at once, and it grows with the node. (Decoding that
+        // one piece as it streams in was tried: at 100,000 pods mid-burst the API server cut the
+        // response at its request timeout, every time.)
         let cfg = watcher::Config::default()
             .fields(&format!("spec.nodeName={}", self.cfg.node_name))
             .list_semantic(watcher::ListSemantic::MostRecent);
         let stream = watcher::watcher(api, cfg).default_backoff();
         futures::pin_mut!(stream);
-        let mut relist: Option<HashSet<String>> = None;
+        let mut relist: Option<(HashSet<String>, Instant)> = None;
         loop {
             let ev = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -523,16 +525,35 @@ impl PodController {
                 self.watch_healthy();
             }
             match ev {
-                Ok(Event::Init) => relist = Some(HashSet::new()),
+                Ok(Event::Init) => relist = Some((HashSet::new(), Instant::now())),
                 Ok(Event::InitApply(pod)) => {
-                    if let (Some(uid), Some(seen)) =
-                        (self.upsert_api_pod(pod, Source::Relist), relist.as_mut())
-                    {
-                        seen.insert(uid);
+                    if let Some(uid) = self.upsert_api_pod(pod, Source::Relist) {
+                        // A list's pages are one consistent snapshot: each pod in them can be
+                        // reconciled as its page arrives. Waiting for the last page held back
+                        // every pod created meanwhile for as long as the list took (minutes at
+                        // 100,000 pods). Before the first backend sync nothing is queued: the
+                        // sync queues every pod.
+                        if self.is_synced() {
+                            self.queue.add(uid.clone());
+                        }
+                        if let Some((seen, _)) = relist.as_mut() {
+                            seen.insert(uid);
+                        }
                     }
                 }
                 Ok(Event::InitDone) => {
-                    let seen = relist.take().unwrap_or_default();
+                    let (seen, started) = relist
+                        .take()
+                        .unwrap_or_else(|| (HashSet::new(), Instant::now()));
+                    self.metrics
+                        .pod_watch_lists
+                        .get_or_create(&self.node_label)
+                        .inc();
+                    self.metrics
+                        .pod_watch_list_seconds
+                        .get_or_create(&self.node_label)
+                        .observe(started.elapsed().as_secs_f64());
+                    info!(node = %self.cfg.node_name, pods = seen.len(), took = ?started.elapsed(), "pod watch listed the node's pods");
                     // Pods deleted while the watch was down never produce a Delete event.
                     let vanished: Vec<String> = self
                         .pods
@@ -543,9 +564,6 @@ impl PodController {
                         .collect();
                     for uid in vanished {
                         self.api_pod_deleted(&uid);
-                    }
-                    for uid in seen {
-                        self.queue.add(uid);
                     }
                     self.api_listed.notify_one();
                 }
@@ -1407,7 +1425,11 @@ async fn node_allocatable(provider: &DynProvider) -> crate::resolve::fields::Nod
 /// The API server no longer has the resource version a watch resumed from (410, after a long
 /// disconnect or an etcd compaction): kube's watcher lists again; routine, not a failure.
 fn is_expired(e: &watcher::Error) -> bool {
-    matches!(e, watcher::Error::WatchError(s) if s.code == 410)
+    match e {
+        watcher::Error::WatchError(s) => s.code == 410,
+        watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 410,
+        _ => false,
+    }
 }
 
 /// An API request that never got an answer from the API server (in transit, or a gateway's

@@ -894,3 +894,42 @@ impl Kubectl {
         )
     }
 }
+
+/// `name{labels} value` lines of a Prometheus scrape whose name and labels contain every
+/// `needle`, summed (0 when the series was never written).
+pub fn metric_sum(text: &str, needles: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// vkubelet's `/metrics` at `addr` (its `--metrics-addr`).
+pub fn scrape(addr: &str) -> Result<String, String> {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://{addr}/metrics")])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("curl /metrics: {}", out.status))
+    }
+}
+
+/// (name, resourceVersion) of every listed pod, sorted: equal before and after means nobody
+/// wrote any of them in between.
+pub fn resource_versions(l: &kube::core::ObjectList<Pod>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = l
+        .items
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                p.metadata.resource_version.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
