@@ -226,12 +226,13 @@ def main():
             vk_b = c.run_vkubelet(kc_b, VKUBELET, "vk-b", workdir, 0, provider="sim",
                                   provider_config=sim_config(max(sizes)), profiled=False)
             procs.append(vk_b)
+        if a.expire_watches_at is not None:
+            # The bursts restart the API server, which then has another pid: measure etcd only.
+            server.pop("apiserver")
         for n in sizes:
             print(f"N={n} ({mode})", flush=True)
             vk_port = 0
             if a.expire_watches_at is not None:
-                # The restarted API server has another pid: measure etcd only.
-                server.pop("apiserver", None)
                 fault = (max(1, int(a.expire_watches_at * n)), expire_watches_command(cdir_a))
                 vk_port = c.free_port()
             # vkubelet first, then the baseline, each on its own node and namespace.

@@ -79,14 +79,7 @@ async fn inject(
     while answered.load(Ordering::Relaxed) < fault.at_created {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut before = Vec::new();
-    for (name, c) in &metrics {
-        before.push(
-            apimetrics::scrape(c)
-                .await
-                .with_context(|| format!("write counters of API server {name} before the fault"))?,
-        );
-    }
+    let before = scrape_all(&metrics, "before the fault").await?;
     let started = Instant::now();
     tracing::info!(command = %fault.command, "injecting the fault");
     let command = fault.command.clone();
@@ -100,27 +93,19 @@ async fn inject(
     .context("fault command task")?
     .with_context(|| format!("run fault command {:?}", fault.command))?;
     let took = started.elapsed();
-    let mut after = Vec::new();
-    for (name, c) in &metrics {
-        // Answered as soon as the API server is back (the command waited for it).
-        let mut tries = 0;
-        let counts = loop {
-            match apimetrics::scrape(c).await {
-                Ok(c) => break c,
-                Err(e) if tries < 300 => {
-                    tries += 1;
-                    tracing::debug!(error = %e, "write counters after the fault");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => {
-                    return Err(e).context(format!(
-                        "write counters of API server {name} after the fault"
-                    ));
-                }
+    // Answered as soon as the API server is back (the command waited for it).
+    let mut tries = 0;
+    let after = loop {
+        match scrape_all(&metrics, "after the fault").await {
+            Ok(counts) => break counts,
+            Err(e) if tries < 300 => {
+                tries += 1;
+                tracing::debug!(error = %e, "write counters after the fault");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-        };
-        after.push(counts);
-    }
+            Err(e) => return Err(e),
+        }
+    };
     Ok((
         FaultReport {
             command: fault.command,
@@ -133,6 +118,23 @@ async fn inject(
         before,
         after,
     ))
+}
+
+/// The write counters of every API server in `metrics`, in order; `when` names the moment in
+/// the error.
+async fn scrape_all(
+    metrics: &[(String, kube::Client)],
+    when: &str,
+) -> anyhow::Result<Vec<WriteCounts>> {
+    let mut all = Vec::with_capacity(metrics.len());
+    for (name, c) in metrics {
+        all.push(
+            apimetrics::scrape(c)
+                .await
+                .with_context(|| format!("write counters of API server {name} {when}"))?,
+        );
+    }
+    Ok(all)
 }
 
 /// The name of pod `i` of a run; the observer maps names back to indexes.
@@ -517,14 +519,7 @@ pub async fn run(client: kube::Client, spec: BurstSpec) -> anyhow::Result<BurstR
             .map(|(_, s)| s.read().unwrap_or_default())
             .collect()
     };
-    let mut writes_before = Vec::new();
-    for (name, c) in &metrics {
-        writes_before.push(
-            apimetrics::scrape(c)
-                .await
-                .with_context(|| format!("write counters of API server {name}"))?,
-        );
-    }
+    let writes_before = scrape_all(&metrics, "before the run").await?;
     let loadavg_start = procstat::loadavg();
     let idle = read_all();
     let gen0 = procstat::read(None).unwrap_or_default();
@@ -580,19 +575,21 @@ pub async fn run(client: kube::Client, spec: BurstSpec) -> anyhow::Result<BurstR
     // pod go after the kubelet's final delete was answered.
     let mut api_writes_per_pod = BTreeMap::new();
     let mut kubelet_writes_per_pod = BTreeMap::new();
-    let mut fault_report = None;
     let mut counters_reset = Vec::new();
-    for (k, ((name, c), before)) in metrics.iter().zip(&writes_before).enumerate() {
-        let after = apimetrics::scrape(c)
-            .await
-            .with_context(|| format!("write counters of API server {name}"))?;
-        let mut delta = apimetrics::delta(before, &after);
+    let writes_after = scrape_all(&metrics, "after the run").await?;
+    for (k, (((name, _), before), after)) in metrics
+        .iter()
+        .zip(&writes_before)
+        .zip(&writes_after)
+        .enumerate()
+    {
+        let mut delta = apimetrics::delta(before, after);
         if let Some((_, at_fault, after_fault)) = &fault {
             let total = |c: &WriteCounts| c.values().sum::<f64>();
             if total(&after_fault[k]) < total(&at_fault[k]) {
                 // Restarted: its counters began again from zero.
                 delta = apimetrics::delta(before, &at_fault[k]);
-                for (key, v) in apimetrics::delta(&after_fault[k], &after) {
+                for (key, v) in apimetrics::delta(&after_fault[k], after) {
                     *delta.entry(key).or_default() += v;
                 }
                 counters_reset.push(name.clone());
@@ -615,10 +612,10 @@ pub async fn run(client: kube::Client, spec: BurstSpec) -> anyhow::Result<BurstR
         kubelet_writes_per_pod.insert(name.clone(), per_pod(&kubelet, n));
     }
 
-    if let Some((mut report, _, _)) = fault {
+    let fault_report = fault.map(|(mut report, _, _)| {
         report.counters_reset = counters_reset;
-        fault_report = Some(report);
-    }
+        report
+    });
     let observed = observer.state.lock();
     let to_running: Vec<f64> = created
         .iter()

@@ -1,6 +1,6 @@
 //! vkubelet's self-metrics in Prometheus text format: pods by phase, provider call latency,
 //! API requests by verb and code, work-queue depth and latency, reconcile duration, status writes
-//! per pod, errors by label.
+//! per pod, pod-watch lists, errors by label.
 
 use std::sync::Arc;
 
